@@ -1,0 +1,268 @@
+"""Recipe schema (typed, validated) and `load_recipe(path, overrides)`.
+
+A recipe is a YAML file with the sections data, model, train, quant, export and bench. Every key
+is declared here with its type; unknown keys, wrong types and out-of-range values raise
+ConfigError naming the key, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgeseg.errors import ConfigError, did_you_mean
+
+OUTPUT_STRIDES = (8, 16, 32)
+CALIB_METHODS = ("max", "percentile", "entropy", "mse")
+
+
+@dataclass
+class DataConfig:
+    format: str = "synthetic"
+    root: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    crop_size: list[int] = field(default_factory=lambda: [128, 128])
+    eval_size: list[int] | None = None
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    hflip: bool = True
+    color_jitter: float = 0.2
+    num_workers: int = 0
+    synthetic_num_train: int = 64
+    synthetic_num_val: int = 16
+    synthetic_size: list[int] = field(default_factory=lambda: [128, 128])
+    synthetic_seed: int = 0
+    use_aug: bool = False
+
+
+@dataclass
+class ModelConfig:
+    head: str = "deeplabv3plus"
+    output_stride: int = 16
+    width_mult: float = 1.0
+    aux_loss: bool = False
+    multi_grid: list[int] | None = None
+    backbone_weights: str | None = None
+    freeze_backbone_bn: bool = False
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 0.01
+    backbone_lr_mult: float = 1.0
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    warmup_iters: int = 0
+    poly_power: float = 0.9
+    amp: bool = True
+    channels_last: bool = True
+    aux_weight: float = 0.4
+    class_weights: str | None = None
+    eval_every: int = 1
+    seed: int = 0
+    deterministic: bool = False
+    max_iters: int | None = None
+    bn_recalibrate: int = 0
+    log_every: int = 10
+
+
+@dataclass
+class QuantConfig:
+    enabled: bool = False
+    epochs: int = 1
+    lr: float = 0.001
+    calib_method: str = "percentile"
+    percentile: float = 99.99
+    calib_num_images: int = 64
+    calib_list: str | None = None
+    freeze_ranges_epoch: int | None = None
+    max_iters: int | None = None
+
+
+@dataclass
+class ExportConfig:
+    input_size: list[int] | None = None
+    opset: int = 17
+    targets: list[str] = field(default_factory=lambda: ["onnx", "openvino"])
+
+
+@dataclass
+class BenchConfig:
+    runs: int = 50
+    warmup: int = 10
+    threads: int = 2
+
+
+@dataclass
+class Recipe:
+    name: str = "recipe"
+    num_classes: int | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        """Short content hash of the resolved recipe, carried by every artifact."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(value, arg, where)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"recipe key '{where}' must be a list, got {value!r}")
+        return [_check_type(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"recipe key '{where}' must be true or false, got {value!r}")
+    if tp in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"recipe key '{where}' must be a number, got {value!r}")
+    if not isinstance(value, tp):
+        raise ConfigError(
+            f"recipe key '{where}' must be of type {tp.__name__}, got {value!r}"
+        )
+    return value
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"recipe section '{prefix.rstrip('.')}' must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in names:
+            raise ConfigError(
+                f"unknown recipe key '{prefix}{key}'{did_you_mean(str(key), names)}; "
+                f"valid keys here: {', '.join(names)}"
+            )
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value or {}, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _check_type(value, tp, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _validate(r: Recipe) -> None:
+    def bad(key: str, value: Any, fix: str) -> ConfigError:
+        return ConfigError(f"recipe key '{key}' = {value!r} is invalid: {fix}")
+
+    if r.model.output_stride not in OUTPUT_STRIDES:
+        raise bad("model.output_stride", r.model.output_stride, "use 8, 16 or 32")
+    if r.model.head not in ("deeplabv3plus", "deeplabv3"):
+        raise bad("model.head", r.model.head, "use deeplabv3plus or deeplabv3")
+    if not 0.1 <= r.model.width_mult <= 2.0:
+        raise bad("model.width_mult", r.model.width_mult, "use a value in [0.1, 2.0]")
+    for key in ("lr", "weight_decay", "momentum"):
+        value = getattr(r.train, key)
+        if value < 0 or (key == "lr" and value == 0):
+            raise bad(f"train.{key}", value, "must be positive")
+    if r.train.epochs < 1 or r.train.batch_size < 1:
+        raise bad("train.epochs/batch_size", (r.train.epochs, r.train.batch_size), "use >= 1")
+    for key in ("crop_size", "synthetic_size"):
+        size = getattr(r.data, key)
+        if len(size) != 2 or min(size) < 32 or any(s % 8 for s in size):
+            raise bad(f"data.{key}", size, "give [height, width], each >= 32 and a multiple of 8")
+    lo, hi = (r.data.scale_range + [0, 0])[:2]
+    if len(r.data.scale_range) != 2 or not 0 < lo <= hi:
+        raise bad("data.scale_range", r.data.scale_range, "give [min, max] with 0 < min <= max")
+    if r.quant.calib_method not in CALIB_METHODS:
+        raise bad(
+            "quant.calib_method",
+            r.quant.calib_method,
+            f"use one of {', '.join(CALIB_METHODS)}{did_you_mean(r.quant.calib_method, CALIB_METHODS)}",
+        )
+    if not 50.0 < r.quant.percentile <= 100.0:
+        raise bad("quant.percentile", r.quant.percentile, "use a value in (50, 100]")
+    if r.quant.lr <= 0:
+        raise bad("quant.lr", r.quant.lr, "must be positive")
+
+
+def _set_dotted(raw: dict[str, Any], override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"override '{override}' must look like key=value, e.g. train.lr=0.01")
+    key, text = override.split("=", 1)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{override}': '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def recipe_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> Recipe:
+    """Validate a raw mapping (plus `key=value` overrides) into a Recipe."""
+    raw = json.loads(json.dumps(raw))  # deep copy, plain types
+    for override in overrides or []:
+        _set_dotted(raw, override)
+    recipe = _build(Recipe, raw, "")
+    _validate(recipe)
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load and validate a YAML recipe.
+
+    Args:
+        path: the YAML file.
+        overrides: `section.key=value` strings applied on top (values parsed as YAML).
+
+    Raises:
+        ConfigError: missing file, YAML syntax error (with line), unknown key, bad type or range.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe '{path}' does not exist; pass a YAML file such as recipes/smoke.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"recipe '{path}' is not valid YAML{line}; fix the syntax there") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"recipe '{path}' cannot be read ({exc}); check its permissions") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"recipe '{path}' must be a mapping of sections (data, model, train, ...)")
+    raw.setdefault("name", path.stem)
+    try:
+        return recipe_from_dict(raw, overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

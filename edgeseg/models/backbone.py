@@ -1,0 +1,169 @@
+"""MobileNetV2 with torchvision's parameter names and a settable output stride.
+
+The output stride (8, 16 or 32) turns the later strides into dilation, as in DeepLab v3; the
+weights do not change, so a trained model can be switched afterwards with `set_output_stride`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgeseg.errors import CheckpointError
+from edgeseg.models.layers import ConvNormAct, QuantPoint
+
+# (expand ratio t, channels c, repeats n, first stride s): the MobileNetV2 paper's table 2.
+_SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+
+
+def _make_divisible(value: float, divisor: int = 8) -> int:
+    new = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return new + divisor if new < 0.9 * value else new
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block. `in_q` quantizes the block input once for the conv and the residual."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = int(round(in_ch * expand))
+        self.use_res = stride == 1 and in_ch == out_ch
+        self.stride = stride
+        self.in_q = QuantPoint()
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers.append(ConvNormAct(in_ch, hidden, 1, quant_out=True))
+        layers += [
+            ConvNormAct(hidden, hidden, 3, stride=stride, groups=hidden, quant_out=True),
+            nn.Conv2d(hidden, out_ch, 1, bias=False),
+            nn.BatchNorm2d(out_ch),
+        ]
+        self.conv = nn.Sequential(*layers)
+        self.out_channels = out_ch
+
+    @property
+    def depthwise(self) -> nn.Conv2d:
+        return self.conv[-3][0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.in_q(x)
+        return x + self.conv(x) if self.use_res else self.conv(x)
+
+
+class MobileNetV2Encoder(nn.Module):
+    """MobileNetV2 features 0..17 (the 1280-channel head is not used for segmentation).
+
+    forward() returns one feature map per block; `channels[i]` and `strides[i]` describe them, so
+    heads pick features by stride, never by list index.
+    """
+
+    def __init__(self, width_mult: float = 1.0, output_stride: int = 16, multi_grid: list[int] | None = None) -> None:
+        super().__init__()
+        self.input_q = QuantPoint()
+        first = _make_divisible(32 * width_mult)
+        layers: list[nn.Module] = [ConvNormAct(3, first, 3, stride=2)]
+        self.nominal_strides = [2]
+        in_ch, stride_so_far = first, 2
+        for t, c, n, s in _SETTINGS:
+            out_ch = _make_divisible(c * width_mult)
+            for i in range(n):
+                stride = s if i == 0 else 1
+                layers.append(InvertedResidual(in_ch, out_ch, stride, t))
+                stride_so_far *= stride
+                self.nominal_strides.append(stride_so_far)
+                in_ch = out_ch
+        self.features = nn.Sequential(*layers)
+        self.channels = [m.out_channels for m in layers]
+        self.multi_grid = list(multi_grid) if multi_grid else None
+        self.strides: list[int] = []
+        self.output_stride = 0
+        self.set_output_stride(output_stride)
+
+    def set_output_stride(self, output_stride: int) -> None:
+        """Replace strides beyond `output_stride` with dilation (same weights)."""
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output stride must be 8, 16 or 32, got {output_stride}")
+        current, dilation = 2, 1
+        self.strides = [2]
+        last_dilated = [i for i, s in enumerate(self.nominal_strides) if s > output_stride]
+        for idx in range(1, len(self.features)):
+            block: InvertedResidual = self.features[idx]
+            dw = block.depthwise
+            stride = block.stride
+            if stride > 1 and current * stride > output_stride:
+                dilation *= stride
+                stride = 1
+            current *= stride
+            rate = dilation
+            if self.multi_grid and idx in last_dilated[-len(self.multi_grid):]:
+                rate = dilation * self.multi_grid[last_dilated[-len(self.multi_grid):].index(idx)]
+            dw.stride = (stride, stride)
+            dw.dilation = (rate, rate)
+            dw.padding = (rate, rate)
+            self.strides.append(current)
+        self.output_stride = output_stride
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.input_q(x)
+        feats = []
+        for layer in self.features:
+            x = layer(x)
+            feats.append(x)
+        return feats
+
+
+def load_backbone_weights(encoder: MobileNetV2Encoder, path: str | Path) -> None:
+    """Load a torchvision `mobilenet_v2` state dict (local file) strictly into the encoder.
+
+    The 1280-channel conv and the classifier are dropped; every encoder tensor must be present
+    with the same shape, otherwise a CheckpointError names the first mismatch.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"backbone weights '{path}' not found; pass a torchvision mobilenet_v2 state dict "
+            "(e.g. ../shared/weights/mobilenet_v2_imagenet.pth) with model.backbone_weights"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+        raise CheckpointError(f"backbone weights '{path}' cannot be read as a state dict ({type(exc).__name__})") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    own = encoder.state_dict()
+    n_layers = len(encoder.features)
+    picked = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "features" and int(parts[1]) < n_layers:
+            picked[key] = value
+    missing = [k for k in own if k not in picked]
+    if missing:
+        raise CheckpointError(
+            f"backbone weights '{path}' lack '{missing[0]}' ({len(missing)} missing); "
+            "pass a torchvision mobilenet_v2 state dict with width_mult 1.0"
+        )
+    for key, value in picked.items():
+        if value.shape != own[key].shape:
+            raise CheckpointError(
+                f"backbone weights '{path}': '{key}' has shape {tuple(value.shape)}, the model "
+                f"needs {tuple(own[key].shape)}; use model.width_mult 1.0 with these weights"
+            )
+    encoder.load_state_dict(picked, strict=True)
+
+
+def torchvision_imagenet_weights(encoder: MobileNetV2Encoder) -> None:
+    """Load torchvision's ImageNet weights from its hub cache (online machines only)."""
+    try:
+        from torchvision.models import MobileNet_V2_Weights
+
+        state = MobileNet_V2_Weights.IMAGENET1K_V2.get_state_dict(progress=False)
+    except Exception as exc:  # noqa: BLE001 - offline errors come in many types
+        raise CheckpointError(
+            f"cannot download torchvision ImageNet weights ({type(exc).__name__}); this machine is "
+            "offline: pass a local state dict with model.backbone_weights=PATH"
+        ) from None
+    own = encoder.state_dict()
+    encoder.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)

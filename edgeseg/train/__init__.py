@@ -1,0 +1,117 @@
+"""Training: `fit` runs the FP32 stage, then QAT when the recipe's quant section enables it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from edgeseg.config import Recipe
+from edgeseg.data.dataset import eval_dataset, train_dataset
+from edgeseg.errors import CheckpointError
+from edgeseg.fsutil import check_writable, write_json
+from edgeseg.models import build_model
+from edgeseg.train.checkpoint import check_compatible, load_checkpoint, model_from_checkpoint
+from edgeseg.train.loop import Callback, Stage, Trainer
+
+log = logging.getLogger(__name__)
+
+
+def _device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def _init_distributed() -> None:
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def fit(
+    recipe: Recipe,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    qat: bool | None = None,
+    init: str | Path | None = None,
+    callback: Callback | None = None,
+) -> dict[str, Any]:
+    """Train a recipe into `out_dir`: fp32.pt, qat.pt (with QAT), best.pt (the final model), last.pt.
+
+    Args:
+        recipe: validated recipe.
+        out_dir: run folder (created).
+        resume: continue exactly from out_dir/last.pt.
+        qat: force QAT on (True) or off (False); None follows recipe.quant.enabled.
+        init: start QAT from this FP32 checkpoint instead of training FP32 first.
+        callback: progress events for the CLI: start/step/eval/end.
+    """
+    _init_distributed()
+    out = check_writable(out_dir)
+    if recipe.train.deterministic:
+        torch.use_deterministic_algorithms(True)
+    torch.manual_seed(recipe.train.seed)
+    device = _device()
+    train_set, val_set = train_dataset(recipe), eval_dataset(recipe)
+    model = build_model(
+        num_classes=train_set.classes.num_classes, output_stride=recipe.model.output_stride, width_mult=recipe.model.width_mult,
+        head=recipe.model.head, aux_loss=recipe.model.aux_loss, multi_grid=recipe.model.multi_grid,
+        backbone_weights=recipe.model.backbone_weights,
+    )
+    if recipe.num_classes is not None and recipe.num_classes != train_set.classes.num_classes:
+        raise CheckpointError(f"recipe num_classes={recipe.num_classes} but the data has {train_set.classes.num_classes} classes; fix num_classes")
+    trainer = Trainer(recipe, out, train_set, val_set, device, callback)
+    do_qat = recipe.quant.enabled if qat is None else qat
+    results: dict[str, Any] = {}
+    last = load_checkpoint(out / "last.pt") if resume and (out / "last.pt").exists() else None
+    if resume and last is None:
+        raise CheckpointError(f"--resume: '{out / 'last.pt'}' does not exist; run without --resume to start")
+    if last is not None:
+        check_compatible(last, model, recipe)
+    fp32_done = last is not None and (last.get("stage") == "qat" or last.get("stage_done"))
+    if init is not None:
+        src = load_checkpoint(init)
+        check_compatible(src, model, recipe)
+        model = model_from_checkpoint(src)
+        fp32_done = True
+    if not fp32_done:
+        if last is not None:
+            model.load_state_dict(last["model"])
+        stage = Stage("fp32", model, recipe.train.epochs, recipe.train.lr, recipe.train.max_iters)
+        results["fp32"] = trainer.run(stage, resume=last)
+        last = None
+        if trainer.rank == 0:
+            _finish_stage(out, "fp32")
+    if do_qat:
+        from edgeseg.quant.qat import qat_stage
+
+        fp32 = load_checkpoint(init or out / "fp32.pt")
+        stage, qat_resume = qat_stage(recipe, fp32, last, train_set, device)
+        results["qat"] = trainer.run(stage, resume=qat_resume)
+    final = "qat.pt" if do_qat else "fp32.pt"
+    if trainer.rank == 0:
+        shutil.copyfile(out / final, out / ".best.pt.tmp")
+        os.replace(out / ".best.pt.tmp", out / "best.pt")
+        write_json(out / "summary.json", {"recipe": recipe.name, "best": final, **results})
+    if dist.is_initialized():
+        dist.barrier()
+    return results
+
+
+def _finish_stage(out: Path, name: str) -> None:
+    """Mark last.pt as the end of a stage, so --resume goes on to the next stage."""
+    ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+    ckpt["stage_done"] = name
+    import io
+
+    from edgeseg.fsutil import write_bytes
+
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    write_bytes(out / "last.pt", buf.getvalue())

@@ -1,0 +1,126 @@
+"""Checkpoints: written atomically, validated on load, enough to rebuild the model alone."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgeseg import __version__
+from edgeseg.config import Recipe, recipe_from_dict
+from edgeseg.data.classes import ClassInfo
+from edgeseg.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from edgeseg.errors import CheckpointError
+from edgeseg.fsutil import write_bytes
+from edgeseg.models import DeepLab, build_model
+
+FORMAT_VERSION = 1
+
+
+def arch_of(model: DeepLab, recipe: Recipe) -> dict[str, Any]:
+    return {
+        "num_classes": model.num_classes,
+        "output_stride": model.output_stride,
+        "width_mult": recipe.model.width_mult,
+        "head": model.head_name,
+        "aux_loss": model.aux is not None,
+        "multi_grid": recipe.model.multi_grid,
+    }
+
+
+def save_checkpoint(path: str | Path, *, model: torch.nn.Module, recipe: Recipe, classes: ClassInfo, **state: Any) -> None:
+    """Write a checkpoint atomically (model, recipe, classes, normalisation and any extra state)."""
+    base = getattr(model, "module", model)
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "edgeseg_version": __version__,
+        "arch": arch_of(base.float_model if hasattr(base, "float_model") else base, recipe),
+        "model": base.state_dict(),
+        "recipe": recipe.to_dict(),
+        "recipe_hash": recipe.hash(),
+        "classes": classes.to_dict(),
+        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        **state,
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and validate a checkpoint written by edgeseg."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist; pass a .pt written by 'edgeseg train' or 'calibrate'")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+        raise CheckpointError(f"'{path}' is not a readable checkpoint ({type(exc).__name__}); pass a .pt written by edgeseg") from None
+    if not isinstance(ckpt, dict) or "format_version" not in ckpt or "arch" not in ckpt:
+        raise CheckpointError(f"'{path}' is not an edgeseg checkpoint (no format_version/arch); pass a .pt written by 'edgeseg train'")
+    if ckpt["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(
+            f"'{path}' was written by edgeseg {ckpt.get('edgeseg_version')} (format {ckpt['format_version']}); "
+            f"this is edgeseg {__version__} (format {FORMAT_VERSION}): upgrade edgeseg"
+        )
+    ckpt["path"] = str(path)
+    return ckpt
+
+
+def checkpoint_recipe(ckpt: dict[str, Any]) -> Recipe:
+    return recipe_from_dict(ckpt["recipe"])
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], output_stride: int | None = None) -> torch.nn.Module:
+    """Rebuild the float or quantized model of a checkpoint, optionally at another output stride."""
+    arch = dict(ckpt["arch"])
+    model = build_model(
+        num_classes=arch["num_classes"],
+        output_stride=arch["output_stride"],
+        width_mult=arch["width_mult"],
+        head=arch["head"],
+        aux_loss=arch["aux_loss"],
+        multi_grid=arch.get("multi_grid"),
+    )
+    if ckpt.get("quant"):
+        from edgeseg.quant import restore_quantized
+
+        model = restore_quantized(model, ckpt["quant"])
+    try:
+        model.load_state_dict(ckpt["model"], strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise CheckpointError(f"checkpoint '{ckpt.get('path')}' does not match its architecture ({first[:160]}); it is corrupt or from another edgeseg") from None
+    if output_stride is not None:
+        set_output_stride(model, output_stride)
+    return model
+
+
+def set_output_stride(model: torch.nn.Module, output_stride: int) -> None:
+    if output_stride not in (8, 16, 32):
+        raise CheckpointError(f"--output-stride {output_stride} is invalid; use 8, 16 or 32")
+    base = getattr(model, "float_model", model)
+    base.set_output_stride(output_stride)
+
+
+def check_compatible(ckpt: dict[str, Any], model: DeepLab, recipe: Recipe) -> None:
+    """Refuse to resume or fine-tune from a checkpoint of another architecture or class count."""
+    want = arch_of(model, recipe)
+    have = ckpt["arch"]
+    for key in ("num_classes", "width_mult", "head"):
+        if have.get(key) != want[key]:
+            raise CheckpointError(
+                f"checkpoint '{ckpt.get('path')}' has {key}={have.get(key)} but the recipe builds {key}={want[key]}; "
+                "use a checkpoint of the same architecture or change the recipe"
+            )
+
+
+def file_hash(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

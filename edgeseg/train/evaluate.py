@@ -1,0 +1,76 @@
+"""Evaluation of a torch model on a data set split, through the shared confusion matrix."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+
+import torch
+from torch.nn import functional as F
+
+from edgeseg.metrics import ConfusionMatrix
+
+
+def autocast(device: torch.device, enabled: bool):  # noqa: ANN201
+    """bf16 autocast on CPU, fp16 on CUDA; a no-op when disabled."""
+    if not enabled:
+        return nullcontext()
+    dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    dataset,  # noqa: ANN001 - a SegDataset
+    *,
+    device: torch.device | str = "cpu",
+    amp: bool = False,
+    limit: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """mIoU, pixel accuracy and per-class IoU of `model` over `dataset` (batch 1, full size).
+
+    Logits are resized to the mask's size before argmax, so a resized eval input is still scored
+    at the original resolution.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    classes = dataset.classes
+    cm = ConfusionMatrix(classes.num_classes, classes.ignore_index)
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    for i in range(n):
+        image, mask = dataset[i]
+        with autocast(device, amp):
+            logits = model(image[None].to(device))
+        logits = logits.float()
+        if logits.shape[-2:] != mask.shape[-2:]:
+            logits = F.interpolate(logits, size=mask.shape[-2:], mode="bilinear", align_corners=False)
+        cm.update(logits.argmax(1)[0].cpu(), mask)
+        if progress:
+            progress(i + 1, n)
+    model.train(was_training)
+    return cm.summary(classes.names)
+
+
+@torch.no_grad()
+def recalibrate_bn(model: torch.nn.Module, dataset, num_images: int, device: torch.device | str = "cpu") -> None:  # noqa: ANN001
+    """Re-estimate BatchNorm running statistics on full-size images (cumulative average)."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns or num_images <= 0:
+        return
+    saved = [(m.momentum, m.training) for m in bns]
+    was_training = model.training
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    for i in range(min(num_images, len(dataset))):
+        image, _ = dataset[i]
+        model(image[None].to(device))
+    for m, (mom, tr) in zip(bns, saved):
+        m.momentum = mom
+        m.train(tr)
+    model.train(was_training)

@@ -1,0 +1,296 @@
+"""The training loop: SGD + poly LR with warmup, bf16/fp16 autocast, exact resume, DDP.
+
+Every random draw of an iteration (sample order, augmentation, dropout) is a function of
+(seed, epoch, iteration), so a run resumed from any saved iteration ends with the same weights
+as an uninterrupted one (in deterministic mode).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import random
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Sampler
+
+from edgeseg.config import Recipe
+from edgeseg.errors import EdgesegError, NumericalError
+from edgeseg.train.checkpoint import save_checkpoint
+from edgeseg.train.evaluate import autocast, evaluate, recalibrate_bn
+
+log = logging.getLogger(__name__)
+Callback = Callable[..., None]
+
+
+class Interrupted(EdgesegError):
+    """CTRL-C during training: last.pt was saved; resume with --resume."""
+
+
+def _mix(*values: int) -> int:
+    return int(np.random.SeedSequence(list(values)).generate_state(1)[0])
+
+
+class SeededSampler(Sampler):
+    """Shuffled indices per epoch, sharded by rank, each paired with its own augmentation seed."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.n, self.batch, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.epoch, self.skip_batches = 0, 0
+        per_rank = n // world
+        self.num_batches = per_rank // batch_size
+        if self.num_batches == 0:
+            raise EdgesegError(f"the training split has {n} images, fewer than one batch of {batch_size} per process; lower train.batch_size")
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch, self.skip_batches = epoch, skip_batches
+
+    def __len__(self) -> int:
+        return (self.num_batches - self.skip_batches) * self.batch
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        g = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
+        order = torch.randperm(self.n, generator=g).tolist()[self.rank :: self.world]
+        order = order[: self.num_batches * self.batch]
+        for pos in range(self.skip_batches * self.batch, len(order)):
+            yield order[pos], _mix(self.seed, self.epoch, pos, self.rank)
+
+
+class SeededDataset(torch.utils.data.Dataset):
+    """Seeds python/numpy/torch RNGs from the sampler's per-sample seed before the transform."""
+
+    def __init__(self, dataset) -> None:  # noqa: ANN001
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]):  # noqa: ANN204
+        index, seed = item
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        return self.dataset[index]
+
+
+@dataclass
+class Stage:
+    """One training stage (fp32 or qat) and what it writes."""
+
+    name: str
+    model: nn.Module
+    epochs: int
+    lr: float
+    max_iters: int | None
+    extra_state: Callable[[], dict[str, Any]] = field(default=lambda: {})
+    on_epoch_start: Callable[[int], None] | None = None
+
+
+def _param_groups(model: nn.Module, recipe: Recipe, lr: float) -> list[dict]:
+    base = getattr(model, "float_model", model)
+    enc = {id(p) for p in base.encoder.parameters()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    backbone = [p for p in params if id(p) in enc]
+    rest = [p for p in params if id(p) not in enc]
+    return [
+        {"params": backbone, "lr": lr * recipe.train.backbone_lr_mult, "lr_mult": recipe.train.backbone_lr_mult},
+        {"params": rest, "lr": lr, "lr_mult": 1.0},
+    ]
+
+
+def poly_lr(base: float, it: int, total: int, warmup: int, power: float) -> float:
+    """Linear warmup to `base`, then polynomial decay to 0 at `total`."""
+    if warmup and it < warmup:
+        return base * (it + 1) / warmup
+    frac = (it - warmup) / max(1, total - warmup)
+    return base * (1 - min(frac, 1.0)) ** power
+
+
+def _loss(out: Any, target: torch.Tensor, aux_weight: float, weight: torch.Tensor | None) -> torch.Tensor:
+    if isinstance(out, tuple):
+        main, aux = out
+        return F.cross_entropy(main.float(), target, weight, ignore_index=255) + aux_weight * F.cross_entropy(
+            aux.float(), target, weight, ignore_index=255
+        )
+    return F.cross_entropy(out.float(), target, weight, ignore_index=255)
+
+
+def _freeze_bn(model: nn.Module) -> None:
+    base = getattr(model, "float_model", model)
+    for m in base.encoder.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+class Trainer:
+    """Runs stages of one recipe into one run folder; rank 0 writes all files."""
+
+    def __init__(self, recipe: Recipe, out_dir: Path, train_set, val_set, device: torch.device, callback: Callback | None = None) -> None:  # noqa: ANN001
+        self.recipe, self.out, self.device = recipe, Path(out_dir), device
+        self.train_set, self.val_set = train_set, val_set
+        self.classes = train_set.classes
+        self.callback = callback or (lambda *a, **k: None)
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self._stop = False
+
+    def _emit(self, event: str, **info: Any) -> None:
+        if self.rank == 0:
+            self.callback(event, **info)
+
+    def _loader(self, sampler: SeededSampler) -> DataLoader:
+        t = self.recipe.train
+        return DataLoader(
+            SeededDataset(self.train_set), batch_size=t.batch_size, sampler=sampler, num_workers=self.recipe.data.num_workers,
+            drop_last=True, persistent_workers=False,
+        )
+
+    def _log_row(self, row: dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
+        path = self.out / "metrics.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["stage", "epoch", "iter", "loss", "lr", "img_per_s", "val_miou", "time"])
+            if new:
+                writer.writeheader()
+            writer.writerow({k: row.get(k, "") for k in writer.fieldnames})
+        if self._tb is not None:
+            for key in ("loss", "lr", "img_per_s", "val_miou"):
+                if row.get(key) not in (None, ""):
+                    self._tb.add_scalar(f"{row['stage']}/{key}", row[key], row["iter"])
+
+    def _open_tb(self) -> None:
+        self._tb = None
+        if self.rank != 0:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.out / "tb"))
+        except ImportError:
+            log.info("tensorboard is not installed; metrics.csv only")
+
+    def _evaluate(self, model: nn.Module) -> float:
+        base = getattr(model, "module", model)
+        if self.recipe.train.bn_recalibrate:
+            recalibrate_bn(base, _EvalOnTrain(self.train_set, self.val_set), self.recipe.train.bn_recalibrate, self.device)
+        summary = evaluate(base, self.val_set, device=self.device, amp=self.recipe.train.amp)
+        return summary["miou"]
+
+    def run(self, stage: Stage, resume: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Train one stage; returns {'best_miou', 'last_miou', 'iters'}. Resumes from a last.pt dict."""
+        t, model = self.recipe.train, stage.model.to(self.device)
+        if t.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        groups = _param_groups(model, self.recipe, stage.lr)
+        opt = torch.optim.SGD(groups, lr=stage.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        sampler = SeededSampler(len(self.train_set), t.batch_size, t.seed + (1000 if stage.name == "qat" else 0), self.rank, self.world)
+        ipe = sampler.num_batches
+        total = stage.epochs * ipe if stage.max_iters is None else min(stage.epochs * ipe, stage.max_iters)
+        epochs = math.ceil(total / ipe)
+        start_it, best, last_miou = 0, -1.0, float("nan")
+        if resume is not None:
+            opt.load_state_dict(resume["optimizer"])
+            start_it, best = resume["iteration"], resume.get("best_miou", -1.0)
+        ddp = nn.parallel.DistributedDataParallel(model) if self.world > 1 else model
+        self._open_tb()
+        self._emit("start", stage=stage.name, total=total, done=start_it, epochs=epochs)
+        old_handler = signal.signal(signal.SIGINT, self._on_sigint) if self.rank == 0 else None
+        it = start_it
+        try:
+            while it < total:
+                epoch, skip = divmod(it, ipe)
+                sampler.set_epoch(epoch, skip)
+                if stage.on_epoch_start:
+                    stage.on_epoch_start(epoch)
+                ddp.train()
+                if self.recipe.model.freeze_backbone_bn:
+                    _freeze_bn(model)
+                tick = time.perf_counter()
+                for x, y in self._loader(sampler):
+                    lr = poly_lr(stage.lr, it, total, t.warmup_iters if stage.name == "fp32" else 0, t.poly_power)
+                    for g in opt.param_groups:
+                        g["lr"] = lr * g["lr_mult"]
+                    torch.manual_seed(_mix(t.seed, it, 7))  # dropout of this iteration
+                    x = x.to(self.device, memory_format=torch.channels_last if t.channels_last else torch.contiguous_format)
+                    y = y.to(self.device)
+                    with autocast(self.device, t.amp):
+                        out = ddp(x)
+                    loss = _loss(out, y, t.aux_weight, None)
+                    if not torch.isfinite(loss):
+                        raise NumericalError(
+                            f"loss is {loss.item()} at {stage.name} step {it}; lower train.lr or check the data "
+                            "(last.pt keeps the last good state)"
+                        )
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    it += 1
+                    now = time.perf_counter()
+                    img_s = x.shape[0] * self.world / max(now - tick, 1e-9)
+                    tick = now
+                    self._emit("step", stage=stage.name, it=it, total=total, loss=loss.item(), lr=lr, img_s=img_s)
+                    if it % t.log_every == 0 or it == total:
+                        self._log_row({"stage": stage.name, "epoch": epoch, "iter": it, "loss": round(loss.item(), 5), "lr": lr, "img_per_s": round(img_s, 2), "time": round(time.time(), 1)})
+                    if self._stop or it >= total:
+                        break
+                if self._stop:
+                    self._save(stage, model, opt, it, best, "last.pt")
+                    raise Interrupted(f"interrupted at {stage.name} step {it}/{total}; saved {self.out / 'last.pt'}: resume with --resume")
+                epoch_done = it % ipe == 0 or it >= total
+                if epoch_done and ((epoch + 1) % t.eval_every == 0 or it >= total):
+                    last_miou = self._evaluate(model) if self.rank == 0 else 0.0
+                    self._emit("eval", stage=stage.name, it=it, miou=last_miou)
+                    self._log_row({"stage": stage.name, "epoch": epoch, "iter": it, "val_miou": round(last_miou, 3), "time": round(time.time(), 1)})
+                    if last_miou > best:
+                        best = last_miou
+                        self._save(stage, model, opt, it, best, f"{stage.name}.pt", miou=last_miou)
+                self._save(stage, model, opt, it, best, "last.pt")
+                if self.world > 1:
+                    dist.barrier()
+        finally:
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
+            if self._tb is not None:
+                self._tb.close()
+        self._emit("end", stage=stage.name, best=best)
+        return {"best_miou": best, "last_miou": last_miou, "iters": it}
+
+    def _on_sigint(self, signum, frame) -> None:  # noqa: ANN001
+        if self._stop:  # a second CTRL-C stops at once
+            raise KeyboardInterrupt
+        self._stop = True
+
+    def _save(self, stage: Stage, model: nn.Module, opt, it: int, best: float, name: str, **extra: Any) -> None:  # noqa: ANN001
+        if self.rank != 0:
+            return
+        model_cpu = model
+        save_checkpoint(
+            self.out / name, model=model_cpu, recipe=self.recipe, classes=self.classes,
+            stage=stage.name, iteration=it, optimizer=opt.state_dict(), best_miou=best, **stage.extra_state(), **extra,
+        )
+
+
+class _EvalOnTrain(torch.utils.data.Dataset):
+    """Train images through the eval transform (full size, no augmentation), for BN re-estimation."""
+
+    def __init__(self, train_set, val_set) -> None:  # noqa: ANN001
+        self.source, self.transform = train_set.source, val_set.transform
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int):  # noqa: ANN204
+        return self.transform(*self.source.load(i))
