@@ -149,6 +149,152 @@ def info(
     out_console.print(table)
 
 
+@app.command()
+def calibrate(
+    ckpt: Annotated[Path, typer.Argument(help="FP32 checkpoint (.pt)")],
+    out: Annotated[Path, typer.Option("--out", help="Calibrated checkpoint to write (plus FILE.ranges.json)")],
+    calib: Annotated[Path | None, typer.Option("--calib", help="Image list, one path a line (default: the recipe's)")] = None,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="Root of the list's paths (default: the recipe's data.root)")] = None,
+    method: Annotated[str | None, typer.Option("--method", help="max, percentile, entropy or mse (default: the recipe's)")] = None,
+    percentile: Annotated[float | None, typer.Option("--percentile", help="For --method percentile (default 99.99)")] = None,
+    num_images: Annotated[int | None, typer.Option("--num-images", help="Use the first N images of the list")] = None,
+) -> None:
+    """Post-training quantization: calibrate INT8 ranges into a checkpoint that exports to INT8."""
+    from edgeseg.quant.ptq import calibrate_checkpoint
+
+    with _progress() as bar:
+        task = bar.add_task("calibrate", total=None, info="")
+        summary = calibrate_checkpoint(
+            ckpt, calib, out, data_root=data_root, method=method, percentile=percentile, num_images=num_images,
+            progress=lambda i, n: bar.update(task, completed=i, total=n),
+        )
+    if summary["too_few"]:
+        console.print(f"[yellow]warning:[/yellow] calibrated on {summary['num_images']} images, fewer than the recommended 300; ranges may be noisy")
+    out_console.print(
+        f"{summary['method']} ranges of {summary['quantizers']} tensors from {summary['num_images']} images "
+        f"({summary['calib_list']}) in {summary['seconds']:.1f}s"
+    )
+    out_console.print(f"wrote {summary['out']} and {summary['ranges']}")
+
+
+@app.command()
+def export(
+    ckpt: Annotated[Path, typer.Argument(help="Checkpoint (.pt): FP32, calibrated (PTQ) or QAT")],
+    target: Annotated[str, typer.Option("--target", help="onnx, openvino, jetson, coreml")] = "onnx",
+    precision: Annotated[str, typer.Option("--precision", help="fp32 or int8 (fp16 where the target has it)")] = "int8",
+    output_stride: Annotated[int | None, typer.Option("--output-stride", help="Export at output stride 8/16/32")] = None,
+    input_size: Annotated[str | None, typer.Option("--input-size", help="HxW (default: the recipe's export/eval size)")] = None,
+    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Dynamic batch dimension")] = False,
+    out: Annotated[Path, typer.Option("--out", help="Folder that receives <target>_<precision>_os<N>/")] = Path("export"),
+) -> None:
+    """Export a checkpoint to a target's artifact folder (model + meta.json), verified on export."""
+    from edgeseg.export.artifacts import export_targets
+    from edgeseg.export.base import ExportRequest
+    from edgeseg.models.info import parse_size
+
+    request = ExportRequest(
+        checkpoint=ckpt, precision=precision, output_stride=output_stride,
+        input_size=parse_size(input_size) if input_size else None, dynamic_batch=dynamic_batch, out_dir=out,
+    )
+    with console.status(f"exporting {target} {precision}"):
+        results = export_targets(request, [target])
+    for r in results:
+        if r.skipped:
+            console.print(f"[yellow]skipped {r.target}:[/yellow] {r.skipped}")
+            continue
+        report = r.meta.get("export_report", {})
+        check = report.get("max_abs_diff")
+        detail = f", onnxruntime vs torch max |diff| {check:.2e}, argmax agreement {report['argmax_agreement']:.4f}" if check is not None else ""
+        out_console.print(f"wrote {r.folder} ({r.size_bytes / 1e6:.1f} MB) in {r.seconds:.1f}s{detail}")
+
+
+@app.command()
+def bench(
+    artifacts: Annotated[list[Path], typer.Argument(help="Artifact folders (edgeseg export) and/or checkpoints (.pt: the torch FP32 baseline)")],
+    json_out: Annotated[Path, typer.Option("--json", help="Results file; rows are merged into it when it exists")],
+    data: Annotated[str | None, typer.Option("--data", help="Data root (default: the artifact's meta.json)")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="Data format (default: the artifact's)")] = None,
+    split: Annotated[str | None, typer.Option("--split", help="Split to score (default: the artifact's, else val)")] = None,
+    runs: Annotated[int, typer.Option("--runs", help="Timed runs")] = 50,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed warm-up runs")] = 10,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads of the runtime (default: its own)")] = None,
+    batch: Annotated[int, typer.Option("--batch", help="Images per call")] = 1,
+    no_accuracy: Annotated[bool, typer.Option("--no-accuracy", help="Latency only: skip mIoU")] = False,
+    limit: Annotated[int | None, typer.Option("--limit", help="Score the first N images only")] = None,
+    precision_hint: Annotated[str | None, typer.Option("--precision-hint", help="OpenVINO execution precision: f32, bf16, f16")] = None,
+    output_stride: Annotated[int | None, typer.Option("--output-stride", help=".pt only: run at output stride 8/16/32")] = None,
+    input_size: Annotated[str | None, typer.Option("--input-size", help=".pt only: HxW (default: the recipe's export size)")] = None,
+) -> None:
+    """Latency, memory and mIoU of artifacts, each with its own runtime; rows go to --json."""
+    from edgeseg.bench import BenchOptions, bench_into
+
+    size = None
+    if input_size:
+        from edgeseg.models.info import parse_size  # torch: only with a .pt, which needs it anyway
+
+        size = parse_size(input_size)
+    options = BenchOptions(runs=runs, warmup=warmup, threads=threads, batch=batch, accuracy=not no_accuracy, limit=limit, data_root=data,
+                           data_format=fmt, split=split, precision_hint=precision_hint, output_stride=output_stride, input_size=size)
+    with _progress() as bar:
+
+        def progress_for(path: Path) -> Any:
+            task = bar.add_task(f"bench {path.name}", total=None, info="loading")
+            return lambda stage, done, total: bar.update(task, completed=done, total=total, info=stage)
+
+        rows = bench_into(json_out, artifacts, options, progress_for)
+    table = Table(title=f"bench -> {json_out}")
+    for col in ("artifact", "runtime", "precision", "OS", "mIoU", "p50 ms", "p90 ms", "FPS", "first s", "peak MB"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        miou = "-" if r.miou is None else f"{r.miou:.2f}"
+        mem = "-" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.0f}"
+        table.add_row(Path(r.artifact).name, r.runtime, f"{r.precision} {r.precision_hint or ''}".strip(), str(r.output_stride),
+                      miou, f"{r.latency['p50']:.2f}", f"{r.latency['p90']:.2f}", f"{r.throughput:.1f}", f"{r.first_inference_s:.2f}", mem)
+    out_console.print(table)
+    out_console.print(f"wrote {len(rows)} rows to {json_out}")
+
+
+@app.command()
+def report(
+    results: Annotated[list[Path], typer.Argument(help="Results files written by 'edgeseg bench --json' (several devices and days merge)")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for report.md/.html, results.csv/.json and plots")] = Path("report"),
+) -> None:
+    """mIoU vs latency report per output stride, with the Pareto front, summary lines and plots."""
+    from edgeseg.report import build_report
+
+    with console.status("writing report"):
+        written = build_report(results, out)
+    out_console.print(f"wrote {out / 'report.md'}, report.html, results.csv and {sum(n.endswith('.png') for n in written)} plots to {out}")
+
+
+@app.command()
+def pipeline(
+    recipe: Annotated[Path, typer.Argument(help="YAML recipe, e.g. recipes/smoke.yaml")],
+    out: Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/<recipe name>)")] = None,
+    targets: Annotated[str, typer.Option("--targets", help="Comma-separated: onnx,openvino,coreml,jetson")] = "onnx,openvino,coreml,jetson",
+    output_strides: Annotated[str, typer.Option("--output-strides", help="Comma-separated output strides")] = "8,16,32",
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a recipe key: section.key=value")] = None,
+    runs: Annotated[int | None, typer.Option("--runs", help="Timed runs per bench row (default: the recipe's)")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Score accuracy on the first N images only")] = None,
+) -> None:
+    """Train -> QAT/calibrate -> export every target at each OS -> bench -> report (resumable)."""
+    from edgeseg.config import load_recipe
+    from edgeseg.models.info import parse_strides
+    from edgeseg.pipeline import Pipeline
+
+    r = load_recipe(recipe, set_)
+    started = time.perf_counter()
+
+    def event(stage: str, message: str) -> None:
+        console.print(f"[bold cyan]{stage:>9}[/] [dim]{time.perf_counter() - started:6.0f}s[/] {message}", highlight=False)
+
+    result = Pipeline(
+        r, out or Path("runs") / r.name, targets=[t.strip() for t in targets.split(",") if t.strip()],
+        output_strides=parse_strides(output_strides), event=event, bench_runs=runs, limit=limit,
+    ).run()
+    out_console.print(f"report: {result['report']}")
+
+
 def main() -> None:
     """Entry point: EdgesegError -> one red line, exit code 2 (traceback with --verbose)."""
     start = time.perf_counter()

@@ -74,6 +74,7 @@ class TrainConfig:
     max_iters: int | None = None
     bn_recalibrate: int = 0
     log_every: int = 10
+    ckpt_every: int = 0  # also save last.pt every N iterations (0: at epoch ends only)
 
 
 @dataclass

@@ -42,7 +42,7 @@ class TrainTransform:
         if scale != 1.0:
             size = [max(8, round(img.shape[-2] * scale)), max(8, round(img.shape[-1] * scale))]
             img = TF.resize(img, size, antialias=True)
-            msk = TF.resize(msk, size)  # masks resize with nearest neighbour
+            msk = TF.resize(msk, size, interpolation=v2.InterpolationMode.NEAREST_EXACT)
         img, msk = self.pipeline(img, msk)
         return img.as_subclass(torch.Tensor), msk[0].long().as_subclass(torch.Tensor)
 

@@ -20,7 +20,7 @@ def read_image(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
-            return np.asarray(img.convert("RGB"))
+            return np.array(img.convert("RGB"))  # a writable copy: torch.from_numpy warns on read-only arrays
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(
             f"image '{path}' cannot be decoded ({type(exc).__name__}: {exc}); it is corrupt, truncated "
@@ -49,7 +49,7 @@ def read_mask(path: str | Path, lut: np.ndarray, valid: np.ndarray, size: tuple[
                     f"mask '{path}' is a colour ({mode}) image; masks must hold class indices in one "
                     "channel (mode L or P): convert the colours to indices"
                 )
-            arr = np.asarray(img if mode in ("L", "P") else img.convert("L"))
+            arr = _indices(img, path)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"mask '{path}' cannot be decoded ({type(exc).__name__}); replace it") from None
     if size is not None and arr.shape[:2] != tuple(size):
@@ -66,6 +66,21 @@ def read_mask(path: str | Path, lut: np.ndarray, valid: np.ndarray, size: tuple[
             f"(allowed: {_ranges(allowed)}); fix the mask or choose the right data.format"
         )
     return lut[arr]
+
+
+def _indices(img: Image.Image, path: Path) -> np.ndarray:
+    """Class indices of a one-channel mask as uint8; 16/32-bit masks must hold values <= 255."""
+    if img.mode in ("L", "P"):
+        return np.asarray(img)
+    if img.mode.startswith("I") or img.mode in ("F", "1"):
+        arr = np.asarray(img)
+        if arr.size and (arr.min() < 0 or arr.max() > 255 or not np.array_equal(arr, np.round(arr))):
+            raise DataError(
+                f"mask '{path}' ({img.mode}) has value {arr.max() if arr.max() > 255 else arr.min()}, not a class "
+                "index 0-255; save masks as 8-bit PNGs of class indices"
+            )
+        return arr.astype(np.uint8)
+    return np.asarray(img.convert("L"))
 
 
 def _ranges(values: np.ndarray) -> str:

@@ -82,6 +82,8 @@ def folder(root: Path, split: str) -> FileSource:
     split_file = root / f"{split}.txt"
     if split_file.is_file():
         stems = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+        if not stems:
+            raise DataError(f"split list '{split_file}' is empty; list one image stem a line, or delete it to use all images")
         unknown = [s for s in stems if s not in images]
         if unknown:
             raise DataError(f"'{split_file}' names '{unknown[0]}', which is not in {root / 'images'}; fix the list")

@@ -77,28 +77,38 @@ class MobileNetV2Encoder(nn.Module):
         self.features = nn.Sequential(*layers)
         self.channels = [m.out_channels for m in layers]
         self.multi_grid = list(multi_grid) if multi_grid else None
+        # Checkpoints written before the a trous fix dilated the block whose stride was removed;
+        # model_from_checkpoint sets this for them (arch without "atrous": "exact").
+        self.legacy_dilation = False
         self.strides: list[int] = []
         self.output_stride = 0
         self.set_output_stride(output_stride)
 
     def set_output_stride(self, output_stride: int) -> None:
-        """Replace strides beyond `output_stride` with dilation (same weights)."""
+        """Replace strides beyond `output_stride` with dilation (same weights).
+
+        The a trous rule of DeepLab: a block whose stride is removed keeps the dilation it had,
+        and every later conv is dilated by the stride removed, so the dilated network computes the
+        strided network's features densely (sampled every `stride` pixels they are equal). Multi-grid
+        multiplies the dilation of the last `len(multi_grid)` blocks.
+        """
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output stride must be 8, 16 or 32, got {output_stride}")
+        n = len(self.features)
+        grid = {n - len(self.multi_grid) + j: m for j, m in enumerate(self.multi_grid)} if self.multi_grid else {}
         current, dilation = 2, 1
         self.strides = [2]
-        last_dilated = [i for i, s in enumerate(self.nominal_strides) if s > output_stride]
-        for idx in range(1, len(self.features)):
+        for idx in range(1, n):
             block: InvertedResidual = self.features[idx]
-            dw = block.depthwise
-            stride = block.stride
+            stride, rate = block.stride, dilation
             if stride > 1 and current * stride > output_stride:
                 dilation *= stride
                 stride = 1
+                if self.legacy_dilation:
+                    rate = dilation
             current *= stride
-            rate = dilation
-            if self.multi_grid and idx in last_dilated[-len(self.multi_grid):]:
-                rate = dilation * self.multi_grid[last_dilated[-len(self.multi_grid):].index(idx)]
+            rate *= grid.get(idx, 1)
+            dw = block.depthwise
             dw.stride = (stride, stride)
             dw.dilation = (rate, rate)
             dw.padding = (rate, rate)

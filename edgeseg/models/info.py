@@ -55,3 +55,15 @@ def model_info(source: Path, input_size: str | None = None) -> list[dict[str, An
             "params": sum(p.numel() for p in model.parameters()), "gmacs": gmacs(model, size),  # type: ignore[arg-type]
         })
     return rows
+
+
+def parse_strides(text: str) -> list[int]:
+    """'8,16,32' -> [8, 16, 32], each checked."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"output strides '{text}' must be comma-separated numbers, e.g. 8,16,32") from None
+    bad = [v for v in values if v not in (8, 16, 32)]
+    if bad or not values:
+        raise ConfigError(f"output stride {bad[0] if bad else text!r} is invalid; use 8, 16 and/or 32")
+    return values

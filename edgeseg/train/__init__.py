@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 
 def _device() -> torch.device:
     if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        index = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(index)  # NCCL collectives use the current device
+        return torch.device("cuda", index)
     return torch.device("cpu")
 
 

@@ -28,6 +28,9 @@ def arch_of(model: DeepLab, recipe: Recipe) -> dict[str, Any]:
         "head": model.head_name,
         "aux_loss": model.aux is not None,
         "multi_grid": recipe.model.multi_grid,
+        # Dilation rule of the encoder (see MobileNetV2Encoder.set_output_stride); absent in
+        # checkpoints written before the a trous fix, which are rebuilt with the old rule.
+        "atrous": "exact",
     }
 
 
@@ -85,6 +88,9 @@ def model_from_checkpoint(ckpt: dict[str, Any], output_stride: int | None = None
         aux_loss=arch["aux_loss"],
         multi_grid=arch.get("multi_grid"),
     )
+    if arch.get("atrous") != "exact":
+        model.encoder.legacy_dilation = True
+        model.set_output_stride(arch["output_stride"])
     if ckpt.get("quant"):
         from edgeseg.quant import restore_quantized
 

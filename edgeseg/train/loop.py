@@ -8,6 +8,7 @@ as an uninterrupted one (in deterministic mode).
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import math
 import random
@@ -204,6 +205,8 @@ class Trainer:
         if resume is not None:
             opt.load_state_dict(resume["optimizer"])
             start_it, best = resume["iteration"], resume.get("best_miou", -1.0)
+        if self.world > 1 and self.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN statistics over all GPUs
         ddp = nn.parallel.DistributedDataParallel(model) if self.world > 1 else model
         self._open_tb()
         self._emit("start", stage=stage.name, total=total, done=start_it, epochs=epochs)
@@ -246,6 +249,8 @@ class Trainer:
                         self._log_row({"stage": stage.name, "epoch": epoch, "iter": it, "loss": round(loss.item(), 5), "lr": lr, "img_per_s": round(img_s, 2), "time": round(time.time(), 1)})
                     if self._stop or it >= total:
                         break
+                    if t.ckpt_every and it % t.ckpt_every == 0 and it % ipe:
+                        self._save(stage, model, opt, it, best, "last.pt")
                 if self._stop:
                     self._save(stage, model, opt, it, best, "last.pt")
                     raise Interrupted(f"interrupted at {stage.name} step {it}/{total}; saved {self.out / 'last.pt'}: resume with --resume")
@@ -265,8 +270,25 @@ class Trainer:
                 signal.signal(signal.SIGINT, old_handler)
             if self._tb is not None:
                 self._tb.close()
+        digests = self._agree_on_weights(model)
         self._emit("end", stage=stage.name, best=best)
-        return {"best_miou": best, "last_miou": last_miou, "iters": it}
+        return {"best_miou": best, "last_miou": last_miou, "iters": it, "weights_sha256": digests[0], "rank_weights_sha256": digests}
+
+    def _agree_on_weights(self, model: nn.Module) -> list[str]:
+        """Digest of the final weights on every rank; data-parallel ranks that differ are a bug."""
+        digest = weights_digest(model)
+        if self.world == 1:
+            return [digest]
+        mine = torch.tensor(list(bytes.fromhex(digest)), dtype=torch.int64, device=self.device)
+        gathered = [torch.empty_like(mine) for _ in range(self.world)]
+        dist.all_gather(gathered, mine)
+        digests = [bytes(t.cpu().tolist()).hex() for t in gathered]
+        if len(set(digests)) > 1:
+            raise NumericalError(
+                f"data-parallel ranks ended with different weights (sha256 per rank: {', '.join(d[:12] for d in digests)}); "
+                "report this bug with the recipe"
+            )
+        return digests
 
     def _on_sigint(self, signum, frame) -> None:  # noqa: ANN001
         if self._stop:  # a second CTRL-C stops at once
@@ -281,6 +303,15 @@ class Trainer:
             self.out / name, model=model_cpu, recipe=self.recipe, classes=self.classes,
             stage=stage.name, iteration=it, optimizer=opt.state_dict(), best_miou=best, **stage.extra_state(), **extra,
         )
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 of a model's parameters (names and exact bytes, layout independent)."""
+    h = hashlib.sha256()
+    for name, p in sorted(getattr(model, "module", model).named_parameters()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 class _EvalOnTrain(torch.utils.data.Dataset):

@@ -1,0 +1,149 @@
+"""Training throughput (img/s) of FP32 vs bf16 autocast vs channels_last vs both, side by side.
+
+One training step is what `edgeseg train` runs: forward (with the aux head if the recipe has one),
+cross-entropy with ignore index, backward, SGD step. Inputs are random tensors at the recipe's
+crop size, so data loading is not measured. The variants run interleaved (one step of each in
+turn, after a warm-up of each), so a change in machine load affects them all alike; the table
+reports the median step time and the ratio to FP32.
+
+    python benchmarks/train_throughput.py                          # recipes/camvid_mnv2_os16.yaml
+    python benchmarks/train_throughput.py --crop 64x64 --iters 2   # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from edgeseg.config import Recipe, load_recipe
+from edgeseg.data import classes as C
+from edgeseg.models import build_model
+from edgeseg.models.info import parse_size
+from edgeseg.train.evaluate import autocast
+from edgeseg.train.loop import _freeze_bn, _loss
+
+REPO = Path(__file__).resolve().parents[1]
+KNOWN_CLASSES = {"camvid": C.CAMVID, "voc": C.VOC, "cityscapes": C.CITYSCAPES, "synthetic": C.SYNTHETIC}
+
+
+@dataclass
+class Variant:
+    name: str
+    bf16: bool
+    channels_last: bool
+
+
+VARIANTS = [
+    Variant("fp32", False, False),
+    Variant("bf16 autocast", True, False),
+    Variant("channels_last", False, True),
+    Variant("bf16 + channels_last", True, True),
+]
+
+
+def _num_classes(recipe: Recipe) -> int:
+    if recipe.num_classes:
+        return recipe.num_classes
+    if recipe.data.format in KNOWN_CLASSES:
+        return KNOWN_CLASSES[recipe.data.format].num_classes
+    from edgeseg.data.dataset import open_split
+
+    return open_split(recipe, recipe.data.train_split).classes.num_classes
+
+
+class Runner:
+    """One variant: its own copy of the model and optimizer, one training step per call."""
+
+    def __init__(self, variant: Variant, model: torch.nn.Module, recipe: Recipe, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.variant, self.recipe = variant, recipe
+        fmt = torch.channels_last if variant.channels_last else torch.contiguous_format
+        self.model = copy.deepcopy(model).to(memory_format=fmt).train()
+        if recipe.model.freeze_backbone_bn:
+            _freeze_bn(self.model)
+        self.x, self.y = x.contiguous(memory_format=fmt), y
+        t = recipe.train
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-4, momentum=t.momentum, weight_decay=t.weight_decay)
+        self.times: list[float] = []
+
+    def step(self, timed: bool) -> None:
+        start = time.perf_counter()
+        with autocast(torch.device("cpu"), self.variant.bf16):
+            out = self.model(self.x)
+        loss = _loss(out, self.y, self.recipe.train.aux_weight, None)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"{self.variant.name}: loss is {loss.item()}")
+        if timed:
+            self.times.append(time.perf_counter() - start)
+
+
+def measure(recipe: Recipe, crop: tuple[int, int], batch: int, warmup: int, iters: int) -> list[dict]:
+    """Median step time and img/s of each variant, measured interleaved."""
+    torch.manual_seed(0)
+    n = _num_classes(recipe)
+    m = recipe.model
+    model = build_model(num_classes=n, output_stride=m.output_stride, width_mult=m.width_mult, head=m.head, aux_loss=m.aux_loss,
+                        multi_grid=m.multi_grid)  # fmt: skip
+    x = torch.randn(batch, 3, *crop)
+    y = torch.randint(0, n, (batch, *crop))
+    runners = [Runner(v, model, recipe, x, y) for v in VARIANTS]
+    for r in runners:
+        for _ in range(warmup):
+            r.step(timed=False)
+    for _ in range(iters):
+        for r in runners:
+            r.step(timed=True)
+    base = statistics.median(runners[0].times)
+    rows = []
+    for r in runners:
+        med = statistics.median(r.times)
+        rows.append({"variant": r.variant.name, "median_step_s": med, "img_per_s": batch / med, "speedup_vs_fp32": base / med,
+                     "min_step_s": min(r.times), "max_step_s": max(r.times)})  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipe", type=Path, default=REPO / "recipes" / "camvid_mnv2_os16.yaml")
+    parser.add_argument("--crop", help="HxW (default: the recipe's data.crop_size)")
+    parser.add_argument("--batch", type=int, help="images per step (default: the recipe's train.batch_size)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant")
+    parser.add_argument("--iters", type=int, default=10, help="timed steps per variant")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    recipe = load_recipe(args.recipe)
+    crop = parse_size(args.crop) if args.crop else tuple(recipe.data.crop_size)
+    batch = args.batch or recipe.train.batch_size
+    rows = measure(recipe, crop, batch, args.warmup, args.iters)  # type: ignore[arg-type]
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"training throughput: {recipe.name}, width {recipe.model.width_mult}, crop {crop[0]}x{crop[1]}, batch {batch}, "
+                        f"{torch.get_num_threads()} threads, median of {args.iters}")  # fmt: skip
+    for col in ("variant", "step (s)", "img/s", "vs fp32"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(r["variant"], f"{r['median_step_s']:.3f}", f"{r['img_per_s']:.2f}", f"{r['speedup_vs_fp32']:.2f}x")
+    Console().print(table)
+    if args.json:
+        from edgeseg.fsutil import write_json
+
+        write_json(args.json, {"recipe": str(args.recipe), "crop": list(crop), "batch": batch, "threads": torch.get_num_threads(),
+                               "torch": torch.__version__, "rows": rows})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""bench_artifact: latency, memory and accuracy of one artifact with its own runtime -> BenchRow.
+
+Latency is the model call alone: after a first run (timed with loading and compiling as
+`first_inference_s`) and `warmup` untimed runs, `runs` calls are each timed with
+time.perf_counter_ns on one fixed input (seeded standard normal: a convolutional network's
+latency does not depend on the pixel values). Pre- and post-processing are timed separately, per
+image, during the accuracy pass (or on one random image with --no-accuracy).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeseg import __version__
+from edgeseg.bench.accuracy import AccuracyResult, evaluate_runner, postprocess
+from edgeseg.bench.artifact import Artifact, open_artifact
+from edgeseg.bench.device import device_record
+from edgeseg.bench.memory import PeakMemory
+from edgeseg.bench.results import BenchRow, load_results, save_results
+from edgeseg.bench.runners import Loaded, load_runner
+from edgeseg.bench.stats import latency_stats, throughput
+from edgeseg.data.preprocess import preprocess
+from edgeseg.data.sources import Source, open_source
+from edgeseg.errors import CheckpointError, ConfigError, DataError, NumericalError
+
+log = logging.getLogger(__name__)
+
+# progress(stage, done, total) with stage "load", "latency" or "accuracy".
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class BenchOptions:
+    """How to bench; see `edgeseg bench --help` for each option."""
+
+    runs: int = 50
+    warmup: int = 10
+    threads: int | None = None
+    batch: int = 1
+    accuracy: bool = True
+    limit: int | None = None
+    data_root: str | None = None
+    data_format: str | None = None
+    split: str | None = None
+    precision_hint: str | None = None
+    output_stride: int | None = None  # checkpoints only
+    input_size: tuple[int, int] | None = None  # checkpoints only
+
+    def check(self) -> None:
+        for name, low in (("runs", 1), ("warmup", 0), ("batch", 1)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"--{name} {getattr(self, name)} is too small; use {low} or more")
+        for name in ("threads", "limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name} {value} is invalid; use 1 or more (or leave it out)")
+
+
+@dataclass
+class Timing:
+    loaded: Loaded
+    samples_ms: list[float]
+    first_inference_s: float
+    peak_mem_mb: float | None
+    first_output: np.ndarray
+
+
+def bench_artifact(path: str | Path, options: BenchOptions | None = None, progress: Progress | None = None) -> BenchRow:
+    """Bench one artifact folder (or `.pt` checkpoint) and return its result row.
+
+    Args:
+        path: artifact folder written by `edgeseg export`, or a checkpoint for the torch row.
+        options: runs, warm-up, threads, batch, data and accuracy settings.
+        progress: called as progress(stage, done, total).
+    """
+    options = options or BenchOptions()
+    options.check()
+    art = open_artifact(path, output_stride=options.output_stride, input_size=options.input_size)
+    source, data = open_data(art, options) if options.accuracy else (None, None)
+    timing = measure_latency(art, options, progress)
+    acc: AccuracyResult | None = None
+    if source is not None:
+        norm = art.meta["normalization"]
+        acc = evaluate_runner(
+            timing.loaded.runner.run,
+            source,
+            input_size=art.input_size,
+            mean=norm["mean"],
+            std=norm["std"],
+            names=art.meta["classes"]["names"],
+            ignore_index=source.classes.ignore_index,
+            batch=options.batch,
+            limit=options.limit,
+            progress=(lambda i, n: progress("accuracy", i, n)) if progress else None,
+        )
+        pre_ms, post_ms = acc.preprocess_ms, acc.postprocess_ms
+    else:
+        pre_ms, post_ms = _time_pre_post(art, timing.first_output, repeats=min(options.runs, 10))
+    return _make_row(art, options, timing, acc, pre_ms, post_ms, data)
+
+
+def resolve_data(art: Artifact, options: BenchOptions) -> dict[str, Any]:
+    """The split to score on: meta.json's data set unless --data/--format/--split say otherwise."""
+    data = dict(art.meta.get("data") or {})
+    fmt = options.data_format or data.get("format")
+    if fmt is None:
+        raise DataError(f"artifact '{art.path}' names no data set in its meta.json; pass --data ROOT --format F (or --no-accuracy)")
+    if options.data_root and fmt == "synthetic":
+        raise ConfigError(f"--data '{options.data_root}' given but the data format of '{art.path}' is synthetic; pass --format too")
+    out = {"format": fmt, "split": options.split or data.get("split") or "val"}
+    if fmt == "synthetic":
+        out.update(root=None, synthetic=data.get("synthetic"))
+    else:
+        out["root"] = options.data_root or data.get("root")
+    return out
+
+
+def open_data(art: Artifact, options: BenchOptions) -> tuple[Source, dict[str, Any]]:
+    """Open the split of resolve_data and check it has the artifact's classes."""
+    data = resolve_data(art, options)
+    source = open_source(data["format"], data["root"], data["split"], data.get("synthetic"))
+    want = len(art.meta["classes"]["names"])
+    if source.classes.num_classes != want:
+        raise DataError(
+            f"'{art.path}' predicts {want} classes but data format '{data['format']}' has {source.classes.num_classes}; "
+            "pass the data set it was trained on with --data/--format"
+        )
+    return source, data
+
+
+def measure_latency(art: Artifact, options: BenchOptions, progress: Progress | None = None) -> Timing:
+    """Load, first run, warm-up, then `runs` timed calls of the model alone; peak memory over all."""
+    h, w = art.input_size
+    x = np.random.default_rng(0).standard_normal((options.batch, 3, h, w), dtype=np.float32)
+    mem = PeakMemory()
+    mem.start()
+    t0 = time.perf_counter_ns()
+    loaded = load_runner(art, threads=options.threads, precision_hint=options.precision_hint)
+    if loaded.static_batch is not None and loaded.static_batch != options.batch:
+        raise ConfigError(
+            f"'{art.path}' was exported for batch {loaded.static_batch}; pass --batch {loaded.static_batch} or re-export with a dynamic batch"
+        )
+    run = loaded.runner.run
+    y = run(x)
+    first_s = (time.perf_counter_ns() - t0) / 1e9
+    _check_output(art, loaded, np.asarray(y), options.batch)
+    first_output = np.array(y[0], dtype=np.float32)  # a copy: some runners reuse their buffer
+    log.info("%s: loaded with %s %s, first inference %.2fs", art.path, loaded.runtime, loaded.runtime_version, first_s)
+    total = options.warmup + options.runs
+    for i in range(options.warmup):
+        run(x)
+        if progress:
+            progress("latency", i + 1, total)
+    samples = []
+    for i in range(options.runs):
+        start = time.perf_counter_ns()
+        run(x)
+        samples.append((time.perf_counter_ns() - start) / 1e6)
+        if progress:
+            progress("latency", options.warmup + i + 1, total)
+    return Timing(loaded, samples, first_s, mem.peak_mb(), first_output)
+
+
+def _check_output(art: Artifact, loaded: Loaded, y: np.ndarray, batch: int) -> None:
+    classes = len(art.meta["classes"]["names"])
+    if y.ndim != 4 or y.shape[0] != batch or y.shape[1] != classes:
+        raise CheckpointError(
+            f"'{art.path}' returned logits of shape {tuple(y.shape)} with {loaded.runtime}, expected ({batch}, {classes}, H, W); "
+            "its meta.json does not match the model: re-export it"
+        )
+    if not np.isfinite(y).all():
+        raise NumericalError(
+            f"'{art.path}' returned NaN/inf logits with {loaded.runtime} ({art.precision}); re-export it or bench another precision"
+        )
+
+
+def _time_pre_post(art: Artifact, logits: np.ndarray, repeats: int) -> tuple[float, float]:
+    """Per-image pre/post-processing time on a random image of the input size (no resize)."""
+    image = np.random.default_rng(0).integers(0, 256, (*art.input_size, 3), dtype=np.uint8)
+    norm = art.meta["normalization"]
+    pre = post = 0
+    for _ in range(repeats):
+        t0 = time.perf_counter_ns()
+        preprocess(image, art.input_size, norm["mean"], norm["std"])
+        t1 = time.perf_counter_ns()
+        postprocess(logits, art.input_size)
+        post += time.perf_counter_ns() - t1
+        pre += t1 - t0
+    return pre / 1e6 / repeats, post / 1e6 / repeats
+
+
+@functools.lru_cache(maxsize=1)
+def _device() -> dict[str, Any]:
+    return device_record()
+
+
+def _make_row(
+    art: Artifact,
+    options: BenchOptions,
+    timing: Timing,
+    acc: AccuracyResult | None,
+    pre_ms: float,
+    post_ms: float,
+    data: dict[str, Any] | None,
+) -> BenchRow:
+    loaded = timing.loaded
+    threads = options.threads or getattr(loaded.runner, "threads", None)
+    stats = {k: round(v, 4) for k, v in latency_stats(timing.samples_ms).items()}
+    return BenchRow(
+        runtime=loaded.runtime,
+        runtime_version=loaded.runtime_version,
+        target=art.target,
+        precision=art.precision,
+        device=_device(),
+        provider=loaded.provider,
+        precision_hint=loaded.precision_hint,
+        threads=threads,
+        batch=options.batch,
+        output_stride=art.output_stride,
+        input_shape=[options.batch, 3, *art.input_size],
+        runs=options.runs,
+        warmup=options.warmup,
+        latency=stats,
+        latency_samples_ms=[round(s, 4) for s in timing.samples_ms],
+        throughput=round(throughput(timing.samples_ms, options.batch), 3),
+        first_inference_s=round(timing.first_inference_s, 4),
+        peak_mem_mb=None if timing.peak_mem_mb is None else round(timing.peak_mem_mb, 1),
+        preprocess_ms=round(pre_ms, 4),
+        postprocess_ms=round(post_ms, 4),
+        miou=None if acc is None else acc.summary["miou"],
+        pixel_acc=None if acc is None else acc.summary["pixel_acc"],
+        per_class_iou=None if acc is None else acc.summary["per_class_iou"],
+        num_images=0 if acc is None else acc.num_images,
+        data=data,
+        model_size_mb=round(art.model_size_mb, 4),
+        artifact=str(art.path),
+        artifact_sha256=art.sha256,
+        quant_method=art.quant_method,
+        timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        edgeseg_version=__version__,
+    )
+
+
+def bench_into(
+    json_path: str | Path, paths: list[Path], options: BenchOptions | None = None, progress: Callable[[Path], Progress | None] | None = None
+) -> list[BenchRow]:
+    """Bench each path and append its row to the results file as soon as it is measured.
+
+    The results file is checked first, so a file of another schema fails before any measuring,
+    and an interrupted run keeps the rows already measured.
+
+    Args:
+        json_path: results file (created, or merged into).
+        paths: artifact folders and/or `.pt` checkpoints.
+        options: shared by every path.
+        progress: progress(path) returns the progress callback for that path.
+    """
+    if Path(json_path).exists():
+        load_results(json_path)
+    rows = []
+    for path in paths:
+        row = bench_artifact(path, options, progress(path) if progress else None)
+        save_results(json_path, [row])
+        rows.append(row)
+    return rows

@@ -1,0 +1,149 @@
+"""Typed bench result rows and the results file: {"schema_version": 1, "rows": [...]}.
+
+Rows from several devices and days merge into one file (or one report); a row's id is a hash of
+its content, so merging the same measurement twice keeps it once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeseg.errors import EdgesegError
+from edgeseg.fsutil import write_json
+
+SCHEMA_VERSION = 1
+
+
+class ResultsError(EdgesegError):
+    """A results file cannot be read or is of another schema."""
+
+
+@dataclass
+class BenchRow:
+    """One measurement of one artifact with one runtime on one device.
+
+    Latencies are milliseconds of the model call alone (batch `batch`); `latency_samples_ms` are
+    the raw timed runs, so the report can draw their distribution. mIoU, pixel accuracy and IoU
+    are percentages (None with --no-accuracy); per-class IoU is None for a class absent from
+    both truth and prediction.
+    """
+
+    runtime: str  # onnxruntime | openvino | tensorrt | coreml | torch
+    runtime_version: str | None
+    target: str  # onnx | openvino | jetson | coreml | torch
+    precision: str  # fp32 | fp16 | int8 | fakequant (a QAT checkpoint in torch eager)
+    device: dict[str, Any]  # edgeseg.bench.device.device_record()
+    provider: str  # where the runtime ran it: CPUExecutionProvider, CPU, GPU, DLA0, ...
+    precision_hint: str | None  # the runtime's execution precision where it has one (OpenVINO)
+    threads: int | None  # None: the runtime's default
+    batch: int
+    output_stride: int | None
+    input_shape: list[int]  # N, C, H, W
+    runs: int
+    warmup: int
+    latency: dict[str, float]  # p50, p90, p99, mean, std, min, max (ms)
+    latency_samples_ms: list[float]
+    throughput: float  # images/s over the timed runs (batch included)
+    first_inference_s: float  # load + compile + first run
+    peak_mem_mb: float | None  # resident-memory peak of load + runs, above the RSS before load
+    preprocess_ms: float | None  # per image: read array -> normalised NCHW
+    postprocess_ms: float | None  # per image: logits -> mask (resize + argmax)
+    miou: float | None
+    pixel_acc: float | None
+    per_class_iou: dict[str, float | None] | None
+    num_images: int
+    data: dict[str, Any] | None  # format, split, root of the accuracy pass
+    model_size_mb: float
+    artifact: str
+    artifact_sha256: str
+    quant_method: str | None
+    timestamp: str  # ISO 8601, UTC
+    edgeseg_version: str
+    notes: str = ""
+    row_id: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.row_id:
+            self.row_id = self.compute_id()
+
+    def compute_id(self) -> str:
+        """sha256 (16 hex) of every field but row_id: equal measurements have equal ids."""
+        content = {k: v for k, v in dataclasses.asdict(self).items() if k != "row_id"}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "row") -> BenchRow:
+        """Build a row, naming the first missing or unknown field in the error."""
+        if not isinstance(d, dict):
+            raise ResultsError(f"{where} is not an object; the results file is damaged: re-run 'edgeseg bench'")
+        names = {f.name for f in dataclasses.fields(cls)}
+        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
+        missing = sorted(required - d.keys())
+        if missing:
+            raise ResultsError(f"{where} has no field '{missing[0]}'; the file is damaged or not from edgeseg bench: re-run bench")
+        unknown = sorted(d.keys() - names)
+        if unknown:
+            raise ResultsError(f"{where} has unknown field '{unknown[0]}'; it was written by another edgeseg: upgrade edgeseg")
+        return cls(**d)
+
+    @property
+    def label(self) -> str:
+        """'INT8 OpenVINO' style name of the row's precision and runtime."""
+        return f"{self.precision.upper()} {RUNTIME_NAMES.get(self.runtime, self.runtime)}"
+
+
+RUNTIME_NAMES = {"onnxruntime": "onnxruntime", "openvino": "OpenVINO", "tensorrt": "TensorRT", "coreml": "Core ML", "torch": "torch"}
+
+
+def load_results(path: str | Path) -> list[BenchRow]:
+    """Read a results file written by `edgeseg bench` (schema SCHEMA_VERSION only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ResultsError(f"results file '{path}' does not exist; pass a JSON written by 'edgeseg bench --json'")
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        line = f" (line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""
+        raise ResultsError(f"results file '{path}' is not valid JSON{line}; pass a file written by 'edgeseg bench --json'") from None
+    if not isinstance(doc, dict) or "schema_version" not in doc or not isinstance(doc.get("rows"), list):
+        raise ResultsError(
+            f"'{path}' is not an edgeseg results file (no schema_version/rows); pass a file written by 'edgeseg bench --json'"
+        )
+    if doc["schema_version"] != SCHEMA_VERSION:
+        raise ResultsError(
+            f"results file '{path}' has schema_version {doc['schema_version']!r} but this edgeseg reads {SCHEMA_VERSION}; "
+            "re-run 'edgeseg bench' with this version or use the edgeseg that wrote it"
+        )
+    return [BenchRow.from_dict(r, f"row {i} of '{path}'") for i, r in enumerate(doc["rows"])]
+
+
+def merge_rows(*groups: list[BenchRow]) -> list[BenchRow]:
+    """Concatenate rows in order, keeping the first of rows with the same id."""
+    seen: set[str] = set()
+    out = []
+    for rows in groups:
+        for row in rows:
+            if row.row_id not in seen:
+                seen.add(row.row_id)
+                out.append(row)
+    return out
+
+
+def save_results(path: str | Path, rows: list[BenchRow]) -> list[BenchRow]:
+    """Append `rows` to the results file at `path` (created if absent), atomically.
+
+    An existing file of another schema is left untouched and raises ResultsError.
+    Returns every row now in the file.
+    """
+    path = Path(path)
+    merged = merge_rows(load_results(path) if path.exists() else [], rows)
+    write_json(path, {"schema_version": SCHEMA_VERSION, "rows": [r.to_dict() for r in merged]})
+    return merged

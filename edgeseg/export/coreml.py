@@ -1,0 +1,302 @@
+"""Core ML target: an .mlpackage (ML program, iOS 17 / macOS 14) that takes pixels.
+
+FP32 and FP16 convert the float model (compute_precision FLOAT32 / FLOAT16). INT8 is W8A8 with
+the ranges of the calibrated or QAT checkpoint itself, not a new calibration (coremltools'
+activation calibration needs macOS): the fake-quant model is traced with torch's
+quantize/dequantize ops, which coremltools turns into int8 weights (constexpr_affine_dequantize)
+and activation quantize/dequantize ops.
+
+Input: an RGB image (ct.ImageType, scale 1/255). ImageType has one scale for all channels, so
+the per-channel ImageNet mean/std cannot be folded into it; the traced wrapper starts with a
+tiny (x - mean) / std layer instead, and Vision/Core ML callers pass plain pixels. Output:
+"logits" (1, C, H, W) float32. Class names, colours and the artifact meta are in the model's
+user-defined metadata.
+
+Converting and inspecting run anywhere; prediction needs macOS (Core ML framework).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import platform
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeseg.errors import ConfigError, TargetError, missing_dependency
+from edgeseg.export.base import ExportRequest
+
+MODEL_FILE = "model.mlpackage"
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+DEPLOYMENT_TARGET = "iOS17"  # = macOS 14
+WEIGHT_DEQUANT_OPS = {"constexpr_affine_dequantize", "constexpr_blockwise_shift_scale"}
+
+
+def _ct() -> Any:
+    try:
+        import coremltools
+    except ImportError:
+        raise missing_dependency("coremltools", "coreml") from None
+    return coremltools
+
+
+def qdq_view(model: Any) -> Any:
+    """A copy of a fake-quant model whose quantizers use torch.quantize_per_* + dequantize.
+
+    Fake quantization and quantize->dequantize compute the same values (same scale, zero point
+    0, rounding and [-128, 127] clamp); only the traced ops differ, and coremltools converts
+    these (not fake_quantize_*) to Core ML's int8 weights and quantize/dequantize ops.
+    """
+    import torch
+    from torch import nn
+
+    from edgeseg.quant.fake_quant import AMAX_EPS, QMAX, QuantConv2d, TensorQuantizer
+
+    class QDQActivation(nn.Module):
+        def __init__(self, amax: float, enabled: bool) -> None:
+            super().__init__()
+            self.scale = max(float(amax), AMAX_EPS) / QMAX
+            self.enabled = enabled
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.dequantize(torch.quantize_per_tensor(x, self.scale, 0, torch.qint8)) if self.enabled else x
+
+    class QDQConv(nn.Conv2d):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            amax = self.weight.detach().abs().amax(dim=(1, 2, 3)).float().clamp_min(AMAX_EPS)
+            zero = torch.zeros(amax.numel(), dtype=torch.int64)
+            w = torch.dequantize(torch.quantize_per_channel(self.weight.detach(), amax / QMAX, zero, 0, torch.qint8))
+            return self._conv_forward(x, w, self.bias)
+
+    out = copy.deepcopy(model)
+    for parent in list(out.modules()):
+        for name, child in list(parent._modules.items()):
+            if isinstance(child, TensorQuantizer):
+                parent._modules[name] = QDQActivation(float(child.amax), child.mode == "quant")
+            elif isinstance(child, QuantConv2d):
+                cls = QDQConv if child.quant_weight else nn.Conv2d
+                conv = cls(child.in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,  # type: ignore[arg-type]
+                           child.dilation, child.groups, child.bias is not None)  # type: ignore[arg-type]
+                conv.weight, conv.bias = child.weight, child.bias
+                parent._modules[name] = conv
+    return out
+
+
+def pixel_model(model: Any, mean: list[float], std: list[float]) -> Any:
+    """Wrap `model` so it takes pixels in [0, 1] (ImageType scale 1/255) and normalises them."""
+    import torch
+    from torch import nn
+
+    class Normalize(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+            self.register_buffer("inv_std", 1.0 / torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model((x - self.mean) * self.inv_std)
+
+    return Normalize().eval()
+
+
+@contextlib.contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """coremltools draws tqdm bars on stderr; the CLI shows its own progress."""
+    old = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = old
+
+
+def convert(model: Any, *, precision: str, input_size: tuple[int, int], meta: dict[str, Any]) -> Any:
+    """Trace and convert an eval-mode model (fake-quant for int8) to a Core ML ML program."""
+    ct = _ct()
+    import torch
+
+    if precision == "int8":
+        model = qdq_view(model)
+    norm = meta["normalization"]
+    wrapped = pixel_model(model, list(norm["mean"]), list(norm["std"]))
+    h, w = input_size
+    example = torch.rand(1, 3, h, w)
+    with torch.no_grad():
+        traced = torch.jit.trace(wrapped, example, check_trace=False)
+    compute = ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16
+    with _quiet_progress():
+        mlmodel = ct.convert(
+            traced,
+            inputs=[ct.ImageType(name=INPUT_NAME, shape=(1, 3, h, w), scale=1 / 255.0, color_layout=ct.colorlayout.RGB)],
+            outputs=[ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)],
+            convert_to="mlprogram",
+            minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET),
+            compute_precision=compute,
+        )
+    _describe(mlmodel, meta, precision)
+    return mlmodel
+
+
+def _describe(mlmodel: Any, meta: dict[str, Any], precision: str) -> None:
+    classes = meta["classes"]
+    mlmodel.short_description = f"DeepLabV3+ MobileNetV2 segmentation, {len(classes['names'])} classes, OS{meta['output_stride']}, {precision} (edgeseg)"
+    mlmodel.input_description[INPUT_NAME] = f"RGB image {meta['input_size'][1]}x{meta['input_size'][0]}, pixels 0-255 (normalisation is inside the model)"
+    mlmodel.output_description[OUTPUT_NAME] = "class logits (1, C, H, W); argmax over C gives the class map"
+    ud = mlmodel.user_defined_metadata
+    ud["edgeseg.classes"] = json.dumps(classes["names"])
+    ud["edgeseg.colors"] = json.dumps(classes["colors"])
+    ud["edgeseg.precision"] = precision
+    ud["edgeseg.output_stride"] = str(meta["output_stride"])
+    ud["edgeseg.normalization"] = json.dumps(meta["normalization"])
+
+
+def inspect_mlpackage(path: str | Path) -> dict[str, Any]:
+    """Read an .mlpackage's spec from disk: I/O, op counts, int8 conv weights/inputs, metadata."""
+    ct = _ct()
+    from coremltools.proto import MIL_pb2
+
+    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+    inputs = {}
+    for i in spec.description.input:
+        kind = i.type.WhichOneof("Type")
+        img = i.type.imageType
+        inputs[i.name] = {"type": kind, "height": img.height, "width": img.width} if kind == "imageType" else {"type": kind}
+    outputs = {o.name: {"shape": list(o.type.multiArrayType.shape)} for o in spec.description.output}
+    fn = spec.mlProgram.functions["main"]
+    ops = list(fn.block_specializations[fn.opset].operations)
+    producer = {out.name: op for op in ops for out in op.outputs}
+    convs = [op for op in ops if op.type == "conv"]
+
+    def source(op: Any, arg: str) -> Any:
+        args = op.inputs[arg].arguments if arg in op.inputs else []
+        return producer.get(args[0].name) if args else None
+
+    def int8_weight(op: Any) -> bool:
+        src = source(op, "weight")
+        if src is None or src.type not in WEIGHT_DEQUANT_OPS:
+            return False
+        data = src.attributes.get("quantized_data") or src.attributes.get("data")
+        return data is not None and MIL_pb2.DataType.Name(data.type.tensorType.dataType) == "INT8"
+
+    return {
+        "spec_version": spec.specificationVersion,
+        "opset": fn.opset,
+        "inputs": inputs,
+        "outputs": outputs,
+        "ops": dict(Counter(op.type for op in ops)),
+        "convs": len(convs),
+        "convs_int8_weights": sum(int8_weight(op) for op in convs),
+        "convs_int8_inputs": sum(getattr(source(op, "x"), "type", "") == "dequantize" for op in convs),
+        "metadata": dict(spec.description.metadata.userDefined),
+    }
+
+
+def verify_mlpackage(path: Path, meta: dict[str, Any], precision: str) -> dict[str, Any]:
+    """Check names, shapes, metadata, and (INT8) that every conv has int8 weights and inputs."""
+    info = inspect_mlpackage(path)
+    h, w = meta["input_size"]
+    n = len(meta["classes"]["names"])
+    img = info["inputs"].get(INPUT_NAME, {})
+    problems = []
+    if img.get("type") != "imageType" or (img.get("height"), img.get("width")) != (h, w):
+        problems.append(f"input '{INPUT_NAME}' is {img or 'missing'}, expected an {w}x{h} image")
+    if info["outputs"].get(OUTPUT_NAME, {}).get("shape") != [1, n, h, w]:
+        problems.append(f"output '{OUTPUT_NAME}' is {info['outputs'].get(OUTPUT_NAME)}, expected shape [1, {n}, {h}, {w}]")
+    if json.loads(info["metadata"].get("edgeseg.classes", "[]")) != meta["classes"]["names"]:
+        problems.append("class names are missing from the metadata")
+    if precision == "int8" and not (info["convs"] == info["convs_int8_weights"] and info["convs_int8_inputs"] > 0):
+        problems.append(f"{info['convs'] - info['convs_int8_weights']} of {info['convs']} convs lack int8 weights ({info['convs_int8_inputs']} have int8 inputs)")
+    if problems:
+        raise TargetError(f"Core ML package '{path}' failed verification: {'; '.join(problems)}; run with --verbose")
+    return info
+
+
+class CoreMLRunner:
+    """A Core ML model (macOS only): `run(x)` takes normalised NCHW like the other runners."""
+
+    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+        ct = _ct()
+        self.model = ct.models.MLModel(str(path))
+        norm = meta["normalization"]
+        self.mean = np.asarray(norm["mean"], np.float32).reshape(1, 3, 1, 1)
+        self.std = np.asarray(norm["std"], np.float32).reshape(1, 3, 1, 1)
+        self.static_batch = 1
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        from PIL import Image
+
+        # Undo the normalisation (exact up to rounding for inputs made from uint8 pixels).
+        pixels = np.clip(np.rint((x * self.std + self.mean) * 255.0), 0, 255).astype(np.uint8)
+        outs = [self.model.predict({INPUT_NAME: Image.fromarray(p.transpose(1, 2, 0))})[OUTPUT_NAME] for p in pixels]
+        return np.concatenate([np.asarray(o, np.float32) for o in outs])
+
+
+def is_macos() -> bool:
+    return platform.system() == "Darwin"
+
+
+class CoreMLTarget:
+    """The Target protocol for Core ML (see edgeseg.export.base)."""
+
+    name = "coreml"
+
+    def is_available(self) -> tuple[bool, str]:
+        try:
+            _ct()
+        except Exception as exc:  # noqa: BLE001 - any import failure means "not here"
+            return False, str(exc)
+        return True, ""
+
+    def export(self, request: ExportRequest, out: Path) -> dict[str, Any]:
+        return export_coreml(request, out)
+
+    def load(self, artifact: Path, meta: dict[str, Any], **options: Any) -> CoreMLRunner:
+        if not is_macos():
+            raise TargetError(f"Core ML prediction needs macOS; copy '{artifact}' to a Mac (macOS 14+) and bench it there")
+        return CoreMLRunner(Path(artifact) / meta["model_file"], meta)
+
+
+def export_coreml(request: ExportRequest, out: Path) -> dict[str, Any]:
+    """Convert the checkpoint of `request` to out/model.mlpackage, verify it, return meta."""
+    from edgeseg.export.artifacts import float_model_of
+    from edgeseg.export.prepare import load_for_export, tool_versions
+    from edgeseg.quant import is_quantized
+
+    if request.dynamic_batch:
+        raise ConfigError("--dynamic-batch is not supported for Core ML (batch 1 image input); leave it out")
+    if request.options.get("ptq"):
+        raise ConfigError("--ptq applies to OpenVINO only; Core ML INT8 uses the checkpoint's own ranges")
+    model, ckpt, meta = load_for_export(request)
+    if request.precision == "int8" and not is_quantized(model):
+        raise TargetError(f"checkpoint '{request.checkpoint}' has no INT8 ranges; calibrate it ('edgeseg calibrate') or train with QAT")
+    source = model if request.precision == "int8" else float_model_of(model)
+    mlmodel = convert(source, precision=request.precision, input_size=tuple(meta["input_size"]), meta=meta)
+    path = out / MODEL_FILE
+    mlmodel.save(str(path))
+    info = verify_mlpackage(path, meta, request.precision)
+    meta.update({
+        "target": "coreml", "precision": request.precision, "model_file": MODEL_FILE,
+        "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
+        "tool_versions": tool_versions("torch", "coremltools"),
+        "coreml": {
+            "minimum_deployment_target": f"{DEPLOYMENT_TARGET} / macOS14", "input": "RGB image, pixels 0-255, normalisation inside",
+            "compute_precision": "float32" if request.precision == "fp32" else "float16",
+            "convs": info["convs"], "convs_int8_weights": info["convs_int8_weights"], "convs_int8_inputs": info["convs_int8_inputs"],
+            "prediction_verified": False, "why": "Core ML prediction needs macOS; bench on a Mac checks accuracy",
+        },
+    })
+    return meta
+
+
+TARGET = CoreMLTarget()

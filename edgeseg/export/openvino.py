@@ -1,0 +1,307 @@
+"""OpenVINO target: IR (.xml/.bin) from the ONNX of the same checkpoint, verified on this CPU.
+
+FP32 converts the float ONNX with no weight compression; FP16 compresses the weights to FP16
+(`save_model(compress_to_fp16=True)`); INT8 converts the Q/DQ ONNX of a calibrated or QAT
+checkpoint, so OpenVINO runs the ranges edgeseg trained. `ptq="nncf"` instead quantizes the
+float IR with NNCF's own post-training quantization, as a point of comparison.
+
+Every export is verified before it is declared written: the IR is compiled on the CPU and
+compared with onnxruntime on images of the artifact's data set (argmax agreement), and the
+compiled runtime model is read back so every convolution of an INT8 IR is proven to run in
+u8/i8; fallbacks fail the export unless `allow_fallback`.
+
+The CPU's default inference precision on a CPU with AVX-512 BF16 or AMX is bf16, so the FP32
+and INT8 artifacts pin INFERENCE_PRECISION_HINT to f32 (INT8 layers run in INT8 either way);
+the FP16 artifact uses f16 where the CPU has it and the CPU's reduced default (bf16) otherwise.
+The hint is recorded in meta.json ("precision_hint") and used again by `load` and bench.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeseg.errors import CheckpointError, ConfigError, NumericalError, TargetError, missing_dependency
+from edgeseg.export.base import ExportRequest
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.xml"
+PRECISION_REPORT = "precision_report.json"
+INT8_PRECISIONS = {"u8", "i8"}
+# Layer types that carry weights: in an INT8 IR each must run in u8/i8.
+WEIGHTED_LAYERS = {"Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul"}
+DEFAULT_AGREEMENT = 0.995
+PTQ_METHODS = ("nncf",)
+
+
+def _ov() -> Any:
+    try:
+        import openvino
+    except ImportError:
+        raise missing_dependency("openvino", "openvino") from None
+    return openvino
+
+
+def ir_from_onnx(onnx_path: Path, out_dir: Path, *, precision: str) -> Path:
+    """Convert an ONNX file to IR in out_dir/model.xml; FP16 compresses weights, others do not."""
+    ov = _ov()
+    model = ov.convert_model(str(onnx_path))
+    xml = Path(out_dir) / MODEL_FILE
+    ov.save_model(model, str(xml), compress_to_fp16=(precision == "fp16"))
+    return xml
+
+
+def precision_hint(precision: str, device: str = "CPU") -> str:
+    """The INFERENCE_PRECISION_HINT an artifact of `precision` runs with on `device`."""
+    if precision in ("fp32", "int8"):
+        return "f32"
+    core = _ov().Core()
+    caps = core.get_property(device, "OPTIMIZATION_CAPABILITIES")
+    if "FP16" in caps:
+        return "f16"
+    return str(core.get_property(device, "INFERENCE_PRECISION_HINT").get_type_name())
+
+
+def compile_ir(xml: Path, *, hint: str, device: str = "CPU", threads: int | None = None) -> Any:
+    """Compile an IR with an explicit precision hint (and thread count)."""
+    ov = _ov()
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    try:
+        return ov.Core().compile_model(str(xml), device, config)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise TargetError(f"OpenVINO cannot compile '{xml}' on {device} ({first}); check the device name and the IR") from None
+
+
+def runtime_layers(compiled: Any) -> list[dict[str, str]]:
+    """Per-layer runtime info of a compiled model: type, runtime/output precision, kernel."""
+    rows = []
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+
+        def get(key: str, info: Any = info) -> str:
+            return info[key].astype(str) if key in info else ""
+
+        rows.append({
+            "name": op.get_friendly_name(),
+            "type": get("layerType"),
+            "runtime_precision": get("runtimePrecision"),
+            "output_precisions": get("outputPrecisions"),
+            "primitive": get("primitiveType"),
+            "original": get("originalLayersNames"),
+        })
+    return rows
+
+
+def precision_report(compiled: Any, *, hint: str, int8: bool) -> dict[str, Any]:
+    """Summarise the runtime precision per layer type; list weighted layers not in u8/i8."""
+    layers = runtime_layers(compiled)
+    summary: dict[str, Counter[str]] = {}
+    for row in layers:
+        if row["type"] in ("Input", "Output", "Const"):
+            continue
+        summary.setdefault(row["type"], Counter())[row["runtime_precision"]] += 1
+    fallbacks = [r for r in layers if int8 and r["type"] in WEIGHTED_LAYERS and r["runtime_precision"] not in INT8_PRECISIONS]
+    weighted = [r for r in layers if r["type"] in WEIGHTED_LAYERS]
+    return {
+        "inference_precision_hint": hint,
+        "weighted_layers": len(weighted),
+        "weighted_layers_int8": sum(r["runtime_precision"] in INT8_PRECISIONS for r in weighted),
+        "summary": {t: dict(c) for t, c in sorted(summary.items())},
+        "fallbacks": [{k: r[k] for k in ("name", "type", "runtime_precision", "primitive", "original")} for r in fallbacks],
+        "layers": layers,
+    }
+
+
+def onnx_reference(onnx_path: Path, images: list[np.ndarray]) -> np.ndarray:
+    """Logits of the ONNX file in onnxruntime (CPU), the reference every IR is compared with."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise missing_dependency("onnxruntime", "openvino") from None
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: x})[0] for x in images])
+
+
+def run_compiled(compiled: Any, images: list[np.ndarray]) -> np.ndarray:
+    req = compiled.create_infer_request()
+    outs = []
+    for x in images:
+        req.infer({0: x})
+        outs.append(np.array(req.get_output_tensor(0).data, dtype=np.float32, copy=True))
+    return np.concatenate(outs)
+
+
+def verify_ir(
+    xml: Path, reference: np.ndarray, images: list[np.ndarray], *, hint: str, int8: bool,
+    allow_fallback: bool = False, min_agreement: float | None = DEFAULT_AGREEMENT,
+) -> dict[str, Any]:
+    """Compile on CPU, compare with reference logits, and check INT8 runtime precision.
+
+    Raises:
+        NumericalError: argmax agreement below `min_agreement` (None: record only).
+        TargetError: an INT8 IR with weighted layers not running in u8/i8, unless allow_fallback.
+    """
+    compiled = compile_ir(xml, hint=hint)
+    got = run_compiled(compiled, images)
+    from edgeseg.export.artifacts import argmax_agreement
+
+    agreement = argmax_agreement(got, reference)
+    report = precision_report(compiled, hint=hint, int8=int8)
+    report["argmax_agreement"] = agreement
+    report["max_abs_diff"] = float(np.abs(got - reference).max())
+    if min_agreement is not None and agreement < min_agreement:
+        raise NumericalError(
+            f"OpenVINO '{xml}' agrees with onnxruntime on {agreement:.2%} of pixels (< {min_agreement:.1%}); the conversion is wrong, run with --verbose"
+        )
+    if report["fallbacks"] and not allow_fallback:
+        names = ", ".join(f"{f['name']} ({f['runtime_precision']})" for f in report["fallbacks"][:4])
+        more = f" and {len(report['fallbacks']) - 4} more" if len(report["fallbacks"]) > 4 else ""
+        raise TargetError(f"{len(report['fallbacks'])} weighted layers do not run in INT8 on OpenVINO: {names}{more}; fix the Q/DQ placement or pass --allow-fallback")
+    return report
+
+
+def nncf_quantize_ir(fp32_onnx: Path, out_dir: Path, calibration: list[np.ndarray]) -> Path:
+    """NNCF post-training quantization of the float model (symmetric 'performance' preset)."""
+    ov = _ov()
+    try:
+        import nncf
+    except ImportError:
+        raise missing_dependency("nncf", "nncf") from None
+    model = ov.convert_model(str(fp32_onnx))
+    dataset = nncf.Dataset(calibration)
+    quantized = nncf.quantize(model, dataset, preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(calibration))
+    xml = Path(out_dir) / MODEL_FILE
+    ov.save_model(quantized, str(xml), compress_to_fp16=False)
+    return xml
+
+
+class OpenVINORunner:
+    """A compiled IR: `run(x)` maps float32 NCHW to float32 logits."""
+
+    def __init__(self, compiled: Any) -> None:
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        self.request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
+        return np.array(self.request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+
+
+class OpenVINOTarget:
+    """The Target protocol for OpenVINO (see edgeseg.export.base)."""
+
+    name = "openvino"
+
+    def is_available(self) -> tuple[bool, str]:
+        try:
+            _ov()
+        except Exception as exc:  # noqa: BLE001 - any import failure means "not here"
+            return False, str(exc)
+        return True, ""
+
+    def export(self, request: ExportRequest, out: Path) -> dict[str, Any]:
+        return export_openvino(request, out)
+
+    def load(self, artifact: Path, meta: dict[str, Any], **options: Any) -> OpenVINORunner:
+        hint = options.get("precision_hint") or meta.get("precision_hint") or precision_hint(meta["precision"])
+        device = options.get("device") or meta.get("device", "CPU")
+        return OpenVINORunner(compile_ir(Path(artifact) / meta["model_file"], hint=hint, device=device, threads=options.get("threads")))
+
+
+def check_request(request: ExportRequest, has_ranges: bool) -> str | None:
+    """Validate precision/ptq options; return the PTQ method (or None)."""
+    ptq = request.options.get("ptq")
+    if ptq is not None and ptq not in PTQ_METHODS:
+        raise ConfigError(f"--ptq {ptq!r} is unknown; use one of {', '.join(PTQ_METHODS)}")
+    if ptq and request.precision != "int8":
+        raise ConfigError(f"--ptq {ptq} quantizes to INT8; use it with --precision int8, not {request.precision}")
+    if request.precision == "int8" and not ptq and not has_ranges:
+        raise CheckpointError(
+            f"checkpoint '{request.checkpoint}' has no INT8 ranges; calibrate it ('edgeseg calibrate'), train with QAT, or pass --ptq nncf"
+        )
+    return ptq
+
+
+def calibration_images(ckpt: dict[str, Any], meta: dict[str, Any], count: int | None = None) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """Calibration images for NNCF: the recipe's calib list, else evenly spaced train images.
+
+    The same list and number of images edgeseg's own calibration uses (edgeseg.quant.data), so
+    the two INT8 artifacts differ by their quantization algorithm, not their data. Images are
+    preprocessed at the artifact's input size, as the IR expects.
+    """
+    from edgeseg.config import recipe_from_dict
+    from edgeseg.data.calib import read_calib_list
+    from edgeseg.data.dataset import open_split
+    from edgeseg.data.io import read_image
+    from edgeseg.data.preprocess import preprocess
+
+    recipe = recipe_from_dict(ckpt["recipe"])
+    n = int(count or recipe.quant.calib_num_images)
+    norm, size = meta["normalization"], tuple(meta["input_size"])
+    if recipe.quant.calib_list:
+        paths = read_calib_list(recipe.quant.calib_list, recipe.data.root, n)
+        images = [preprocess(read_image(p), size, norm["mean"], norm["std"]) for p in paths]
+        return images, {"calib_list": recipe.quant.calib_list, "num_images": len(images)}
+    source = open_split(recipe, recipe.data.train_split)
+    picks = np.linspace(0, len(source) - 1, min(n, len(source))).round().astype(int).tolist()
+    images = [preprocess(source.load(i)[0], size, norm["mean"], norm["std"]) for i in picks]
+    return images, {"calib_list": f"{recipe.data.format}:{recipe.data.train_split}", "num_images": len(images)}
+
+
+def export_openvino(request: ExportRequest, out: Path) -> dict[str, Any]:
+    """Export one OpenVINO artifact into folder `out` and verify it; return its meta."""
+    from edgeseg.export.artifacts import source_onnx, verification_images
+    from edgeseg.export.prepare import load_for_export, tool_versions
+    from edgeseg.fsutil import write_json
+
+    model, ckpt, meta = load_for_export(request)
+    ptq = check_request(request, has_ranges=bool(ckpt.get("quant")))
+    opts = request.options
+    images, data_desc = verification_images(meta, int(opts.get("verify_images", 8)))
+    int8_source = request.precision == "int8" and not ptq
+    with tempfile.TemporaryDirectory(prefix="edgeseg-ov-") as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        source_onnx(model, onnx_path, meta=meta, int8=int8_source, dynamic_batch=request.dynamic_batch)
+        reference = onnx_reference(onnx_path, images)
+        if ptq:
+            calib, calib_info = calibration_images(ckpt, meta, opts.get("calib_images"))
+            xml = nncf_quantize_ir(onnx_path, out, calib)
+            meta["quant"] = {"method": "nncf", **calib_info, "qat": False}
+        else:
+            xml = ir_from_onnx(onnx_path, out, precision=request.precision)
+        hint = opts.get("precision_hint") or precision_hint(request.precision)
+        # An NNCF IR has no identical reference (its ranges are its own): record its agreement with FP32.
+        min_agree = None if ptq else float(opts.get("min_agreement", DEFAULT_AGREEMENT))
+        report = verify_ir(xml, reference, images, hint=hint, int8=request.precision == "int8",
+                           allow_fallback=bool(opts.get("allow_fallback")), min_agreement=min_agree)
+    write_json(out / PRECISION_REPORT, {k: v for k, v in report.items()})
+    ir = _ov().Core().read_model(str(xml))
+    meta.update({
+        "target": "openvino", "precision": request.precision, "model_file": MODEL_FILE,
+        "input_name": ir.inputs[0].get_any_name(), "output_name": ir.outputs[0].get_any_name(),
+        "tool_versions": tool_versions("torch", "onnx", "onnxruntime", "openvino", "nncf"),
+        # bench reads "precision_hint" and compiles with it (OpenVINO's CPU default may be bf16).
+        "precision_hint": hint, "device": "CPU",
+        "verification": {
+            "reference": "onnxruntime FP32 ONNX" if ptq else "onnxruntime, same ONNX", "data": data_desc,
+            "argmax_agreement": report["argmax_agreement"], "max_abs_diff": report["max_abs_diff"],
+            "weighted_layers": report["weighted_layers"], "weighted_layers_int8": report["weighted_layers_int8"],
+            "fallbacks": len(report["fallbacks"]),
+        },
+    })
+    return meta
+
+
+TARGET = OpenVINOTarget()

@@ -1,0 +1,201 @@
+"""`edgeseg pipeline`: train FP32 -> QAT (or calibrate) -> export every target at each output
+stride -> bench what runs here -> report, resuming from what already exists in the run folder.
+
+A stage is skipped when its outputs exist and were made from the same inputs: the training stage
+by the recipe hash, the rest by the SHA-256 of the checkpoint or artifact they came from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeseg.config import Recipe
+from edgeseg.errors import ConfigError, EdgesegError
+from edgeseg.fsutil import check_writable, write_json
+
+log = logging.getLogger(__name__)
+Event = Callable[[str, str], None]  # (stage, message)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One artifact the pipeline makes per output stride."""
+
+    target: str
+    precision: str
+    ptq: str | None = None
+
+    @property
+    def int8_source(self) -> bool:
+        return self.precision == "int8" and self.ptq is None
+
+
+VARIANTS = (
+    Variant("onnx", "fp32"), Variant("openvino", "fp32"), Variant("openvino", "fp16"), Variant("openvino", "int8"),
+    Variant("openvino", "int8", "nncf"), Variant("coreml", "fp16"), Variant("coreml", "int8"), Variant("jetson", "int8"),
+)
+
+
+def runs_here(target: str) -> tuple[bool, str]:
+    """Whether bench can run a target's artifact on this machine (and why not)."""
+    if target in ("onnx", "openvino"):
+        return True, ""
+    if target == "coreml":
+        return (platform.system() == "Darwin", "CoreML prediction needs macOS")
+    import importlib.util
+
+    return (importlib.util.find_spec("tensorrt") is not None, "TensorRT needs an NVIDIA GPU with tensorrt installed")
+
+
+class Pipeline:
+    """Runs and resumes the stages of one recipe in one run folder."""
+
+    def __init__(self, recipe: Recipe, out: Path, *, targets: list[str], output_strides: list[int], event: Event | None = None,
+                 bench_runs: int | None = None, limit: int | None = None) -> None:
+        self.recipe, self.out = recipe, check_writable(out)
+        unknown = [t for t in targets if t not in {v.target for v in VARIANTS}]
+        if unknown:
+            from edgeseg.errors import did_you_mean
+
+            raise ConfigError(f"unknown target '{unknown[0]}'{did_you_mean(unknown[0], [v.target for v in VARIANTS])}; use onnx, openvino, coreml or jetson")
+        bad = [s for s in output_strides if s not in (8, 16, 32)]
+        if bad:
+            raise ConfigError(f"--output-strides has {bad[0]}; use values among 8, 16, 32")
+        self.targets, self.strides = targets, output_strides
+        self.event = event or (lambda stage, msg: log.info("%s: %s", stage, msg))
+        self.bench_runs, self.limit = bench_runs, limit
+        self.state_path = self.out / "pipeline.json"
+        self.state: dict[str, Any] = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+
+    def _save_state(self) -> None:
+        write_json(self.state_path, self.state)
+
+    def run(self) -> dict[str, Any]:
+        start = time.perf_counter()
+        int8_ckpt = self.train()
+        artifacts = self.export(int8_ckpt)
+        results = self.bench(artifacts)
+        report = self.report(results)
+        self.event("done", f"{time.perf_counter() - start:.0f}s; report: {report}")
+        return {"artifacts": [str(a) for a in artifacts], "results": str(results), "report": str(report)}
+
+    def train(self) -> Path:
+        """Train (or resume); return the checkpoint INT8 artifacts come from."""
+        from edgeseg.train import fit
+        from edgeseg.train.checkpoint import file_hash, load_checkpoint
+
+        want = self.recipe.hash()
+        done = self.state.get("train", {})
+        best = self.out / "best.pt"
+        if best.exists() and done.get("recipe_hash") == want and done.get("best_sha256") == file_hash(best):
+            self.event("train", f"skipped: {best} matches recipe {want}")
+        else:
+            if best.exists() and done.get("recipe_hash") not in (None, want):
+                raise ConfigError(f"'{self.out}' holds a run of another recipe (hash {done.get('recipe_hash')}); use a new --out")
+            resume = (self.out / "last.pt").exists()
+            self.event("train", "resuming from last.pt" if resume else "FP32" + (" + QAT" if self.recipe.quant.enabled else ""))
+            fit(self.recipe, self.out, resume=resume, callback=self._train_callback)
+            self.state["train"] = {"recipe_hash": want, "best_sha256": file_hash(best)}
+            self._save_state()
+        if load_checkpoint(best).get("quant"):
+            return best
+        return self.calibrate()
+
+    def _train_callback(self, event: str, **info: Any) -> None:
+        if event == "eval":
+            self.event("train", f"{info['stage']} step {info['it']}: val mIoU {info['miou']:.2f}")
+
+    def calibrate(self) -> Path:
+        from edgeseg.quant.ptq import calibrate_checkpoint
+        from edgeseg.train.checkpoint import file_hash
+
+        src, out = self.out / "fp32.pt", self.out / "ptq.pt"
+        key = file_hash(src)
+        if out.exists() and self.state.get("calibrate", {}).get("source_sha256") == key:
+            self.event("calibrate", f"skipped: {out} is from this fp32.pt")
+            return out
+        summary = calibrate_checkpoint(src, None, out)
+        self.state["calibrate"] = {"source_sha256": key}
+        self._save_state()
+        self.event("calibrate", f"{summary.get('method')} on {summary.get('num_images')} images -> {out}")
+        return out
+
+    def export(self, int8_ckpt: Path) -> list[Path]:
+        from edgeseg.export.artifacts import artifact_name, export_artifact
+        from edgeseg.export.base import ExportRequest, get_target
+        from edgeseg.train.checkpoint import file_hash
+
+        folders = []
+        for os_ in self.strides:
+            for v in (v for v in VARIANTS if v.target in self.targets):
+                ok, why = get_target(v.target).is_available()
+                if not ok:
+                    self.event("export", f"{v.target}: skipped ({why})")
+                    continue
+                ckpt = int8_ckpt if v.int8_source else self.out / "fp32.pt"
+                folder = self.out / "export" / artifact_name(v.target, v.precision, os_, v.ptq)
+                if self._fresh(folder, file_hash(ckpt)):
+                    self.event("export", f"skipped: {folder.name} is up to date")
+                    folders.append(folder)
+                    continue
+                request = ExportRequest(checkpoint=ckpt, precision=v.precision, output_stride=os_, out_dir=self.out / "export",
+                                        options={"ptq": v.ptq} if v.ptq else {})
+                try:
+                    result = export_artifact(request, v.target)
+                except EdgesegError as exc:
+                    self.event("export", f"{folder.name}: failed: {exc}")
+                    continue
+                self.event("export", f"{folder.name}: {result.size_bytes / 1e6:.1f} MB in {result.seconds:.1f}s")
+                folders.append(folder)
+        return folders
+
+    @staticmethod
+    def _fresh(folder: Path, source_sha: str) -> bool:
+        meta = folder / "meta.json"
+        if not meta.exists():
+            return False
+        try:
+            return json.loads(meta.read_text()).get("source_checkpoint_sha256") == source_sha
+        except (OSError, ValueError):
+            return False
+
+    def bench(self, artifacts: list[Path]) -> Path:
+        from edgeseg.bench.artifact import open_artifact
+        from edgeseg.bench.measure import BenchOptions, bench_artifact
+        from edgeseg.bench.results import load_results, save_results
+
+        results = self.out / "results.json"
+        have = {(r.artifact_sha256, r.output_stride, r.target) for r in load_results(results)} if results.exists() else set()
+        b = self.recipe.bench
+        todo: list[tuple[Path, int | None]] = [(self.out / "fp32.pt", os_) for os_ in self.strides]
+        todo += [(a, None) for a in artifacts]
+        for path, os_ in todo:
+            art = open_artifact(path, output_stride=os_)
+            ok, why = runs_here(art.target) if art.target != "torch" else (True, "")
+            if not ok:
+                self.event("bench", f"{path.name}: not run here ({why}); run 'edgeseg bench {path}' on the device")
+                continue
+            if (art.sha256, art.output_stride, art.target) in have:
+                self.event("bench", f"skipped: {path.name} OS{art.output_stride} already measured")
+                continue
+            options = BenchOptions(runs=self.bench_runs or b.runs, warmup=b.warmup, threads=b.threads, limit=self.limit, output_stride=os_)
+            row = bench_artifact(path, options)
+            save_results(results, [row])
+            miou = "-" if row.miou is None else f"{row.miou:.2f}"
+            self.event("bench", f"{path.name} OS{row.output_stride}: p50 {row.latency['p50']:.2f} ms, mIoU {miou}")
+        return results
+
+    def report(self, results: Path) -> Path:
+        from edgeseg.report import build_report
+
+        out = self.out / "report"
+        build_report([results], out)
+        self.event("report", f"{out / 'report.md'}")
+        return out / "report.md"

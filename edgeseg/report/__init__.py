@@ -1,0 +1,155 @@
+"""Report: reads bench result files only and writes report.md, report.html, results.csv/json and plots.
+
+Rows from several devices and days merge (exact duplicates once, by row id). The report has a
+table per output stride with the Pareto front of each device marked, a summary line per row
+against its FP32 reference, and PNG plots: mIoU vs p50 latency per device, per-class IoU of FP32
+vs INT8 per output stride, and the latency distribution of every row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from pathlib import Path
+
+from edgeseg.bench.results import SCHEMA_VERSION, BenchRow, ResultsError, load_results, merge_rows
+from edgeseg.fsutil import check_writable, write_bytes, write_json, write_text
+from edgeseg.report import plots
+from edgeseg.report.analysis import Entry, analyse, group_by, is_fp32_reference, precision_label, summary_lines
+from edgeseg.report.render import Block, Table, html_page, markdown, results_csv
+
+log = logging.getLogger(__name__)
+
+TABLE_HEADER = ["Pareto", "target", "precision", "runtime", "device", "mIoU", "Δ mIoU", "p50 ms", "p90 ms", "FPS", "size MB", "measured"]
+INTRO = (
+    "mIoU and pixel figures are percentages; latency is one call of the model alone (batch as measured). "
+    "Δ mIoU is against the FP32 reference of the same output stride and data: torch FP32 on the same device, "
+    "else onnxruntime/OpenVINO FP32 there (* marks a reference measured on another device). "
+    "★ marks the Pareto front (highest mIoU, lowest p50) of each device."
+)
+
+
+def build_report(results: list[Path], out: Path) -> dict[str, Path]:
+    """Merge result files and write the report into `out`.
+
+    Args:
+        results: result files written by `edgeseg bench --json` (schema SCHEMA_VERSION).
+        out: output folder (created).
+
+    Returns:
+        Name -> path of every file written.
+    """
+    rows = merge_rows(*(load_results(p) for p in results))
+    if not rows:
+        raise ResultsError(f"no result rows in {', '.join(map(str, results))}; run 'edgeseg bench ... --json FILE' first")
+    out = check_writable(out)
+    entries = analyse(rows)
+    blocks, images = _document(entries, results)
+    written: dict[str, Path] = {}
+    for name, png in images.items():
+        write_bytes(out / name, png)
+        written[name] = out / name
+    files = {
+        "report.md": markdown(blocks),
+        "report.html": html_page(blocks, "edgeseg report"),
+        "results.csv": results_csv(entries),
+    }
+    for name, text in files.items():
+        write_text(out / name, text)
+        written[name] = out / name
+    write_json(out / "results.json", {"schema_version": SCHEMA_VERSION, "rows": [r.to_dict() for r in rows]})
+    written["results.json"] = out / "results.json"
+    log.info("report of %d rows written to %s", len(rows), out)
+    return written
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:40] + "_" + hashlib.sha1(text.encode()).hexdigest()[:6]
+
+
+def _fmt(value: float | None, digits: int = 2, sign: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def _table_row(e: Entry) -> list[str]:
+    r = e.row
+    delta = _fmt(e.delta_miou, sign=True) + ("" if e.delta_miou is None or e.same_device_reference else "*")
+    data = f", {r.num_images} {e.data} images" if r.miou is not None else ", no accuracy"
+    measured = f"{r.provider}, {r.threads or 'default'} threads, batch {r.batch}, {r.runs} runs after {r.warmup} warm-up{data}"
+    return [
+        "★" if e.pareto else "",
+        r.target,
+        precision_label(r),
+        f"{r.runtime} {r.runtime_version or ''}".strip(),
+        e.device,
+        _fmt(r.miou),
+        delta,
+        _fmt(r.latency["p50"]),
+        _fmt(r.latency["p90"]),
+        _fmt(r.throughput, 1),
+        _fmt(r.model_size_mb),
+        measured,
+    ]
+
+
+def _document(entries: list[Entry], sources: list[Path]) -> tuple[list[Block], dict[str, bytes]]:
+    devices = group_by(entries, lambda e: e.device)
+    blocks: list[Block] = [
+        ("h1", "edgeseg report"),
+        ("p", f"{len(entries)} measurements on {len(devices)} device(s) from {', '.join(str(s) for s in sources)}."),
+        ("p", INTRO),
+        ("h2", "Summary"),
+    ]
+    for device, lines in summary_lines(entries).items():
+        blocks += [("h3", device), ("ul", lines)]
+    strides = group_by(sorted(entries, key=lambda e: (e.device, e.row.latency["p50"])), lambda e: e.row.output_stride)
+    for stride in sorted(strides, key=lambda s: s or 0):
+        blocks += [("h2", f"Output stride {stride}"), ("table", Table(TABLE_HEADER, [_table_row(e) for e in strides[stride]]))]
+    images: dict[str, bytes] = {}
+    blocks.append(("h2", "Plots"))
+    blocks.append(("h3", "mIoU vs p50 latency (per device)"))
+    for device, group in devices.items():
+        if any(e.row.miou is not None for e in group):
+            name = f"miou_vs_latency_{_slug(device)}.png"
+            images[name] = plots.miou_vs_latency(group, device)
+            blocks.append(("img", (name, f"mIoU vs p50 latency on {device}")))
+    blocks.append(("h3", "Per-class IoU, FP32 vs INT8"))
+    for stride in sorted(strides, key=lambda s: s or 0):
+        blocks += _per_class(strides[stride], stride, images)
+    blocks.append(("h3", "Latency distribution (per device)"))
+    for device, group in devices.items():
+        if not any(e.row.latency_samples_ms for e in group):
+            blocks.append(("p", f"{device}: no latency samples in the rows."))
+            continue
+        name = f"latency_{_slug(device)}.png"
+        images[name] = plots.latency_distribution(group, device)
+        blocks.append(("img", (name, f"latency distribution on {device}")))
+    noted = group_by([e for e in entries if e.row.notes], lambda e: e.row.notes)
+    if noted:
+        notes = [f"{note} ({len(g)} row(s) on {', '.join(dict.fromkeys(e.device for e in g))})" for note, g in noted.items()]
+        blocks += [("h2", "Notes"), ("ul", notes)]
+    blocks.append(("p", "Every row, with per-class IoU: results.csv and results.json (schema 1, mergeable)."))
+    return blocks, images
+
+
+def _per_class(group: list[Entry], stride: int | None, images: dict[str, bytes]) -> list[Block]:
+    refs = sorted((e for e in group if is_fp32_reference(e.row) and e.row.per_class_iou), key=lambda e: e.row.runtime != "torch")
+    if not refs:
+        return [("p", f"OS{stride}: no FP32 row with per-class IoU.")]
+    ref = refs[0]
+    seen: dict[tuple[str, str], Entry] = {}
+    for e in group:
+        if e.row.precision in ("int8", "fakequant") and e.row.per_class_iou and e.data == ref.data:
+            seen.setdefault((e.row.target, e.label), e)
+    others = list(seen.values())[:5]
+    if not others:
+        return [("p", f"OS{stride}: no INT8 row with per-class IoU to compare with {ref.label}.")]
+    name = f"per_class_iou_os{stride}.png"
+    images[name] = plots.per_class_iou(ref, others, f"per-class IoU at OS{stride} ({ref.data})")
+    return [("img", (name, f"per-class IoU at OS{stride}, FP32 vs INT8"))]
+
+
+__all__ = ["BenchRow", "build_report"]

@@ -1,0 +1,214 @@
+"""Results file (schema, merge, errors), artifact metadata checks, device record and peak memory."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgeseg.bench.artifact import model_files, open_artifact
+from edgeseg.bench.device import device_label, device_record, parse_tegra_release
+from edgeseg.bench.memory import PeakMemory
+from edgeseg.bench.results import BenchRow, ResultsError, load_results, merge_rows, save_results
+from edgeseg.bench.runners import check_hint
+from edgeseg.data.classes import SYNTHETIC
+from edgeseg.errors import CheckpointError, ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+JETSON = REPO / "tests" / "fixtures" / "results" / "jetson_orin_tensorrt.json"
+
+
+def _row(**changes: Any) -> BenchRow:
+    row = load_results(JETSON)[0]
+    return dataclasses.replace(row, row_id="", **changes)
+
+
+def test_row_id_is_a_content_hash() -> None:
+    a, b = _row(), _row()
+    assert a.row_id == b.row_id and len(a.row_id) == 16
+    assert _row(timestamp="2026-11-21T00:00:00+00:00").row_id != a.row_id
+
+
+def test_save_appends_and_dedupes(tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    save_results(path, [_row()])
+    save_results(path, [_row()])  # the same measurement again: kept once
+    rows = save_results(path, [_row(threads=4)])
+    assert len(rows) == 2 and [r.threads for r in load_results(path)] == [None, 4]
+    assert json.loads(path.read_text())["schema_version"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary file left behind
+    assert len(merge_rows(rows, rows, [_row(batch=2)])) == 3
+
+
+def test_fixture_round_trips() -> None:
+    rows = load_results(JETSON)
+    assert [BenchRow.from_dict(r.to_dict()) for r in rows] == rows
+    assert rows[0].device["l4t"] == "36.4.3" and rows[0].runtime == "tensorrt"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"schema_version": 2, "rows": []}', "has schema_version 2 but this edgeseg reads 1"),
+        ('{"rows": []}', "is not an edgeseg results file"),
+        ("[1, 2]", "is not an edgeseg results file"),
+        ('{"schema_version": 1, "rows": [', "is not valid JSON (line 1)"),
+        ('{"schema_version": 1, "rows": [{"runtime": "x"}]}', "row 0 of"),
+        ('{"schema_version": 1, "rows": [7]}', "is not an object"),
+    ],
+)
+def test_bad_results_files(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "r.json"
+    path.write_text(content)
+    with pytest.raises(ResultsError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
+        load_results(path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+    with pytest.raises(ResultsError):
+        save_results(path, [_row()])
+    assert path.read_text() == content  # a file of another schema is never overwritten
+
+
+def test_unknown_field_names_the_field(tmp_path: Path) -> None:
+    doc = json.loads(JETSON.read_text())
+    doc["rows"][1]["fps_mode"] = 1
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ResultsError, match="row 1 of .* unknown field 'fps_mode'"):
+        load_results(path)
+
+
+def test_cli_reports_another_schema_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "old.json"
+    path.write_text('{"schema_version": 0, "rows": []}')
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-m", "edgeseg", "report", str(path), "--out", str(tmp_path / "rep")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "schema_version 0" in lines[0] and "Traceback" not in done.stderr
+    assert not (tmp_path / "rep").exists()
+
+
+def _artifact(tmp_path: Path, **meta: Any) -> Path:
+    folder = tmp_path / "art"
+    folder.mkdir(exist_ok=True)
+    (folder / "model.xml").write_text("<net/>")
+    (folder / "model.bin").write_bytes(b"\0" * 2000)
+    base = {
+        "schema_version": 1,
+        "target": "openvino",
+        "precision": "int8",
+        "model_file": "model.xml",
+        "input_name": "input",
+        "output_name": "logits",
+        "input_size": [64, 64],
+        "output_stride": 16,
+        "classes": SYNTHETIC.to_dict(),
+        "normalization": {"mean": [0.5] * 3, "std": [0.5] * 3},
+        "data": None,
+        "quant": {"method": "qat"},
+    }
+    (folder / "meta.json").write_text(json.dumps({**base, **meta}))
+    return folder
+
+
+def test_artifact_size_hash_and_companions(tmp_path: Path) -> None:
+    folder = _artifact(tmp_path)
+    (folder / "model.engine").write_bytes(b"built on the device")
+    (folder / "notes.txt").write_text("not the model")
+    assert [p.name for p in model_files(folder, "model.xml")] == ["model.bin", "model.xml"]
+    art = open_artifact(folder)
+    assert art.model_size_mb == pytest.approx((2000 + 6) / 1e6) and art.quant_method == "qat" and art.input_size == (64, 64)
+    (folder / "model.engine").write_bytes(b"rebuilt")  # derived files do not change the identity
+    assert open_artifact(folder).sha256 == art.sha256
+    (folder / "model.bin").write_bytes(b"\1" * 2000)
+    assert open_artifact(folder).sha256 != art.sha256
+
+
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        ({"schema_version": 9}, "newer than this edgeseg reads"),
+        ({"target": "openvnio"}, "did you mean 'openvino'"),
+        ({"model_file": "other.xml"}, "names model_file 'other.xml' but it is missing"),
+        ({"input_name": None, "__drop__": "input_name"}, "has no 'input_name'"),
+    ],
+)
+def test_bad_artifacts(tmp_path: Path, meta: dict[str, Any], message: str) -> None:
+    drop = meta.pop("__drop__", None)
+    folder = _artifact(tmp_path, **meta)
+    if drop:
+        doc = json.loads((folder / "meta.json").read_text())
+        del doc[drop]
+        (folder / "meta.json").write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match=message):
+        open_artifact(folder)
+
+
+def test_missing_artifact_and_meta(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="does not exist"):
+        open_artifact(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="has no meta.json"):
+        open_artifact(tmp_path / "empty")
+    with pytest.raises(ConfigError, match=".pt checkpoints only"):
+        open_artifact(_artifact(tmp_path), output_stride=8)
+
+
+@pytest.mark.parametrize(
+    ("hint", "target", "ok"), [("bf16", "openvino", True), ("f16", "openvino", True), ("fp16", "openvino", False), ("f32", "onnx", False)]
+)
+def test_precision_hint_check(hint: str, target: str, ok: bool) -> None:
+    if ok:
+        check_hint(hint, target)
+    else:
+        with pytest.raises(ConfigError):
+            check_hint(hint, target)
+
+
+@pytest.mark.parametrize(
+    ("text", "version"),
+    [
+        ("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8 01:49:37 UTC 2025", "36.4.3"),
+        ("# R35 (release), REVISION: 5.0, GCID: 35550185, BOARD: t186ref, EABI: aarch64, DATE: Tue Feb 20 04:46:31 UTC 2024", "35.5.0"),
+        ("garbage", None),
+    ],
+)
+def test_tegra_release(text: str, version: str | None) -> None:
+    assert parse_tegra_release(text) == version
+
+
+def test_device_record_here() -> None:
+    record = device_record()
+    assert set(record) >= {"cpu", "cores", "gpu", "os", "machine", "l4t", "jetpack", "tensorrt"}
+    if hasattr(os, "sched_getaffinity"):
+        assert record["cores"] == len(os.sched_getaffinity(0))
+    if not Path("/etc/nv_tegra_release").exists():
+        assert record["l4t"] is None and record["jetpack"] is None
+    jetson = load_results(JETSON)[0].device
+    assert device_label(jetson) == "NVIDIA Jetson AGX Orin Developer Kit JetPack 6.2+b77"
+    assert device_label({"cpu": "AMD EPYC", "cores": 2, "gpu": None, "os": "Debian 12"}) == "AMD EPYC (2 cores), Debian 12"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the exact peak needs Linux's /proc/self/clear_refs")
+def test_peak_memory_sees_a_native_allocation() -> None:
+    mem = PeakMemory()
+    mem.start()
+    block = np.ones(200 * 2**20 // 8)  # 200 MiB, touched
+    del block
+    peak = mem.peak_mb()
+    assert peak is not None and 190 < peak < 400
+    mem.start()  # a new section does not inherit the old peak
+    assert mem.peak_mb() < 50  # type: ignore[operator]

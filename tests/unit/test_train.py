@@ -1,0 +1,184 @@
+"""Training: loss goes down, resume is bit-exact, NaN stops cleanly, sampler and LR schedule."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from edgeseg.config import load_recipe, recipe_from_dict
+from edgeseg.data.dataset import eval_dataset, train_dataset
+from edgeseg.errors import CheckpointError, NumericalError
+from edgeseg.models import build_model
+from edgeseg.train import fit
+from edgeseg.train.checkpoint import load_checkpoint, model_from_checkpoint
+from edgeseg.train.loop import Interrupted, SeededSampler, Stage, Trainer, _param_groups, poly_lr, weights_digest
+
+REPO = Path(__file__).resolve().parents[2]
+
+# 8 training scenes in batches of 4: 2 iterations an epoch. Every source of randomness is on:
+# scale/crop/flip/jitter, dropout (ASPP and aux head), bf16 autocast, channels_last.
+TINY: dict[str, Any] = {
+    "name": "tiny",
+    "data": {
+        "synthetic_num_train": 8, "synthetic_num_val": 2, "synthetic_size": [64, 64], "crop_size": [48, 48],
+        "scale_range": [0.75, 1.5], "color_jitter": 0.2,
+    },
+    "model": {"width_mult": 0.35, "aux_loss": True},
+    "train": {"epochs": 3, "batch_size": 4, "lr": 0.02, "warmup_iters": 2, "amp": True, "deterministic": True, "log_every": 1},
+    "quant": {"enabled": False},
+}  # fmt: skip
+
+
+def _state(run: Path) -> dict[str, Any]:
+    return torch.load(run / "last.pt", map_location="cpu", weights_only=False)
+
+
+def _interrupt_at(step: int):  # noqa: ANN202
+    """A progress callback that presses CTRL-C (SIGINT) right after training step `step`."""
+
+    def callback(event: str, **info: Any) -> None:
+        if event == "step" and info["it"] == step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    return callback
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("uninterrupted")
+    results = fit(recipe_from_dict(TINY), out)
+    return out, results
+
+
+def test_run_writes_checkpoints_and_metrics(reference_run: tuple[Path, dict[str, Any]]) -> None:
+    out, results = reference_run
+    assert {p.name for p in out.iterdir()} >= {"last.pt", "fp32.pt", "best.pt", "metrics.csv", "summary.json", "tb"}
+    last = load_checkpoint(out / "last.pt")
+    assert last["iteration"] == 6 and last["stage"] == "fp32" and last["stage_done"] == "fp32"
+    assert last["classes"]["names"][0] == "background" and last["normalization"]["mean"] == [0.485, 0.456, 0.406]
+    assert last["recipe"]["name"] == "tiny" and last["arch"]["atrous"] == "exact"
+    # The digest the trainer reports is that of the weights it saved.
+    assert results["fp32"]["weights_sha256"] == weights_digest(model_from_checkpoint(last))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best"] == "fp32.pt" and summary["fp32"]["iters"] == 6
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [int(r["iter"]) for r in rows if r["loss"]] == [1, 2, 3, 4, 5, 6]
+    assert len([r for r in rows if r["val_miou"]]) == 3  # one eval per epoch
+    best = load_checkpoint(out / "best.pt")
+    assert best["miou"] == pytest.approx(max(float(r["val_miou"]) for r in rows if r["val_miou"]), abs=1e-3)
+
+
+@pytest.mark.parametrize("stop_at", [2, 3], ids=["epoch_end", "mid_epoch"])
+def test_resume_is_bit_exact(reference_run: tuple[Path, dict[str, Any]], tmp_path: Path, stop_at: int) -> None:
+    ref_dir, _ = reference_run
+    recipe = recipe_from_dict(TINY)
+    with pytest.raises(Interrupted, match=rf"step {stop_at}/6.*--resume"):
+        fit(recipe, tmp_path, callback=_interrupt_at(stop_at))
+    assert _state(tmp_path)["iteration"] == stop_at
+    fit(recipe, tmp_path, resume=True)
+    ref, got = _state(ref_dir), _state(tmp_path)
+    assert got["iteration"] == ref["iteration"] == 6
+    assert ref["model"].keys() == got["model"].keys()
+    for key, value in ref["model"].items():
+        assert torch.equal(value, got["model"][key]), f"{key} differs after resume"
+    for pid, s in ref["optimizer"]["state"].items():
+        assert torch.equal(s["momentum_buffer"], got["optimizer"]["state"][pid]["momentum_buffer"])
+    assert ref["best_miou"] == got["best_miou"]
+
+
+def test_resume_refuses_missing_or_other_architecture(reference_run: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"last\.pt' does not exist; run without --resume"):
+        fit(recipe_from_dict(TINY), tmp_path, resume=True)
+    ref_dir, _ = reference_run
+    (tmp_path / "last.pt").write_bytes((ref_dir / "last.pt").read_bytes())
+    with pytest.raises(CheckpointError, match=r"has width_mult=0\.35 but the recipe builds width_mult=0\.5"):
+        fit(recipe_from_dict(TINY, ["model.width_mult=0.5"]), tmp_path, resume=True)
+
+
+def test_smoke_recipe_reduces_loss(tmp_path: Path) -> None:
+    overrides = [
+        "data.synthetic_num_train=16", "data.synthetic_size=[64, 64]", "data.crop_size=[64, 64]", "train.batch_size=4",
+        "train.epochs=3", "train.eval_every=3", "quant.enabled=false",
+    ]  # fmt: skip
+    recipe = load_recipe(REPO / "recipes" / "smoke.yaml", overrides)
+    losses: list[float] = []
+    fit(recipe, tmp_path, callback=lambda event, **i: losses.append(i["loss"]) if event == "step" else None)
+    assert len(losses) == 12
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < 0.8 * first, f"loss went from {first:.3f} to {last:.3f}"
+
+
+class _PoisonAfter(torch.utils.data.Dataset):
+    """Training images turn to NaN once `poisoned` is set (a broken sensor, a bad decode)."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset, self.classes, self.source = dataset, dataset.classes, dataset.source
+        self.poisoned = False
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.dataset[item]
+        return (torch.full_like(x, float("nan")) if self.poisoned else x), y
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
+    recipe = recipe_from_dict(TINY)
+    train_set = _PoisonAfter(train_dataset(recipe))
+
+    def poison_after_first_epoch(event: str, **info: Any) -> None:
+        if event == "step" and info["it"] == 2:
+            train_set.poisoned = True
+
+    torch.manual_seed(0)
+    model = build_model(num_classes=5, width_mult=0.35, aux_loss=True)
+    trainer = Trainer(recipe, tmp_path, train_set, eval_dataset(recipe), torch.device("cpu"), poison_after_first_epoch)
+    with pytest.raises(NumericalError, match=r"loss is nan at fp32 step 2; lower train\.lr"):
+        trainer.run(Stage("fp32", model, 3, 0.02, None))
+    last = load_checkpoint(tmp_path / "last.pt")
+    assert last["iteration"] == 2
+    restored = model_from_checkpoint(last)
+    assert all(torch.isfinite(p).all() for p in restored.state_dict().values() if p.is_floating_point())
+
+
+def test_seeded_sampler_shards_and_repeats() -> None:
+    a = SeededSampler(10, 2, seed=0, rank=0, world=2)
+    b = SeededSampler(10, 2, seed=0, rank=1, world=2)
+    assert a.num_batches == b.num_batches == 2  # 5 images per rank, whole batches only
+    ia, ib = [i for i, _ in a], [i for i, _ in b]
+    assert len(ia) == len(ib) == 4 and not set(ia) & set(ib)
+    assert [i for i, _ in SeededSampler(10, 2, seed=0, rank=0, world=2)] == ia
+    a.set_epoch(1)
+    assert [i for i, _ in a] != ia
+    full = list(SeededSampler(8, 2, seed=3))
+    tail = SeededSampler(8, 2, seed=3)
+    tail.set_epoch(0, skip_batches=3)
+    assert list(tail) == full[6:] and len(tail) == 2
+    assert len({s for _, s in full}) == len(full)  # a distinct augmentation seed per sample
+    with pytest.raises(Exception, match="fewer than one batch"):
+        SeededSampler(3, 4, seed=0)
+
+
+def test_poly_lr_with_warmup() -> None:
+    assert poly_lr(0.01, 0, 110, 10, 0.9) == pytest.approx(0.001)
+    assert poly_lr(0.01, 9, 110, 10, 0.9) == pytest.approx(0.01)
+    assert poly_lr(0.01, 10, 110, 10, 0.9) == pytest.approx(0.01)
+    assert poly_lr(0.01, 60, 110, 10, 0.9) == pytest.approx(0.01 * 0.5**0.9)
+    assert poly_lr(0.01, 110, 110, 10, 0.9) == 0.0
+    assert poly_lr(0.01, 0, 100, 0, 0.9) == pytest.approx(0.01)
+
+
+def test_backbone_lr_multiplier_groups() -> None:
+    model = build_model(num_classes=3, width_mult=0.35)
+    groups = _param_groups(model, recipe_from_dict({"train": {"backbone_lr_mult": 0.1}}), 0.02)
+    assert groups[0]["lr"] == pytest.approx(0.002) and groups[1]["lr"] == pytest.approx(0.02)
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.encoder.parameters()}
+    assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(model.parameters()))
