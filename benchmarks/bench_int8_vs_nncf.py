@@ -110,6 +110,7 @@ def build_variants(model: torch.nn.Module, os_: int, images: list[np.ndarray], a
     tick = time.perf_counter()
     fp32_ov = ov.convert_model(str(tmp / f"fp32_os{os_}.onnx"))
     nncf_ov = nncf.quantize(fp32_ov, nncf.Dataset(images), subset_size=len(images))
+    ov.save_model(nncf_ov, str(tmp / f"nncf_os{os_}.xml"), compress_to_fp16=False)
     logging.info("OS%d: nncf.quantize %.0fs", os_, time.perf_counter() - tick)
     return {
         "edgeseg int8": compile_ov(ov.convert_model(str(tmp / f"edgeseg_os{os_}.onnx")), args.threads),
@@ -154,6 +155,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--explain", action="store_true", help="print the runtime precision of every variant's convolutions")
     p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--keep", type=Path, help="keep the ONNX files and the NNCF IR in this folder")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for name in ("nncf", "openvino"):
@@ -165,8 +167,10 @@ def main() -> None:
     x = images[0]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(args.keep or tmp)
+        folder.mkdir(parents=True, exist_ok=True)
         for os_ in args.strides:
-            variants = build_variants(model, os_, images, args, Path(tmp))
+            variants = build_variants(model, os_, images, args, folder)
             if args.explain:
                 for name, v in variants.items():
                     if name != "torch fp32":

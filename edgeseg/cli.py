@@ -186,15 +186,21 @@ def export(
     input_size: Annotated[str | None, typer.Option("--input-size", help="HxW (default: the recipe's export/eval size)")] = None,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Dynamic batch dimension")] = False,
     out: Annotated[Path, typer.Option("--out", help="Folder that receives <target>_<precision>_os<N>/")] = Path("export"),
+    allow_fallback: Annotated[bool, typer.Option("--allow-fallback", help="OpenVINO INT8: accept layers that do not run in INT8")] = False,
+    ptq: Annotated[str | None, typer.Option("--ptq", help="OpenVINO: 'nncf' quantizes the float model with NNCF instead")] = None,
+    dla: Annotated[int | None, typer.Option("--dla", help="Jetson: DLA core (FP16/INT8, GPU fallback)")] = None,
+    build_engine: Annotated[bool, typer.Option("--build-engine", help="Jetson: build the TensorRT engine now (needs tensorrt + GPU)")] = False,
+    trt_version: Annotated[int, typer.Option("--trt-version", help="Jetson: TensorRT major whose preflight errors stop the export (10 or 11)")] = 10,
 ) -> None:
     """Export a checkpoint to a target's artifact folder (model + meta.json), verified on export."""
-    from edgeseg.export.artifacts import export_targets
+    from edgeseg.export.artifacts import describe, export_targets
     from edgeseg.export.base import ExportRequest
     from edgeseg.models.info import parse_size
 
     request = ExportRequest(
         checkpoint=ckpt, precision=precision, output_stride=output_stride,
         input_size=parse_size(input_size) if input_size else None, dynamic_batch=dynamic_batch, out_dir=out,
+        options={"allow_fallback": allow_fallback, "ptq": ptq, "dla": dla, "build_engine": build_engine, "trt_version": trt_version},
     )
     with console.status(f"exporting {target} {precision}"):
         results = export_targets(request, [target])
@@ -202,10 +208,17 @@ def export(
         if r.skipped:
             console.print(f"[yellow]skipped {r.target}:[/yellow] {r.skipped}")
             continue
+        if r.error:
+            console.print(f"[red]failed {r.target}:[/red] {r.error}", highlight=False, soft_wrap=True)
+            continue
         report = r.meta.get("export_report", {})
         check = report.get("max_abs_diff")
         detail = f", onnxruntime vs torch max |diff| {check:.2e}, argmax agreement {report['argmax_agreement']:.4f}" if check is not None else ""
         out_console.print(f"wrote {r.folder} ({r.size_bytes / 1e6:.1f} MB) in {r.seconds:.1f}s{detail}")
+        if describe(r):
+            out_console.print(f"  {describe(r)}", highlight=False, markup=False)
+    if any(r.error for r in results):
+        raise SystemExit(2)  # main() drops typer.Exit codes (standalone_mode=False returns them)
 
 
 @app.command()
@@ -295,6 +308,27 @@ def pipeline(
     out_console.print(f"report: {result['report']}")
 
 
+@app.command()
+def check(
+    onnx_file: Annotated[Path, typer.Argument(help="ONNX model, e.g. export/jetson_int8_os16/model.onnx")],
+    target: Annotated[str, typer.Option("--target", help="Target whose rules apply (jetson)")] = "jetson",
+    dla: Annotated[int | None, typer.Option("--dla", help="Also check the DLA restrictions for this DLA core")] = None,
+    trt_version: Annotated[int, typer.Option("--trt-version", help="TensorRT major version: 10 or 11")] = 10,
+) -> None:
+    """Preflight an ONNX model against TensorRT's rules: one line per violation; exit 1 on errors."""
+    from rich.markup import escape
+
+    from edgeseg.export.preflight import check_onnx
+
+    found = check_onnx(onnx_file, target, trt_version=trt_version, dla=dla)
+    for v in found:
+        out_console.print(f"[{'red' if v.severity == 'error' else 'yellow'}]{escape(str(v))}[/]", highlight=False, soft_wrap=True)
+    errors = sum(v.severity == "error" for v in found)
+    out_console.print(f"{onnx_file}: {errors} errors, {len(found) - errors} warnings (TensorRT {trt_version}.x{f', DLA {dla}' if dla is not None else ''})")
+    if errors:
+        raise SystemExit(1)  # main() drops typer.Exit codes (standalone_mode=False returns them)
+
+
 def main() -> None:
     """Entry point: EdgesegError -> one red line, exit code 2 (traceback with --verbose)."""
     start = time.perf_counter()
@@ -312,13 +346,15 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
+    except Exception as exc:
+        # Usage errors of Typer's (vendored) click: one line, exit 2, like every other error.
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            ctx = getattr(exc, "ctx", None)
+            sub = f" {ctx.info_name}" if ctx is not None and ctx.parent is not None else ""
+            hint = f" (see 'edgeseg{sub} --help')"
+            console.print(f"[red]error:[/red] {exc.format_message()}{hint}", highlight=False, soft_wrap=True)
             sys.exit(2)
-        if isinstance(exc, click.exceptions.Abort):
+        if type(exc).__name__ == "Abort":
             sys.exit(130)
         raise
     logging.getLogger(__name__).debug("done in %.1fs", time.perf_counter() - start)

@@ -61,7 +61,9 @@ def _output_names(images: list[Path]) -> list[str]:
 
 
 @torch.no_grad()
-def predict_mask(model: torch.nn.Module, image: np.ndarray, size: tuple[int, int] | None, mean: list[float], std: list[float]) -> np.ndarray:
+def predict_mask(
+    model: torch.nn.Module, image: np.ndarray, size: tuple[int, int] | None, mean: list[float], std: list[float]
+) -> np.ndarray:
     """Class-index mask (HxW uint8, the image's size) of one RGB uint8 image."""
     x = torch.from_numpy(preprocess(image, size, mean, std))
     logits = model(x)

@@ -121,7 +121,8 @@ class TorchRunner:
             torch.set_num_threads(threads)
         self.torch = torch
         self.model = model_from_checkpoint(load_checkpoint(artifact.path), artifact.output_stride)
-        getattr(self.model, "float_model", self.model).set_input_size(artifact.input_size)
+        base: Any = getattr(self.model, "float_model", self.model)
+        base.set_input_size(artifact.input_size)
         self.model.eval()
         self.static_batch = None
         self.version = torch.__version__

@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,9 @@ def validate_meta(meta: dict[str, Any], where: str) -> None:
             "re-export the artifact with this edgeseg (or install the edgeseg that wrote it)"
         )
     if meta["precision"] not in PRECISIONS or meta["target"] not in TARGETS:
-        raise CheckpointError(f"{where} names target '{meta['target']}' / precision '{meta['precision']}', which this edgeseg does not know; re-export it")
+        raise CheckpointError(
+            f"{where} names target '{meta['target']}' / precision '{meta['precision']}', which this edgeseg does not know; re-export it"
+        )
     size = meta["input_size"]
     if not (isinstance(size, list) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size)):
         raise CheckpointError(f"{where} has input_size {size!r}; it must be [height, width]: re-export the artifact")
@@ -66,7 +68,9 @@ def write_artifact(folder: str | Path, build: Callable[[Path], dict[str, Any]]) 
         meta = build(tmp)
         validate_meta(meta, f"meta of '{folder}'")
         if not (tmp / meta["model_file"]).exists():
-            raise TargetError(f"the {meta['target']} exporter did not write '{meta['model_file']}' into '{folder}'; this is a bug, run with --verbose")
+            raise TargetError(
+                f"the {meta['target']} exporter did not write '{meta['model_file']}' into '{folder}'; this is a bug, run with --verbose"
+            )
         write_json(tmp / META_FILE, meta)
         write_text(tmp / "README.md", f"Bench on the device: `{bench_command(folder)}`\n")
         result.update(meta)
@@ -121,8 +125,11 @@ def artifact_size(folder: str | Path, model_file: str) -> int:
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     stem = model_file.split(".")[0]
     derived = (".engine", ".cache", ".log", ".tmp")
-    return sum(p.stat().st_size for p in Path(folder).iterdir()
-               if p.is_file() and (p.name == model_file or p.name.startswith(f"{stem}.")) and not p.name.endswith(derived))
+    return sum(
+        p.stat().st_size
+        for p in Path(folder).iterdir()
+        if p.is_file() and (p.name == model_file or p.name.startswith(f"{stem}.")) and not p.name.endswith(derived)
+    )
 
 
 def verification_images(meta: dict[str, Any], count: int, split: str | None = None) -> tuple[list[np.ndarray], str]:
@@ -177,7 +184,9 @@ def float_model_of(model: Any) -> Any:
     return clean
 
 
-def source_onnx(model: Any, path: Path, *, meta: dict[str, Any], int8: bool, dynamic_batch: bool = False, opset: int = 17) -> dict[str, Any]:
+def source_onnx(
+    model: Any, path: Path, *, meta: dict[str, Any], int8: bool, dynamic_batch: bool = False, opset: int = 17
+) -> dict[str, Any]:
     """Write the ONNX every target starts from: Q/DQ for int8, float otherwise (simplified, checked).
 
     Raises:
@@ -187,7 +196,9 @@ def source_onnx(model: Any, path: Path, *, meta: dict[str, Any], int8: bool, dyn
     from edgeseg.quant import is_quantized
 
     if int8 and not is_quantized(model):
-        raise CheckpointError(f"checkpoint '{meta.get('source_checkpoint')}' has no INT8 ranges; calibrate it ('edgeseg calibrate') or train with QAT")
+        raise CheckpointError(
+            f"checkpoint '{meta.get('source_checkpoint')}' has no INT8 ranges; calibrate it ('edgeseg calibrate') or train with QAT"
+        )
     source = model if int8 else float_model_of(model)
     return export_onnx(source, path, input_size=tuple(meta["input_size"]), meta=meta, opset=opset, dynamic_batch=dynamic_batch, check=True)
 
@@ -201,7 +212,8 @@ class ExportResult:
     meta: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     size_bytes: int = 0
-    skipped: str = ""
+    skipped: str = ""  # the target's SDK is not installed here: why, with the install command
+    error: str = ""  # the target failed (only with 'all'; a single target raises)
 
 
 def export_artifact(request: ExportRequest, target: str) -> ExportResult:
@@ -240,8 +252,9 @@ def _checkpoint_output_stride(checkpoint: Path) -> int:
 def export_targets(request: ExportRequest, targets: Iterable[str]) -> list[ExportResult]:
     """Export several targets ('all' expands to every target); unavailable SDKs are skipped.
 
-    A target named explicitly that cannot export raises; with 'all', it is skipped with the
-    reason (the missing SDK and its install command).
+    A target named explicitly that cannot export raises. With 'all', a target whose SDK is
+    missing is skipped with the reason (the install command), and one that fails is recorded
+    with its error while the others are still exported.
     """
     names = list(targets)
     expand = "all" in names
@@ -253,10 +266,38 @@ def export_targets(request: ExportRequest, targets: Iterable[str]) -> list[Expor
         if not ok and expand:
             results.append(ExportResult(name, skipped=why))
             continue
+        # --ptq is OpenVINO's; with 'all' the other targets export the checkpoint's own INT8.
+        own = (
+            request
+            if not (expand and name != "openvino")
+            else replace(request, options={k: v for k, v in request.options.items() if k != "ptq"})
+        )
         try:
-            results.append(export_artifact(request, name))
+            results.append(export_artifact(own, name))
         except EdgesegError as exc:
             if not expand:
                 raise
-            results.append(ExportResult(name, skipped=str(exc)))
+            results.append(ExportResult(name, error=str(exc)))
     return results
+
+
+def describe(result: ExportResult) -> str:
+    """One line on how an artifact was verified (for the CLI)."""
+    meta, v = result.meta, result.meta.get("verification") or {}
+    if meta.get("target") == "openvino":
+        layers = f", {v['weighted_layers_int8']}/{v['weighted_layers']} conv/matmul layers run INT8" if meta["precision"] == "int8" else ""
+        return (
+            f"OpenVINO ({meta.get('precision_hint')}) vs {v.get('reference')}: argmax agreement {v.get('argmax_agreement', 0):.4%}{layers}"
+        )
+    if meta.get("target") == "jetson":
+        folder = result.folder or Path(".")
+        head = (
+            [ln for ln in (folder / "preflight.txt").read_text().splitlines() if ln.startswith("#")]
+            if (folder / "preflight.txt").is_file()
+            else []
+        )
+        return "preflight " + "; ".join(h.lstrip("# ") for h in head) + f" (see {folder / 'preflight.txt'})"
+    if meta.get("target") == "coreml":
+        c = meta.get("coreml", {})
+        return f"Core ML spec checked: {c.get('convs_int8_weights')}/{c.get('convs')} convs with int8 weights; prediction needs macOS"
+    return ""

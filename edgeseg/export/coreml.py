@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import json
-import os
 import platform
 from collections import Counter
 from collections.abc import Iterator
@@ -82,8 +82,16 @@ def qdq_view(model: Any) -> Any:
                 parent._modules[name] = QDQActivation(float(child.amax), child.mode == "quant")
             elif isinstance(child, QuantConv2d):
                 cls = QDQConv if child.quant_weight else nn.Conv2d
-                conv = cls(child.in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,  # type: ignore[arg-type]
-                           child.dilation, child.groups, child.bias is not None)  # type: ignore[arg-type]
+                conv = cls(
+                    child.in_channels,
+                    child.out_channels,
+                    child.kernel_size,
+                    child.stride,
+                    child.padding,  # type: ignore[arg-type]
+                    child.dilation,
+                    child.groups,
+                    child.bias is not None,
+                )  # type: ignore[arg-type]
                 conv.weight, conv.bias = child.weight, child.bias
                 parent._modules[name] = conv
     return out
@@ -109,16 +117,12 @@ def pixel_model(model: Any, mean: list[float], std: list[float]) -> Any:
 
 @contextlib.contextmanager
 def _quiet_progress() -> Iterator[None]:
-    """coremltools draws tqdm bars on stderr; the CLI shows its own progress."""
-    old = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
-    try:
+    """coremltools draws tqdm bars on sys.stderr; the CLI shows its own progress.
+
+    Only Python-level writes to sys.stderr are captured; logging handlers keep their stream.
+    """
+    with contextlib.redirect_stderr(io.StringIO()):
         yield
-    finally:
-        if old is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = old
 
 
 def convert(model: Any, *, precision: str, input_size: tuple[int, int], meta: dict[str, Any]) -> Any:
@@ -150,8 +154,12 @@ def convert(model: Any, *, precision: str, input_size: tuple[int, int], meta: di
 
 def _describe(mlmodel: Any, meta: dict[str, Any], precision: str) -> None:
     classes = meta["classes"]
-    mlmodel.short_description = f"DeepLabV3+ MobileNetV2 segmentation, {len(classes['names'])} classes, OS{meta['output_stride']}, {precision} (edgeseg)"
-    mlmodel.input_description[INPUT_NAME] = f"RGB image {meta['input_size'][1]}x{meta['input_size'][0]}, pixels 0-255 (normalisation is inside the model)"
+    mlmodel.short_description = (
+        f"DeepLabV3+ MobileNetV2 segmentation, {len(classes['names'])} classes, OS{meta['output_stride']}, {precision} (edgeseg)"
+    )
+    mlmodel.input_description[INPUT_NAME] = (
+        f"RGB image {meta['input_size'][1]}x{meta['input_size'][0]}, pixels 0-255 (normalisation is inside the model)"
+    )
     mlmodel.output_description[OUTPUT_NAME] = "class logits (1, C, H, W); argmax over C gives the class map"
     ud = mlmodel.user_defined_metadata
     ud["edgeseg.classes"] = json.dumps(classes["names"])
@@ -216,7 +224,9 @@ def verify_mlpackage(path: Path, meta: dict[str, Any], precision: str) -> dict[s
     if json.loads(info["metadata"].get("edgeseg.classes", "[]")) != meta["classes"]["names"]:
         problems.append("class names are missing from the metadata")
     if precision == "int8" and not (info["convs"] == info["convs_int8_weights"] and info["convs_int8_inputs"] > 0):
-        problems.append(f"{info['convs'] - info['convs_int8_weights']} of {info['convs']} convs lack int8 weights ({info['convs_int8_inputs']} have int8 inputs)")
+        problems.append(
+            f"{info['convs'] - info['convs_int8_weights']} of {info['convs']} convs lack int8 weights ({info['convs_int8_inputs']} have int8 inputs)"
+        )
     if problems:
         raise TargetError(f"Core ML package '{path}' failed verification: {'; '.join(problems)}; run with --verbose")
     return info
@@ -285,17 +295,26 @@ def export_coreml(request: ExportRequest, out: Path) -> dict[str, Any]:
     path = out / MODEL_FILE
     mlmodel.save(str(path))
     info = verify_mlpackage(path, meta, request.precision)
-    meta.update({
-        "target": "coreml", "precision": request.precision, "model_file": MODEL_FILE,
-        "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
-        "tool_versions": tool_versions("torch", "coremltools"),
-        "coreml": {
-            "minimum_deployment_target": f"{DEPLOYMENT_TARGET} / macOS14", "input": "RGB image, pixels 0-255, normalisation inside",
-            "compute_precision": "float32" if request.precision == "fp32" else "float16",
-            "convs": info["convs"], "convs_int8_weights": info["convs_int8_weights"], "convs_int8_inputs": info["convs_int8_inputs"],
-            "prediction_verified": False, "why": "Core ML prediction needs macOS; bench on a Mac checks accuracy",
-        },
-    })
+    meta.update(
+        {
+            "target": "coreml",
+            "precision": request.precision,
+            "model_file": MODEL_FILE,
+            "input_name": INPUT_NAME,
+            "output_name": OUTPUT_NAME,
+            "tool_versions": tool_versions("torch", "coremltools"),
+            "coreml": {
+                "minimum_deployment_target": f"{DEPLOYMENT_TARGET} / macOS14",
+                "input": "RGB image, pixels 0-255, normalisation inside",
+                "compute_precision": "float32" if request.precision == "fp32" else "float16",
+                "convs": info["convs"],
+                "convs_int8_weights": info["convs_int8_weights"],
+                "convs_int8_inputs": info["convs_int8_inputs"],
+                "prediction_verified": False,
+                "why": "Core ML prediction needs macOS; bench on a Mac checks accuracy",
+            },
+        }
+    )
     return meta
 
 

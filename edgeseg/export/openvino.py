@@ -90,14 +90,16 @@ def runtime_layers(compiled: Any) -> list[dict[str, str]]:
         def get(key: str, info: Any = info) -> str:
             return info[key].astype(str) if key in info else ""
 
-        rows.append({
-            "name": op.get_friendly_name(),
-            "type": get("layerType"),
-            "runtime_precision": get("runtimePrecision"),
-            "output_precisions": get("outputPrecisions"),
-            "primitive": get("primitiveType"),
-            "original": get("originalLayersNames"),
-        })
+        rows.append(
+            {
+                "name": op.get_friendly_name(),
+                "type": get("layerType"),
+                "runtime_precision": get("runtimePrecision"),
+                "output_precisions": get("outputPrecisions"),
+                "primitive": get("primitiveType"),
+                "original": get("originalLayersNames"),
+            }
+        )
     return rows
 
 
@@ -144,8 +146,14 @@ def run_compiled(compiled: Any, images: list[np.ndarray]) -> np.ndarray:
 
 
 def verify_ir(
-    xml: Path, reference: np.ndarray, images: list[np.ndarray], *, hint: str, int8: bool,
-    allow_fallback: bool = False, min_agreement: float | None = DEFAULT_AGREEMENT,
+    xml: Path,
+    reference: np.ndarray,
+    images: list[np.ndarray],
+    *,
+    hint: str,
+    int8: bool,
+    allow_fallback: bool = False,
+    min_agreement: float | None = DEFAULT_AGREEMENT,
 ) -> dict[str, Any]:
     """Compile on CPU, compare with reference logits, and check INT8 runtime precision.
 
@@ -168,7 +176,9 @@ def verify_ir(
     if report["fallbacks"] and not allow_fallback:
         names = ", ".join(f"{f['name']} ({f['runtime_precision']})" for f in report["fallbacks"][:4])
         more = f" and {len(report['fallbacks']) - 4} more" if len(report["fallbacks"]) > 4 else ""
-        raise TargetError(f"{len(report['fallbacks'])} weighted layers do not run in INT8 on OpenVINO: {names}{more}; fix the Q/DQ placement or pass --allow-fallback")
+        raise TargetError(
+            f"{len(report['fallbacks'])} weighted layers do not run in INT8 on OpenVINO: {names}{more}; fix the Q/DQ placement or pass --allow-fallback"
+        )
     return report
 
 
@@ -284,23 +294,39 @@ def export_openvino(request: ExportRequest, out: Path) -> dict[str, Any]:
         hint = opts.get("precision_hint") or precision_hint(request.precision)
         # An NNCF IR has no identical reference (its ranges are its own): record its agreement with FP32.
         min_agree = None if ptq else float(opts.get("min_agreement", DEFAULT_AGREEMENT))
-        report = verify_ir(xml, reference, images, hint=hint, int8=request.precision == "int8",
-                           allow_fallback=bool(opts.get("allow_fallback")), min_agreement=min_agree)
+        report = verify_ir(
+            xml,
+            reference,
+            images,
+            hint=hint,
+            int8=request.precision == "int8",
+            allow_fallback=bool(opts.get("allow_fallback")),
+            min_agreement=min_agree,
+        )
     write_json(out / PRECISION_REPORT, {k: v for k, v in report.items()})
     ir = _ov().Core().read_model(str(xml))
-    meta.update({
-        "target": "openvino", "precision": request.precision, "model_file": MODEL_FILE,
-        "input_name": ir.inputs[0].get_any_name(), "output_name": ir.outputs[0].get_any_name(),
-        "tool_versions": tool_versions("torch", "onnx", "onnxruntime", "openvino", "nncf"),
-        # bench reads "precision_hint" and compiles with it (OpenVINO's CPU default may be bf16).
-        "precision_hint": hint, "device": "CPU",
-        "verification": {
-            "reference": "onnxruntime FP32 ONNX" if ptq else "onnxruntime, same ONNX", "data": data_desc,
-            "argmax_agreement": report["argmax_agreement"], "max_abs_diff": report["max_abs_diff"],
-            "weighted_layers": report["weighted_layers"], "weighted_layers_int8": report["weighted_layers_int8"],
-            "fallbacks": len(report["fallbacks"]),
-        },
-    })
+    meta.update(
+        {
+            "target": "openvino",
+            "precision": request.precision,
+            "model_file": MODEL_FILE,
+            "input_name": ir.inputs[0].get_any_name(),
+            "output_name": ir.outputs[0].get_any_name(),
+            "tool_versions": tool_versions("torch", "onnx", "onnxruntime", "openvino", "nncf"),
+            # bench reads "precision_hint" and compiles with it (OpenVINO's CPU default may be bf16).
+            "precision_hint": hint,
+            "device": "CPU",
+            "verification": {
+                "reference": "onnxruntime FP32 ONNX" if ptq else "onnxruntime, same ONNX",
+                "data": data_desc,
+                "argmax_agreement": report["argmax_agreement"],
+                "max_abs_diff": report["max_abs_diff"],
+                "weighted_layers": report["weighted_layers"],
+                "weighted_layers_int8": report["weighted_layers_int8"],
+                "fallbacks": len(report["fallbacks"]),
+            },
+        }
+    )
     return meta
 
 

@@ -75,12 +75,18 @@ def trtexec_command(cfg: dict[str, Any], trt_major: int) -> str:
         args += [f"--useDLACore={dla}", "--allowGPUFallback"]
     for name, prof in cfg["inputs"].items():
         if not (prof["min"] == prof["opt"] == prof["max"]):
-            args += [f"--minShapes={name}:{_dims(prof['min'])}", f"--optShapes={name}:{_dims(prof['opt'])}", f"--maxShapes={name}:{_dims(prof['max'])}"]
+            args += [
+                f"--minShapes={name}:{_dims(prof['min'])}",
+                f"--optShapes={name}:{_dims(prof['opt'])}",
+                f"--maxShapes={name}:{_dims(prof['max'])}",
+            ]
     args += [f"--memPoolSize=workspace:{round(cfg['workspace_gb'] * 1024)}M", f"--timingCacheFile={CACHE_FILE}"]
     return " ".join(args)
 
 
-def build_config(precision: str, inputs: dict[str, dict[str, list[int]]], *, dla_core: int | None, workspace_gb: float, fp16_onnx: bool) -> dict[str, Any]:
+def build_config(
+    precision: str, inputs: dict[str, dict[str, list[int]]], *, dla_core: int | None, workspace_gb: float, fp16_onnx: bool
+) -> dict[str, Any]:
     """build.json: everything build_engine and trtexec need, per TensorRT major."""
     if precision not in ("fp32", "fp16", "int8"):
         raise ConfigError(f"--precision {precision} is unknown; use fp32, fp16 or int8")
@@ -89,14 +95,21 @@ def build_config(precision: str, inputs: dict[str, dict[str, list[int]]], *, dla
     if workspace_gb <= 0:
         raise ConfigError(f"workspace {workspace_gb} GB is invalid; use a positive size, e.g. 2")
     cfg: dict[str, Any] = {
-        "precision": precision, "workspace_gb": workspace_gb, "dla_core": dla_core, "gpu_fallback": dla_core is not None,
-        "inputs": inputs, "engine": ENGINE_FILE, "timing_cache": CACHE_FILE,
+        "precision": precision,
+        "workspace_gb": workspace_gb,
+        "dla_core": dla_core,
+        "gpu_fallback": dla_core is not None,
+        "inputs": inputs,
+        "engine": ENGINE_FILE,
+        "timing_cache": CACHE_FILE,
         "onnx": {"10": MODEL_FILE, "11": FP16_FILE if (precision == "fp16" and fp16_onnx) else MODEL_FILE},
     }
     cfg["strongly_typed"] = {str(v): strongly_typed(precision, v, dla_core) for v in (10, 11)}
     cfg["trtexec"] = {str(v): trtexec_command(cfg, v) for v in (10, 11)}
     if precision == "fp16" and not fp16_onnx:
-        cfg["trtexec"]["11"] = "unavailable: TensorRT 11 needs an FP16 ONNX; install onnxruntime and re-export (or run modelopt.onnx.autocast)"
+        cfg["trtexec"]["11"] = (
+            "unavailable: TensorRT 11 needs an FP16 ONNX; install onnxruntime and re-export (or run modelopt.onnx.autocast)"
+        )
     return cfg
 
 
@@ -148,8 +161,12 @@ def fp16_agreement(fp32_path: Path, fp16_path: Path, meta: dict[str, Any], count
 
     images, desc = verification_images(meta, count)
     ref, half = onnx_reference(fp32_path, images), onnx_reference(fp16_path, images)
-    return {"reference": "onnxruntime FP32 ONNX", "data": desc, "argmax_agreement": argmax_agreement(half, ref),
-            "max_abs_diff": float(np.abs(half - ref).max())}
+    return {
+        "reference": "onnxruntime FP32 ONNX",
+        "data": desc,
+        "argmax_agreement": argmax_agreement(half, ref),
+        "max_abs_diff": float(np.abs(half - ref).max()),
+    }
 
 
 class JetsonTarget:
@@ -186,36 +203,53 @@ def export_bundle(request: ExportRequest, out: Path) -> dict[str, Any]:
         raise ConfigError("--ptq applies to OpenVINO only; TensorRT builds the Q/DQ ONNX of a calibrated or QAT checkpoint")
     report = source_onnx(model, out / MODEL_FILE, meta=meta, int8=request.precision == "int8", dynamic_batch=request.dynamic_batch)
     has_fp16 = request.precision == "fp16" and fp16_onnx(out / MODEL_FILE, out / FP16_FILE)
-    verification = {"reference": "PyTorch (export_onnx)", "argmax_agreement": report.get("argmax_agreement"), "max_abs_diff": report.get("max_abs_diff")}
+    verification = {
+        "reference": "PyTorch (export_onnx)",
+        "argmax_agreement": report.get("argmax_agreement"),
+        "max_abs_diff": report.get("max_abs_diff"),
+    }
     if has_fp16:
         verification = {"fp16_onnx": fp16_agreement(out / MODEL_FILE, out / FP16_FILE, meta, int(opts.get("verify_images", 4)))}
         agree, need = verification["fp16_onnx"]["argmax_agreement"], float(opts.get("min_agreement", 0.995))
         if agree < need:
-            raise NumericalError(f"the FP16 ONNX agrees with FP32 on {agree:.2%} of pixels (< {need:.1%}); keep TensorRT 10 with --fp16 or report this")
+            raise NumericalError(
+                f"the FP16 ONNX agrees with FP32 on {agree:.2%} of pixels (< {need:.1%}); keep TensorRT 10 with --fp16 or report this"
+            )
     inputs = onnx_inputs(out / MODEL_FILE)
-    cfg = build_config(request.precision, inputs, dla_core=dla, workspace_gb=float(opts.get("workspace_gb", DEFAULT_WORKSPACE_GB)), fp16_onnx=has_fp16)
+    cfg = build_config(
+        request.precision, inputs, dla_core=dla, workspace_gb=float(opts.get("workspace_gb", DEFAULT_WORKSPACE_GB)), fp16_onnx=has_fp16
+    )
     lines, errors = [], []
     for major in (10, 11):
         found = check_onnx(out / cfg["onnx"][str(major)], "jetson", trt_version=major, dla=dla, shapes=inputs)
-        lines.append(f"# TensorRT {major}.x ({cfg['onnx'][str(major)]}): {sum(v.severity == 'error' for v in found)} errors, "
-                     f"{sum(v.severity == 'warning' for v in found)} warnings")
+        lines.append(
+            f"# TensorRT {major}.x ({cfg['onnx'][str(major)]}): {sum(v.severity == 'error' for v in found)} errors, "
+            f"{sum(v.severity == 'warning' for v in found)} warnings"
+        )
         lines += [str(v) for v in found]
         errors += [v for v in found if v.severity == "error"] if major == trt_major else []
     write_text(out / PREFLIGHT_FILE, "\n".join(lines) + "\n")
     if errors:
-        raise TargetError(f"TensorRT {trt_major} preflight found {len(errors)} errors, first: {errors[0]}; run 'edgeseg check' on the ONNX for all")
+        raise TargetError(
+            f"TensorRT {trt_major} preflight found {len(errors)} errors, first: {errors[0]}; run 'edgeseg check' on the ONNX for all"
+        )
     write_json(out / BUILD_FILE, cfg)
     onnx_file = out / MODEL_FILE
     import onnx
 
     graph = onnx.load(str(onnx_file), load_external_data=False).graph
-    meta.update({
-        "target": "jetson", "precision": request.precision, "model_file": MODEL_FILE,
-        "input_name": graph.input[0].name, "output_name": graph.output[0].name,
-        "tool_versions": tool_versions("torch", "onnx", "onnxruntime", "tensorrt"),
-        "tensorrt": {"build": BUILD_FILE, "trt_version": trt_major, "dla_core": dla, "preflight": PREFLIGHT_FILE},
-        "verification": verification,
-    })
+    meta.update(
+        {
+            "target": "jetson",
+            "precision": request.precision,
+            "model_file": MODEL_FILE,
+            "input_name": graph.input[0].name,
+            "output_name": graph.output[0].name,
+            "tool_versions": tool_versions("torch", "onnx", "onnxruntime", "tensorrt"),
+            "tensorrt": {"build": BUILD_FILE, "trt_version": trt_major, "dla_core": dla, "preflight": PREFLIGHT_FILE},
+            "verification": verification,
+        }
+    )
     if opts.get("build_engine"):
         build_engine(out, workspace_gb=cfg["workspace_gb"], dla_core=dla)
     return meta
@@ -238,8 +272,12 @@ class _BuildLogger:
 
 
 def build_engine(
-    bundle_dir: str | Path, *, workspace_gb: float | None = None, dla_core: int | None = None,
-    timing_cache: str | Path | None = None, fp16: bool | None = None,
+    bundle_dir: str | Path,
+    *,
+    workspace_gb: float | None = None,
+    dla_core: int | None = None,
+    timing_cache: str | Path | None = None,
+    fp16: bool | None = None,
 ) -> tuple[Path, Path]:
     """Build bundle_dir/model.engine with the TensorRT Python API (10.x or 11.x).
 
@@ -294,8 +332,18 @@ def build_engine(
     return engine_path, log_path
 
 
-def _builder_config(trt: Any, builder: Any, network: Any, cfg: dict[str, Any], *, major: int, typed: bool, dla: int | None,
-                    workspace_gb: float | None, fp16: bool | None) -> Any:
+def _builder_config(
+    trt: Any,
+    builder: Any,
+    network: Any,
+    cfg: dict[str, Any],
+    *,
+    major: int,
+    typed: bool,
+    dla: int | None,
+    workspace_gb: float | None,
+    fp16: bool | None,
+) -> Any:
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int((workspace_gb or cfg["workspace_gb"]) * (1 << 30)))
     precision = cfg["precision"]
@@ -306,7 +354,9 @@ def _builder_config(trt: Any, builder: Any, network: Any, cfg: dict[str, Any], *
             config.set_flag(trt.BuilderFlag.INT8)  # explicit Q/DQ: scales come from the graph
     if dla is not None:
         if builder.num_DLA_cores <= dla:
-            raise TargetError(f"DLA core {dla} does not exist here ({builder.num_DLA_cores} DLA cores); use --dla 0..{max(builder.num_DLA_cores - 1, 0)} or leave it out")
+            raise TargetError(
+                f"DLA core {dla} does not exist here ({builder.num_DLA_cores} DLA cores); use --dla 0..{max(builder.num_DLA_cores - 1, 0)} or leave it out"
+            )
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = int(dla)
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)

@@ -7,6 +7,7 @@ weights do not change, so a trained model can be switched afterwards with `set_o
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -45,7 +46,7 @@ class InvertedResidual(nn.Module):
 
     @property
     def depthwise(self) -> nn.Conv2d:
-        return self.conv[-3][0]
+        return cast(nn.Conv2d, cast(nn.Sequential, self.conv[-3])[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.in_q(x)
@@ -99,7 +100,7 @@ class MobileNetV2Encoder(nn.Module):
         current, dilation = 2, 1
         self.strides = [2]
         for idx in range(1, n):
-            block: InvertedResidual = self.features[idx]
+            block = cast(InvertedResidual, self.features[idx])
             stride, rate = block.stride, dilation
             if stride > 1 and current * stride > output_stride:
                 dilation *= stride

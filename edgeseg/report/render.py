@@ -6,6 +6,7 @@ import csv
 import html
 import io
 from dataclasses import dataclass, field
+from typing import cast
 
 from edgeseg.report.analysis import Entry
 
@@ -35,7 +36,7 @@ def markdown(blocks: list[Block]) -> str:
             out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body.rows]
             out.append("")
         elif kind == "img":
-            path, alt = body  # type: ignore[misc]
+            path, alt = cast(tuple[str, str], body)
             out.append(f"![{alt}]({path})\n")
     return "\n".join(out)
 
@@ -62,61 +63,10 @@ def html_page(blocks: list[Block], title: str) -> str:
             out += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in body.rows]
             out.append("</table>")
         elif kind == "img":
-            path, alt = body  # type: ignore[misc]
+            path, alt = cast(tuple[str, str], body)
             out.append(f"<p><img src='{e(path)}' alt='{e(alt)}'></p>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
-
-
-CSV_COLUMNS = [
-    "row_id",
-    "timestamp",
-    "device",
-    "os",
-    "cpu",
-    "gpu",
-    "l4t",
-    "jetpack",
-    "tensorrt",
-    "runtime",
-    "runtime_version",
-    "provider",
-    "target",
-    "precision",
-    "precision_hint",
-    "quant_method",
-    "threads",
-    "batch",
-    "output_stride",
-    "input_shape",
-    "runs",
-    "warmup",
-    "p50_ms",
-    "p90_ms",
-    "p99_ms",
-    "mean_ms",
-    "std_ms",
-    "min_ms",
-    "max_ms",
-    "throughput_fps",
-    "first_inference_s",
-    "peak_mem_mb",
-    "preprocess_ms",
-    "postprocess_ms",
-    "miou",
-    "pixel_acc",
-    "delta_miou",
-    "reference_row_id",
-    "speedup_vs_reference",
-    "pareto",
-    "num_images",
-    "data",
-    "model_size_mb",
-    "artifact",
-    "artifact_sha256",
-    "edgeseg_version",
-    "notes",
-]
 
 
 def _cell(value: object) -> str:
@@ -127,63 +77,43 @@ def _cell(value: object) -> str:
     return str(value)
 
 
+def _csv_record(e: Entry) -> dict[str, object]:
+    """The flat columns of one row (per-class IoU excluded)."""
+    r, d = e.row, e.row.device
+    rec: dict[str, object] = {"row_id": r.row_id, "timestamp": r.timestamp, "device": e.device}
+    rec.update({k: d.get(k) for k in ("os", "cpu", "gpu", "l4t", "jetpack", "tensorrt")})
+    for k in (
+        "runtime",
+        "runtime_version",
+        "provider",
+        "target",
+        "precision",
+        "precision_hint",
+        "quant_method",
+        "threads",
+        "batch",
+        "output_stride",
+    ):
+        rec[k] = getattr(r, k)
+    rec.update(input_shape="x".join(map(str, r.input_shape)), runs=r.runs, warmup=r.warmup)
+    rec.update({f"{k}_ms": r.latency.get(k) for k in ("p50", "p90", "p99", "mean", "std", "min", "max")})
+    rec.update(throughput_fps=r.throughput, first_inference_s=r.first_inference_s, peak_mem_mb=r.peak_mem_mb)
+    rec.update(preprocess_ms=r.preprocess_ms, postprocess_ms=r.postprocess_ms, miou=r.miou, pixel_acc=r.pixel_acc, delta_miou=e.delta_miou)
+    rec.update(reference_row_id=e.reference.row_id if e.reference else None, speedup_vs_reference=e.speedup, pareto=e.pareto)
+    rec.update(num_images=r.num_images, data=e.data)
+    for k in ("model_size_mb", "artifact", "artifact_sha256", "edgeseg_version", "notes"):
+        rec[k] = getattr(r, k)
+    return rec
+
+
 def results_csv(entries: list[Entry]) -> str:
     """One line per measurement; per-class IoU as iou_<class> columns (union of all classes)."""
     classes = list(dict.fromkeys(n for e in entries for n in (e.row.per_class_iou or {})))
+    records = [_csv_record(e) for e in entries]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS + [f"iou_{n}" for n in classes])
-    for e in entries:
-        r, d, lat = e.row, e.row.device, e.row.latency
-        values = [
-            r.row_id,
-            r.timestamp,
-            e.device,
-            d.get("os"),
-            d.get("cpu"),
-            d.get("gpu"),
-            d.get("l4t"),
-            d.get("jetpack"),
-            d.get("tensorrt"),
-            r.runtime,
-            r.runtime_version,
-            r.provider,
-            r.target,
-            r.precision,
-            r.precision_hint,
-            r.quant_method,
-            r.threads,
-            r.batch,
-            r.output_stride,
-            "x".join(map(str, r.input_shape)),
-            r.runs,
-            r.warmup,
-            lat.get("p50"),
-            lat.get("p90"),
-            lat.get("p99"),
-            lat.get("mean"),
-            lat.get("std"),
-            lat.get("min"),
-            lat.get("max"),
-            r.throughput,
-            r.first_inference_s,
-            r.peak_mem_mb,
-            r.preprocess_ms,
-            r.postprocess_ms,
-            r.miou,
-            r.pixel_acc,
-            e.delta_miou,
-            e.reference.row_id if e.reference else None,
-            e.speedup,
-            e.pareto,
-            r.num_images,
-            e.data,
-            r.model_size_mb,
-            r.artifact,
-            r.artifact_sha256,
-            r.edgeseg_version,
-            r.notes,
-        ]
-        iou = r.per_class_iou or {}
-        writer.writerow([_cell(v) for v in values] + [_cell(iou.get(n)) for n in classes])
+    writer.writerow(list(records[0]) + [f"iou_{n}" for n in classes])
+    for e, rec in zip(entries, records):
+        iou = e.row.per_class_iou or {}
+        writer.writerow([_cell(v) for v in rec.values()] + [_cell(iou.get(n)) for n in classes])
     return buf.getvalue()

@@ -16,7 +16,7 @@ from edgeseg.data.dataset import eval_dataset, train_dataset
 from edgeseg.errors import CheckpointError
 from edgeseg.fsutil import check_writable, write_json
 from edgeseg.models import build_model
-from edgeseg.train.checkpoint import check_compatible, load_checkpoint, model_from_checkpoint
+from edgeseg.train.checkpoint import apply_atrous_rule, check_compatible, load_checkpoint, model_from_checkpoint
 from edgeseg.train.loop import Callback, Stage, Trainer
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ def fit(
         raise CheckpointError(f"--resume: '{out / 'last.pt'}' does not exist; run without --resume to start")
     if last is not None:
         check_compatible(last, model, recipe)
+        apply_atrous_rule(model, last["arch"])
     fp32_done = last is not None and (last.get("stage") == "qat" or last.get("stage_done"))
     if init is not None:
         src = load_checkpoint(init)

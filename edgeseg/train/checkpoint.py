@@ -30,7 +30,7 @@ def arch_of(model: DeepLab, recipe: Recipe) -> dict[str, Any]:
         "multi_grid": recipe.model.multi_grid,
         # Dilation rule of the encoder (see MobileNetV2Encoder.set_output_stride); absent in
         # checkpoints written before the a trous fix, which are rebuilt with the old rule.
-        "atrous": "exact",
+        "atrous": "legacy" if model.encoder.legacy_dilation else "exact",
     }
 
 
@@ -88,9 +88,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], output_stride: int | None = None
         aux_loss=arch["aux_loss"],
         multi_grid=arch.get("multi_grid"),
     )
-    if arch.get("atrous") != "exact":
-        model.encoder.legacy_dilation = True
-        model.set_output_stride(arch["output_stride"])
+    apply_atrous_rule(model, arch)
     if ckpt.get("quant"):
         from edgeseg.quant import restore_quantized
 
@@ -103,6 +101,13 @@ def model_from_checkpoint(ckpt: dict[str, Any], output_stride: int | None = None
     if output_stride is not None:
         set_output_stride(model, output_stride)
     return model
+
+
+def apply_atrous_rule(model: DeepLab, arch: dict[str, Any]) -> None:
+    """Give a model built for a checkpoint the dilation rule it was trained with."""
+    if arch.get("atrous") != "exact":
+        model.encoder.legacy_dilation = True
+        model.set_output_stride(model.output_stride)
 
 
 def set_output_stride(model: torch.nn.Module, output_stride: int) -> None:

@@ -100,7 +100,9 @@ def test_predict_writes_mask_and_overlay_pngs(run_dir: Path, tmp_path: Path) -> 
         (tmp_path / folder).mkdir()
         Image.fromarray(image).save(tmp_path / folder / "scene.png")  # same stem twice
     out = tmp_path / "pred"
-    result = runner.invoke(app, ["predict", str(run_dir / "best.pt"), str(tmp_path / "a/scene.png"), str(tmp_path / "b/scene.png"), "--out", str(out)])
+    result = runner.invoke(
+        app, ["predict", str(run_dir / "best.pt"), str(tmp_path / "a/scene.png"), str(tmp_path / "b/scene.png"), "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["scene_1_mask.png", "scene_1_overlay.png", "scene_mask.png", "scene_overlay.png"]
     model = model_from_checkpoint(load_checkpoint(run_dir / "best.pt")).eval()
@@ -160,11 +162,6 @@ def test_errors_exit_2_with_one_line(
     assert re.search(pattern, err), err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in edgeseg.cli.main: it imports click for usage errors, but typer 0.29 vendors click as typer._click "
-    "(no click module): catch typer.TyperException-like errors with .show()/.exit_code instead",
-)
 def test_usage_error_exits_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     code, err = _main(monkeypatch, capsys, "train", str(SMOKE), "--no-such-option")
     assert code == 2 and "No such option" in err

@@ -149,7 +149,13 @@ def test_synthetic_is_learnable_from_pixels() -> None:
 def test_recipe_datasets(eval_size: list[int] | None) -> None:
     recipe = recipe_from_dict(
         {
-            "data": {"synthetic_num_train": 4, "synthetic_num_val": 2, "synthetic_size": [64, 64], "crop_size": [32, 40], "eval_size": eval_size},
+            "data": {
+                "synthetic_num_train": 4,
+                "synthetic_num_val": 2,
+                "synthetic_size": [64, 64],
+                "crop_size": [32, 40],
+                "eval_size": eval_size,
+            },
         }
     )
     train, val = train_dataset(recipe), eval_dataset(recipe)

@@ -12,7 +12,7 @@ from torch import nn
 
 from edgeseg.errors import CheckpointError
 from edgeseg.models import HEADS, build_model
-from edgeseg.models.backbone import MobileNetV2Encoder, load_backbone_weights
+from edgeseg.models.backbone import MobileNetV2Encoder
 from edgeseg.models.info import gmacs
 
 OUTPUT_STRIDES = (8, 16, 32)

@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from edgeseg.config import load_recipe, recipe_from_dict
+from edgeseg.data.classes import SYNTHETIC
 from edgeseg.data.dataset import eval_dataset, train_dataset
 from edgeseg.errors import CheckpointError, NumericalError
 from edgeseg.models import build_model
 from edgeseg.train import fit
-from edgeseg.train.checkpoint import load_checkpoint, model_from_checkpoint
+from edgeseg.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from edgeseg.train.loop import Interrupted, SeededSampler, Stage, Trainer, _param_groups, poly_lr, weights_digest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -182,3 +183,21 @@ def test_backbone_lr_multiplier_groups() -> None:
     assert groups[0]["lr"] == pytest.approx(0.002) and groups[1]["lr"] == pytest.approx(0.02)
     assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.encoder.parameters()}
     assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(model.parameters()))
+
+
+def test_checkpoints_from_before_the_atrous_fix_keep_their_dilation(reference_run: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    ckpt = load_checkpoint(reference_run[0] / "last.pt")
+    new = model_from_checkpoint(ckpt)
+    del ckpt["arch"]["atrous"]  # what checkpoints written before the fix look like
+    old = model_from_checkpoint(ckpt, output_stride=8)
+    # Old rule: the block whose stride is removed is dilated too (block 7 at OS8, block 14 at OS16).
+    assert old.encoder.features[7].depthwise.dilation == (2, 2) and old.encoder.features[14].depthwise.dilation == (4, 4)
+    old.set_output_stride(16)
+    assert old.encoder.features[14].depthwise.dilation == (2, 2)
+    assert new.encoder.features[14].depthwise.dilation == (1, 1)
+    assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), new.state_dict().values()))
+    # Saving such a model again (fine-tuning, QAT) keeps the old rule.
+    save_checkpoint(tmp_path / "again.pt", model=old, recipe=recipe_from_dict(TINY), classes=SYNTHETIC)
+    again = load_checkpoint(tmp_path / "again.pt")
+    assert again["arch"]["atrous"] == "legacy"
+    assert model_from_checkpoint(again).encoder.features[14].depthwise.dilation == (2, 2)

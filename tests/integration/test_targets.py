@@ -1,0 +1,319 @@
+"""Targets with their real runtimes: OpenVINO (compiled and compared here), the Jetson bundle
+(checked statically; TensorRT itself where a GPU exists), Core ML (converted and inspected here;
+prediction on macOS). A tiny model (width 0.35, 5 classes, 64x64) calibrated on synthetic scenes."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgeseg.config import recipe_from_dict
+from edgeseg.data import open_source
+from edgeseg.data.classes import CAMVID, SYNTHETIC
+from edgeseg.data.preprocess import preprocess
+from edgeseg.errors import TargetError
+from edgeseg.export.artifacts import argmax_agreement, export_artifact, read_meta
+from edgeseg.export.base import ARTIFACT_META_KEYS, ExportRequest
+from edgeseg.models import build_model
+from edgeseg.quant import quant_state, quantize
+from edgeseg.quant.data import array_loop
+from edgeseg.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+SIZE = (64, 64)
+SYNTH = {"num_train": 8, "num_val": 4, "size": list(SIZE), "seed": 0}
+
+
+def _recipe(output_stride: int) -> object:
+    return recipe_from_dict(
+        {
+            "name": "tiny",
+            "model": {"width_mult": 0.35, "output_stride": output_stride},
+            "data": {
+                "format": "synthetic",
+                "synthetic_num_train": 8,
+                "synthetic_num_val": 4,
+                "synthetic_size": list(SIZE),
+                "crop_size": list(SIZE),
+            },
+            "quant": {"calib_num_images": 8},
+            "export": {"input_size": list(SIZE)},
+        }
+    )
+
+
+def _checkpoints(folder: Path, output_stride: int) -> tuple[Path, Path]:
+    """An FP32 checkpoint (random weights, BN statistics made non-trivial) and its PTQ checkpoint."""
+    torch.manual_seed(output_stride)
+    model = build_model(num_classes=5, output_stride=output_stride, width_mult=0.35)
+    source = open_source("synthetic", None, "train", SYNTH)
+    batch = torch.from_numpy(np.concatenate([preprocess(source.load(i)[0]) for i in range(4)]))
+    with torch.no_grad():  # train-mode passes give BN real statistics, so activations have real ranges
+        model.train()
+        for _ in range(3):
+            model(batch)
+    model.eval()
+    recipe = _recipe(output_stride)
+    fp32, ptq = folder / f"fp32_os{output_stride}.pt", folder / f"ptq_os{output_stride}.pt"
+    save_checkpoint(fp32, model=model, recipe=recipe, classes=SYNTHETIC)
+    q = quantize(model, {"method": "percentile", "percentile": 99.99}, array_loop(lambda i: source.load(i)[0], len(source), SIZE))
+    save_checkpoint(
+        ptq,
+        model=q,
+        recipe=recipe,
+        classes=SYNTHETIC,
+        quant=quant_state(q),
+        quant_meta={"method": "percentile", "calib_list": "synthetic:train", "num_images": len(source), "qat": False},
+    )
+    return fp32, ptq
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[int, tuple[Path, Path]]:
+    folder = tmp_path_factory.mktemp("ckpt")
+    return {os_: _checkpoints(folder, os_) for os_ in (8, 16, 32)}
+
+
+def _val_images(n: int = 2) -> list[np.ndarray]:
+    source = open_source("synthetic", None, "val", SYNTH)
+    return [preprocess(source.load(i)[0], SIZE) for i in range(n)]
+
+
+def _torch_logits(ckpt: Path, images: list[np.ndarray], quantized: bool) -> np.ndarray:
+    from edgeseg.export.artifacts import float_model_of
+
+    model = model_from_checkpoint(load_checkpoint(ckpt)).eval()
+    model.set_input_size(SIZE)
+    model = model if quantized else float_model_of(model)
+    with torch.no_grad():
+        return np.concatenate([model(torch.from_numpy(x)).numpy() for x in images])
+
+
+def _export(ckpt: Path, target: str, precision: str, out: Path, size: tuple[int, int] = SIZE, **options: object) -> tuple[Path, dict]:
+    result = export_artifact(ExportRequest(checkpoint=ckpt, precision=precision, out_dir=out, options=dict(options)), target)
+    assert result.folder is not None
+    return result.folder, read_meta(result.folder, target=target, input_size=size)
+
+
+def _preflight_counts(folder: Path) -> dict[str, str]:
+    heads = [ln for ln in (folder / "preflight.txt").read_text().splitlines() if ln.startswith("# TensorRT")]
+    return {h.split()[2]: h.split(": ", 1)[1] for h in heads}
+
+
+def test_export_all_int8_cli(ckpts: dict, tmp_path: Path) -> None:
+    """`edgeseg export --target all`: every target's artifact, verified, from one PTQ checkpoint."""
+    ptq = ckpts[16][1]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "edgeseg", "export", str(ptq), "--target", "all", "--precision", "int8", "--out", str(tmp_path)]
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    folders = sorted(p.name for p in tmp_path.iterdir())
+    assert folders == ["coreml_int8_os16", "jetson_int8_os16", "onnx_int8_os16", "openvino_int8_os16"]
+    for name in folders:
+        meta = json.loads((tmp_path / name / "meta.json").read_text())
+        assert set(ARTIFACT_META_KEYS) <= set(meta) and meta["precision"] == "int8" and meta["output_stride"] == 16
+        assert meta["quant"]["method"] == "percentile" and meta["classes"]["names"] == list(SYNTHETIC.names)
+        assert f"edgeseg bench {tmp_path / name} --json results.json" in (tmp_path / name / "README.md").read_text()
+    ov = json.loads((tmp_path / "openvino_int8_os16" / "meta.json").read_text())
+    v = ov["verification"]
+    assert ov["precision_hint"] == "f32" and v["argmax_agreement"] >= 0.995 and v["weighted_layers_int8"] == v["weighted_layers"] > 60
+    report = json.loads((tmp_path / "openvino_int8_os16" / "precision_report.json").read_text())
+    assert report["fallbacks"] == [] and set(report["summary"]["Convolution"]) <= {"u8", "i8"}
+    assert _preflight_counts(tmp_path / "jetson_int8_os16") == {"10.x": "0 errors, 0 warnings", "11.x": "0 errors, 0 warnings"}
+    cm = json.loads((tmp_path / "coreml_int8_os16" / "meta.json").read_text())["coreml"]
+    assert cm["convs"] == cm["convs_int8_weights"] == cm["convs_int8_inputs"] > 60
+    assert "wrote" in run.stdout and "preflight" in run.stdout
+
+    # The IR through its runner against PyTorch's fake-quant model (an independent reference).
+    from edgeseg.export.openvino import TARGET
+
+    images = _val_images()
+    runner = TARGET.load(tmp_path / "openvino_int8_os16", ov)
+    got = np.concatenate([runner.run(x) for x in images])
+    assert argmax_agreement(got, _torch_logits(ptq, images, quantized=True)) >= 0.99
+
+
+@pytest.mark.parametrize("output_stride", [8, 32])
+def test_int8_openvino_and_jetson_at_output_stride(ckpts: dict, tmp_path: Path, output_stride: int) -> None:
+    ptq = ckpts[output_stride][1]
+    folder, meta = _export(ptq, "openvino", "int8", tmp_path)
+    v = meta["verification"]
+    assert folder.name == f"openvino_int8_os{output_stride}" and meta["output_stride"] == output_stride
+    assert v["argmax_agreement"] >= 0.995 and v["weighted_layers_int8"] == v["weighted_layers"]
+    jfolder, jmeta = _export(ptq, "jetson", "int8", tmp_path)
+    counts = _preflight_counts(jfolder)
+    assert counts["10.x"].startswith("0 errors") and counts["11.x"].startswith("0 errors")
+    build = json.loads((jfolder / "build.json").read_text())
+    assert build["strongly_typed"] == {"10": True, "11": True} and "--stronglyTyped" in build["trtexec"]["10"]
+    graph = onnx.load(str(jfolder / "model.onnx")).graph
+    assert sum(n.op_type == "DequantizeLinear" for n in graph.node) > 60
+
+
+def test_openvino_fp32_and_fp16(ckpts: dict, tmp_path: Path) -> None:
+    fp32 = ckpts[16][0]
+    folder, meta = _export(fp32, "openvino", "fp32", tmp_path)
+    assert meta["precision_hint"] == "f32" and meta["quant"] is None
+    from edgeseg.export.openvino import TARGET
+
+    images = _val_images()
+    got = np.concatenate([TARGET.load(folder, meta).run(x) for x in images])
+    ref = _torch_logits(fp32, images, quantized=False)
+    assert np.abs(got - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
+    folder16, meta16 = _export(fp32, "openvino", "fp16", tmp_path)
+    assert meta16["precision_hint"] in ("f16", "bf16") and meta16["verification"]["argmax_agreement"] >= 0.995
+    # Weights compressed to FP16: the weight file is about half the FP32 one.
+    ratio = (folder16 / "model.bin").stat().st_size / (folder / "model.bin").stat().st_size
+    assert 0.45 < ratio < 0.6
+
+
+def test_openvino_nncf_ptq(ckpts: dict, tmp_path: Path) -> None:
+    folder, meta = _export(ckpts[16][0], "openvino", "int8", tmp_path, ptq="nncf")
+    assert folder.name == "openvino_int8_os16_nncf"
+    assert meta["quant"]["method"] == "nncf" and meta["quant"]["num_images"] == 8
+    v = meta["verification"]
+    assert v["reference"] == "onnxruntime FP32 ONNX" and v["weighted_layers_int8"] == v["weighted_layers"] > 60
+
+
+def test_openvino_fallback_is_detected(tmp_path: Path) -> None:
+    """A Q/DQ model with one convolution left float: listed, and fatal without allow_fallback."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from edgeseg.export.openvino import ir_from_onnx, onnx_reference, verify_ir
+
+    model = build_model(num_classes=3, output_stride=16, width_mult=0.35).eval()
+    model.set_input_size(SIZE)
+    fp32 = tmp_path / "fp32.onnx"
+    torch.onnx.export(
+        model, (torch.randn(1, 3, *SIZE),), str(fp32), dynamo=False, opset_version=17, input_names=["input"], output_names=["logits"]
+    )
+    convs = [n.name for n in onnx.load(str(fp32)).graph.node if n.op_type == "Conv"]
+    images = _val_images(3)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(images)
+
+        def get_next(self) -> dict | None:
+            x = next(self.items, None)
+            return None if x is None else {"input": x}
+
+    qdq = tmp_path / "qdq.onnx"
+    quantize_static(
+        str(fp32),
+        str(qdq),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        nodes_to_exclude=[convs[5]],
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+    )
+    xml = ir_from_onnx(qdq, tmp_path, precision="int8")
+    ref = onnx_reference(qdq, images)
+    with pytest.raises(TargetError, match="do not run in INT8 on OpenVINO.*--allow-fallback"):
+        verify_ir(xml, ref, images, hint="f32", int8=True)
+    report = verify_ir(xml, ref, images, hint="f32", int8=True, allow_fallback=True)
+    assert len(report["fallbacks"]) >= 1 and report["weighted_layers_int8"] == report["weighted_layers"] - len(report["fallbacks"])
+    assert any(convs[5] in f["original"] or convs[5] in f["name"] for f in report["fallbacks"])
+
+
+def test_jetson_fp16_bundle_with_dla(ckpts: dict, tmp_path: Path) -> None:
+    folder, meta = _export(ckpts[16][0], "jetson", "fp16", tmp_path, dla=0)
+    half = onnx.load(str(folder / "model_fp16.onnx"))
+    assert {i.data_type for i in half.graph.initializer if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)} == {
+        onnx.TensorProto.FLOAT16
+    }
+    assert half.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # FP32 I/O kept
+    assert meta["verification"]["fp16_onnx"]["argmax_agreement"] >= 0.995
+    build = json.loads((folder / "build.json").read_text())
+    assert build["dla_core"] == 0 and build["onnx"]["11"] == "model_fp16.onnx"
+    assert "--fp16 --useDLACore=0 --allowGPUFallback" in build["trtexec"]["10"]
+    counts = _preflight_counts(folder)
+    assert counts["10.x"].startswith("0 errors") and counts["11.x"].startswith("0 errors, ") and not counts["11.x"].endswith(" 0 warnings")
+
+
+def test_coreml_fp16_spec(ckpts: dict, tmp_path: Path) -> None:
+    from edgeseg.export.coreml import inspect_mlpackage
+
+    folder, meta = _export(ckpts[8][0], "coreml", "fp16", tmp_path)
+    info = inspect_mlpackage(folder / meta["model_file"])
+    assert info["inputs"] == {"image": {"type": "imageType", "height": 64, "width": 64}}
+    assert info["outputs"] == {"logits": {"shape": [1, 5, 64, 64]}}
+    assert info["convs"] > 60 and info["convs_int8_weights"] == 0 and "quantize" not in info["ops"]
+    assert json.loads(info["metadata"]["edgeseg.classes"]) == list(SYNTHETIC.names) and info["metadata"]["edgeseg.output_stride"] == "8"
+    assert info["opset"] == "CoreML7"  # iOS 17 / macOS 14
+
+
+@pytest.mark.skipif(platform.system() != "Darwin", reason="Core ML prediction needs macOS")
+def test_coreml_prediction_matches_onnxruntime(ckpts: dict, tmp_path: Path) -> None:
+    from edgeseg.export.coreml import TARGET
+
+    folder, meta = _export(ckpts[16][0], "coreml", "fp16", tmp_path)
+    images = _val_images()
+    got = np.concatenate([TARGET.load(folder, meta).run(x) for x in images])
+    assert argmax_agreement(got, _torch_logits(ckpts[16][0], images, quantized=False)) >= 0.99
+
+
+def _has_gpu() -> bool:
+    try:
+        from cuda.bindings import runtime as cudart
+
+        err, count = cudart.cudaGetDeviceCount()
+        return err == cudart.cudaError_t.cudaSuccess and count > 0
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def test_tensorrt_engine_build_and_run(ckpts: dict, tmp_path: Path) -> None:
+    pytest.importorskip("tensorrt", reason="tensorrt is not installed / no NVIDIA GPU")
+    if not _has_gpu():
+        pytest.skip("tensorrt is not installed / no NVIDIA GPU")
+    from edgeseg.export.tensorrt import TARGET
+
+    folder, meta = _export(ckpts[16][1], "jetson", "int8", tmp_path, build_engine=True)
+    assert (folder / "model.engine").is_file() and (folder / "build.log").is_file()
+    images = _val_images()
+    got = np.concatenate([TARGET.load(folder, meta).run(x) for x in images])
+    assert argmax_agreement(got, _torch_logits(ckpts[16][1], images, quantized=True)) >= 0.99
+
+
+def test_openvino_int8_on_camvid_images(camvid_root: Path, backbone_weights: Path, tmp_path: Path) -> None:
+    """ImageNet backbone + random head, calibrated on CamVid train; verified on CamVid val images."""
+    size = [96, 128]
+    recipe = recipe_from_dict(
+        {
+            "name": "camvid_tiny",
+            "data": {"format": "camvid", "root": str(camvid_root), "crop_size": size},
+            "model": {"output_stride": 16, "backbone_weights": str(backbone_weights)},
+            "export": {"input_size": size},
+        }
+    )
+    torch.manual_seed(0)
+    model = build_model(num_classes=11, output_stride=16, backbone_weights=backbone_weights).eval()
+    model.set_input_size(tuple(size))
+    train = open_source("camvid", camvid_root, "train")
+    q = quantize(model, {"method": "percentile"}, array_loop(lambda i: train.load(i * 37)[0], 8, tuple(size)))
+    ckpt = tmp_path / "ptq.pt"
+    save_checkpoint(
+        ckpt,
+        model=q,
+        recipe=recipe,
+        classes=CAMVID,
+        quant=quant_state(q),
+        quant_meta={"method": "percentile", "calib_list": "camvid:train", "num_images": 8, "qat": False},
+    )
+    folder, meta = _export(ckpt, "openvino", "int8", tmp_path / "out", (96, 128), verify_images=6)
+    v = meta["verification"]
+    assert v["data"] == "camvid val, 6 images" and v["argmax_agreement"] >= 0.995
+    assert v["weighted_layers_int8"] == v["weighted_layers"] and meta["input_size"] == size
