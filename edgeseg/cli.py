@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from edgeseg.errors import EdgesegError
+from edgeseg.errors import EdgesegError, Interrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Segmentation from training to a fast INT8 model on an edge device.")
 console = Console(stderr=True)
@@ -64,7 +64,7 @@ def train(
     if nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
         import subprocess
 
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc_per_node}", "-m", "edgeseg", "train", str(recipe), "--out", str(run_dir)]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc_per_node}", "-m", "edgeseg", "train", str(recipe), "--out", str(run_dir)]
         cmd += [a for s in (set_ or []) for a in ("--set", s)] + (["--resume"] if resume else [])
         cmd += [] if qat is None else (["--qat"] if qat else ["--no-qat"])
         cmd += ["--init", str(init)] if init else []
@@ -248,13 +248,17 @@ def bench(
         size = parse_size(input_size)
     options = BenchOptions(runs=runs, warmup=warmup, threads=threads, batch=batch, accuracy=not no_accuracy, limit=limit, data_root=data,
                            data_format=fmt, split=split, precision_hint=precision_hint, output_stride=output_stride, input_size=size)
-    with _progress() as bar:
+    bar = _progress()  # started with the first artifact: checks that fail first print only their line
 
-        def progress_for(path: Path) -> Any:
-            task = bar.add_task(f"bench {path.name}", total=None, info="loading")
-            return lambda stage, done, total: bar.update(task, completed=done, total=total, info=stage)
+    def progress_for(path: Path) -> Any:
+        bar.start()
+        task = bar.add_task(f"bench {path.name}", total=None, info="loading")
+        return lambda stage, done, total: bar.update(task, completed=done, total=total, info=stage)
 
+    try:
         rows = bench_into(json_out, artifacts, options, progress_for)
+    finally:
+        bar.stop()
     table = Table(title=f"bench -> {json_out}")
     for col in ("artifact", "runtime", "precision", "OS", "mIoU", "p50 ms", "p90 ms", "FPS", "first s", "peak MB"):
         table.add_column(col, justify="right")
@@ -333,12 +337,12 @@ def main() -> None:
     """Entry point: EdgesegError -> one red line, exit code 2 (traceback with --verbose)."""
     start = time.perf_counter()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # returns typer.Exit codes instead of raising
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except EdgesegError as exc:
         if STATE["verbose"]:
             console.print_exception()
-        from edgeseg.train.loop import Interrupted
-
         console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(130 if isinstance(exc, Interrupted) else 2)
     except KeyboardInterrupt:

@@ -151,9 +151,7 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     if tp in (int, float) and isinstance(value, bool):
         raise ConfigError(f"recipe key '{where}' must be a number, got {value!r}")
     if not isinstance(value, tp):
-        raise ConfigError(
-            f"recipe key '{where}' must be of type {tp.__name__}, got {value!r}"
-        )
+        raise ConfigError(f"recipe key '{where}' must be of type {tp.__name__}, got {value!r}")
     return value
 
 
@@ -165,10 +163,7 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in names:
-            raise ConfigError(
-                f"unknown recipe key '{prefix}{key}'{did_you_mean(str(key), names)}; "
-                f"valid keys here: {', '.join(names)}"
-            )
+            raise ConfigError(f"unknown recipe key '{prefix}{key}'{did_you_mean(str(key), names)}; valid keys here: {', '.join(names)}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value or {}, f"{prefix}{key}.")

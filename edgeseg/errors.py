@@ -30,6 +30,10 @@ class TargetError(EdgesegError):
     """A target cannot export or run on this machine."""
 
 
+class Interrupted(EdgesegError):
+    """CTRL-C: the command stopped cleanly (training saved last.pt); the CLI exits with 130."""
+
+
 class NumericalError(EdgesegError):
     """Training or export produced NaN/inf or outputs beyond tolerance."""
 
@@ -42,6 +46,4 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
 
 def missing_dependency(module: str, extra: str) -> MissingDependencyError:
     """Build the error for an optional SDK that failed to import."""
-    return MissingDependencyError(
-        f"{module} is not installed; install it with: pip install \"edgeseg[{extra}]\""
-    )
+    return MissingDependencyError(f'{module} is not installed; install it with: pip install "edgeseg[{extra}]"')

@@ -38,8 +38,14 @@ class Variant:
 
 
 VARIANTS = (
-    Variant("onnx", "fp32"), Variant("openvino", "fp32"), Variant("openvino", "fp16"), Variant("openvino", "int8"),
-    Variant("openvino", "int8", "nncf"), Variant("coreml", "fp16"), Variant("coreml", "int8"), Variant("jetson", "int8"),
+    Variant("onnx", "fp32"),
+    Variant("openvino", "fp32"),
+    Variant("openvino", "fp16"),
+    Variant("openvino", "int8"),
+    Variant("openvino", "int8", "nncf"),
+    Variant("coreml", "fp16"),
+    Variant("coreml", "int8"),
+    Variant("jetson", "int8"),
 )
 
 
@@ -57,14 +63,25 @@ def runs_here(target: str) -> tuple[bool, str]:
 class Pipeline:
     """Runs and resumes the stages of one recipe in one run folder."""
 
-    def __init__(self, recipe: Recipe, out: Path, *, targets: list[str], output_strides: list[int], event: Event | None = None,
-                 bench_runs: int | None = None, limit: int | None = None) -> None:
+    def __init__(
+        self,
+        recipe: Recipe,
+        out: Path,
+        *,
+        targets: list[str],
+        output_strides: list[int],
+        event: Event | None = None,
+        bench_runs: int | None = None,
+        limit: int | None = None,
+    ) -> None:
         self.recipe, self.out = recipe, check_writable(out)
         unknown = [t for t in targets if t not in {v.target for v in VARIANTS}]
         if unknown:
             from edgeseg.errors import did_you_mean
 
-            raise ConfigError(f"unknown target '{unknown[0]}'{did_you_mean(unknown[0], [v.target for v in VARIANTS])}; use onnx, openvino, coreml or jetson")
+            raise ConfigError(
+                f"unknown target '{unknown[0]}'{did_you_mean(unknown[0], [v.target for v in VARIANTS])}; use onnx, openvino, coreml or jetson"
+            )
         bad = [s for s in output_strides if s not in (8, 16, 32)]
         if bad:
             raise ConfigError(f"--output-strides has {bad[0]}; use values among 8, 16, 32")
@@ -145,8 +162,13 @@ class Pipeline:
                     self.event("export", f"skipped: {folder.name} is up to date")
                     folders.append(folder)
                     continue
-                request = ExportRequest(checkpoint=ckpt, precision=v.precision, output_stride=os_, out_dir=self.out / "export",
-                                        options={"ptq": v.ptq} if v.ptq else {})
+                request = ExportRequest(
+                    checkpoint=ckpt,
+                    precision=v.precision,
+                    output_stride=os_,
+                    out_dir=self.out / "export",
+                    options={"ptq": v.ptq} if v.ptq else {},
+                )
                 try:
                     result = export_artifact(request, v.target)
                 except EdgesegError as exc:

@@ -5,7 +5,7 @@ typed `BenchRow`; `save_results` merges rows into a versioned results file that 
 reads.
 """
 
-from edgeseg.bench.measure import BenchOptions, bench_artifact, bench_into
+from edgeseg.bench.measure import BenchOptions, bench_artifact, bench_into, preflight
 from edgeseg.bench.results import SCHEMA_VERSION, BenchRow, ResultsError, load_results, merge_rows, save_results
 
 __all__ = [

@@ -26,7 +26,7 @@ from edgeseg.bench.artifact import Artifact, open_artifact
 from edgeseg.bench.device import device_record
 from edgeseg.bench.memory import PeakMemory
 from edgeseg.bench.results import BenchRow, load_results, save_results
-from edgeseg.bench.runners import Loaded, load_runner
+from edgeseg.bench.runners import Loaded, check_hint, load_runner
 from edgeseg.bench.stats import latency_stats, throughput
 from edgeseg.data.preprocess import preprocess
 from edgeseg.data.sources import Source, open_source
@@ -250,13 +250,25 @@ def _make_row(
     )
 
 
+def preflight(json_path: str | Path | None, paths: list[Path], options: BenchOptions) -> None:
+    """Check options, the results file, every artifact and its data before measuring anything."""
+    options.check()
+    if json_path is not None and Path(json_path).exists():
+        load_results(json_path)
+    for path in paths:
+        art = open_artifact(path, output_stride=options.output_stride, input_size=options.input_size)
+        check_hint(options.precision_hint, art.target)
+        if options.accuracy:
+            resolve_data(art, options)
+
+
 def bench_into(
     json_path: str | Path, paths: list[Path], options: BenchOptions | None = None, progress: Callable[[Path], Progress | None] | None = None
 ) -> list[BenchRow]:
     """Bench each path and append its row to the results file as soon as it is measured.
 
-    The results file is checked first, so a file of another schema fails before any measuring,
-    and an interrupted run keeps the rows already measured.
+    Everything is checked first (preflight), so a bad path or a results file of another schema
+    fails before any measuring, and an interrupted run keeps the rows already measured.
 
     Args:
         json_path: results file (created, or merged into).
@@ -264,8 +276,8 @@ def bench_into(
         options: shared by every path.
         progress: progress(path) returns the progress callback for that path.
     """
-    if Path(json_path).exists():
-        load_results(json_path)
+    options = options or BenchOptions()
+    preflight(json_path, paths, options)
     rows = []
     for path in paths:
         row = bench_artifact(path, options, progress(path) if progress else None)

@@ -17,7 +17,7 @@ import numpy as np
 
 from edgeseg.bench.artifact import Artifact
 from edgeseg.bench.device import package_version
-from edgeseg.errors import CheckpointError, ConfigError, TargetError, missing_dependency
+from edgeseg.errors import CheckpointError, ConfigError, TargetError, did_you_mean, missing_dependency
 from edgeseg.export.base import TARGETS, Runner, get_target
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class OpenVINORunner:
         self.hint = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         shape = model.inputs[0].get_partial_shape()
         self.static_batch = shape[0].get_length() if shape[0].is_static else None
-        self.version = ov.get_version()
+        self.version = package_version("openvino") or ov.get_version()
 
     def run(self, x: np.ndarray) -> np.ndarray:
         self.request.infer({0: x})
@@ -133,14 +133,20 @@ class TorchRunner:
             return self.model(self.torch.from_numpy(x)).numpy()
 
 
-def check_hint(hint: str | None, target: str) -> None:
-    """--precision-hint is an OpenVINO execution precision; refuse it elsewhere rather than ignore it."""
+def check_hint(hint: str | None, target: str) -> str | None:
+    """The OpenVINO execution precision to use for `target`: `hint` for OpenVINO, None elsewhere.
+
+    A misspelt hint is an error; a hint given for another runtime is ignored (with a warning), so
+    one command can bench OpenVINO next to other targets. Rows record the precision actually run.
+    """
     if hint is None:
-        return
-    if target != "openvino":
-        raise ConfigError(f"--precision-hint '{hint}' applies to OpenVINO artifacts only; leave it out for '{target}'")
+        return None
     if hint not in OPENVINO_HINTS:
-        raise ConfigError(f"--precision-hint '{hint}' is not an OpenVINO precision; use one of {', '.join(OPENVINO_HINTS)}")
+        raise ConfigError(f"--precision-hint '{hint}' is not an OpenVINO precision{did_you_mean(hint, OPENVINO_HINTS)}; use one of {', '.join(OPENVINO_HINTS)}")
+    if target != "openvino":
+        log.warning("--precision-hint %s applies to OpenVINO only; ignored for a %s artifact", hint, target)
+        return None
+    return hint
 
 
 def load_runner(artifact: Artifact, *, threads: int | None = None, precision_hint: str | None = None) -> Loaded:
@@ -153,7 +159,7 @@ def load_runner(artifact: Artifact, *, threads: int | None = None, precision_hin
             `precision_hint`, else f32 for an FP32 artifact (OpenVINO would otherwise run it in
             bf16 on CPUs that have it), else the runtime's default, read back and recorded.
     """
-    check_hint(precision_hint, artifact.target)
+    precision_hint = check_hint(precision_hint, artifact.target)
     if artifact.target == "torch":
         tr = TorchRunner(artifact, threads)
         return Loaded(tr, "torch", tr.version, "CPU (eager)", None, None)

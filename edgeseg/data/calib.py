@@ -72,6 +72,8 @@ def read_calib_list(path: str | Path, root: str | Path | None = None, limit: int
     if out.too_few:
         log.warning(
             "calibrating on %d images from '%s': fewer than the recommended %d, ranges may be noisy",
-            len(images), path, RECOMMENDED_IMAGES,
+            len(images),
+            path,
+            RECOMMENDED_IMAGES,
         )
     return out

@@ -54,8 +54,7 @@ def read_mask(path: str | Path, lut: np.ndarray, valid: np.ndarray, size: tuple[
         raise DataError(f"mask '{path}' cannot be decoded ({type(exc).__name__}); replace it") from None
     if size is not None and arr.shape[:2] != tuple(size):
         raise DataError(
-            f"mask '{path}' is {arr.shape[1]}x{arr.shape[0]} but its image is {size[1]}x{size[0]}; "
-            "masks must have their image's size"
+            f"mask '{path}' is {arr.shape[1]}x{arr.shape[0]} but its image is {size[1]}x{size[0]}; masks must have their image's size"
         )
     bad = ~valid[arr]
     if bad.any():

@@ -13,7 +13,7 @@ def resize_image(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     """Bilinear resize with Pillow (the same call torchvision makes for PIL inputs)."""
     if size is None or tuple(image.shape[:2]) == tuple(size):
         return image
-    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR))
 
 
 def preprocess(image: np.ndarray, size: tuple[int, int] | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:

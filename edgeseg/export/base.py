@@ -30,14 +30,17 @@ ARTIFACT_META_KEYS = (
     "target",  # onnx | openvino | jetson | coreml
     "precision",  # fp32 | fp16 | int8
     "model_file",  # file (or folder) name inside the artifact folder
-    "input_name", "output_name",
+    "input_name",
+    "output_name",
     "input_size",  # [H, W]
     "output_stride",
     "classes",  # ClassInfo.to_dict()
     "normalization",  # {"mean": [...], "std": [...]}
     "data",  # {"format", "root", "split", "synthetic": {...}} used by bench by default
     "quant",  # {"method", "calib_list", "num_images", "qat"} or None
-    "source_checkpoint", "source_checkpoint_sha256", "recipe_hash",
+    "source_checkpoint",
+    "source_checkpoint_sha256",
+    "recipe_hash",
     "tool_versions",  # {"edgeseg", "torch", "onnx", ...}
 )
 META_SCHEMA_VERSION = 1

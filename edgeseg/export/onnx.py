@@ -78,7 +78,8 @@ def check_qdq(proto: Any) -> list[str]:
 
     Every Conv weight comes from a DequantizeLinear with axis 0, a per-output-channel scale and
     int8 zero points (of a QuantizeLinear of a float constant, or of an int8 constant); every
-    Conv input comes from a DequantizeLinear; every zero point is int8 and 0.
+    Conv input comes from a DequantizeLinear, or from a Concat (or Expand) of DequantizeLinear
+    outputs that share one scale; every zero point is int8 and 0.
     """
     graph = proto.graph
     const = constants(graph)
@@ -96,10 +97,32 @@ def check_qdq(proto: Any) -> list[str]:
         channels = None if weight is not None else _dq_channels(dq, const, producer)
         if channels is None:
             problems.append(f"Conv '{node.name}' weight is not behind a per-channel (axis 0) DequantizeLinear")
-        act = producer.get(node.input[0])
-        if act is None or act.op_type != "DequantizeLinear":
+        scales = _dq_scales(node.input[0], const, producer)
+        if not scales:
             problems.append(f"Conv '{node.name}' input is not behind a DequantizeLinear")
+        elif len(set(scales)) > 1:
+            problems.append(f"Conv '{node.name}' input is a Concat of tensors with different scales {sorted(set(scales))[:3]}")
     return problems
+
+
+def _dq_scales(name: str, const: dict[str, np.ndarray], producer: dict[str, Any]) -> list[float]:
+    """Scales of the DequantizeLinear(s) a tensor comes from, through Concat and Expand; [] if any path has none.
+
+    A Concat whose inputs are all dequantized with one scale is an INT8 concat for TensorRT
+    and OpenVINO, so a Conv after it is fed INT8.
+    """
+    node = producer.get(name)
+    if node is None:
+        return []
+    if node.op_type == "DequantizeLinear":
+        scale = const.get(node.input[1])
+        return [float(scale)] if scale is not None and scale.size == 1 else []
+    if node.op_type == "Expand":
+        return _dq_scales(node.input[0], const, producer)
+    if node.op_type == "Concat":
+        scales = [_dq_scales(i, const, producer) for i in node.input]
+        return [v for s in scales for v in s] if all(scales) else []
+    return []
 
 
 def _dq_channels(dq: Any, const: dict[str, np.ndarray], producer: dict[str, Any]) -> int | None:

@@ -25,7 +25,12 @@ def _make_divisible(value: float, divisor: int = 8) -> int:
 
 
 class InvertedResidual(nn.Module):
-    """MobileNetV2 block. `in_q` quantizes the block input once for the conv and the residual."""
+    """MobileNetV2 block. `in_q` quantizes the block input once for the conv and the residual.
+
+    In a residual block `out_q` quantizes the conv branch too, so both inputs of the Add are
+    quantized: TensorRT and OpenVINO then fuse the Add into the projection conv (an INT8 sum
+    post-op) instead of running it as a separate layer.
+    """
 
     def __init__(self, in_ch: int, out_ch: int, stride: int, expand: int) -> None:
         super().__init__()
@@ -42,6 +47,8 @@ class InvertedResidual(nn.Module):
             nn.BatchNorm2d(out_ch),
         ]
         self.conv = nn.Sequential(*layers)
+        if self.use_res:
+            self.out_q = QuantPoint()
         self.out_channels = out_ch
 
     @property
@@ -50,7 +57,7 @@ class InvertedResidual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.in_q(x)
-        return x + self.conv(x) if self.use_res else self.conv(x)
+        return x + self.out_q(self.conv(x)) if self.use_res else self.conv(x)
 
 
 class MobileNetV2Encoder(nn.Module):

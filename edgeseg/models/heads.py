@@ -36,12 +36,14 @@ class ASPP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.in_q(x)
         size = x.shape[-2:]
-        pooled = self.pool_conv(self.pool_q(self.pool(x)))
+        # cat_q quantizes every input of the concat with one shared scale (so the concat runs
+        # in INT8); the pooled branch is quantized at 1x1, before it is broadcast.
+        pooled = self.cat_q(self.pool_conv(self.pool_q(self.pool(x))))
         # The pooled map is 1x1: a bilinear resize is a broadcast; expand exports as a plain
         # Expand, not a Resize, and keeps static shapes for CoreML.
         pooled = pooled.expand(-1, -1, size[0], size[1])
-        branches = [self.branch1x1(x)] + [b(x) for b in self.atrous] + [pooled]
-        return self.dropout(self.project(self.cat_q(torch.cat(branches, dim=1))))
+        branches = [self.cat_q(self.branch1x1(x))] + [self.cat_q(b(x)) for b in self.atrous] + [pooled]
+        return self.dropout(self.project(torch.cat(branches, dim=1)))
 
 
 class DeepLabV3PlusDecoder(nn.Module):
@@ -60,7 +62,9 @@ class DeepLabV3PlusDecoder(nn.Module):
         x = self.aspp(high)
         low = self.low_proj(self.low_q(low))
         x = resize(x, low.shape[-2:])
-        x = self.fuse(self.cat_q(torch.cat([x, low], dim=1)))
+        # Both concat inputs share one quantizer (one scale), as TensorRT and OpenVINO need to
+        # run the concat in INT8.
+        x = self.fuse(torch.cat([self.cat_q(x), self.cat_q(low)], dim=1))
         return self.classifier(x)
 
 

@@ -50,10 +50,15 @@ def model_info(source: Path, input_size: str | None = None) -> list[dict[str, An
     rows = []
     for os_ in (8, 16, 32):
         model = build_model(output_stride=os_, **arch)
-        rows.append({
-            "head": arch["head"], "output_stride": os_, "input": f"{size[0]}x{size[1]}",
-            "params": sum(p.numel() for p in model.parameters()), "gmacs": gmacs(model, size),  # type: ignore[arg-type]
-        })
+        rows.append(
+            {
+                "head": arch["head"],
+                "output_stride": os_,
+                "input": f"{size[0]}x{size[1]}",
+                "params": sum(p.numel() for p in model.parameters()),
+                "gmacs": gmacs(model, size),  # type: ignore[arg-type]
+            }
+        )
     return rows
 
 

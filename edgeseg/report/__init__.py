@@ -78,7 +78,8 @@ def _table_row(e: Entry) -> list[str]:
     r = e.row
     delta = _fmt(e.delta_miou, sign=True) + ("" if e.delta_miou is None or e.same_device_reference else "*")
     data = f", {r.num_images} {e.data} images" if r.miou is not None else ", no accuracy"
-    measured = f"{r.provider}, {r.threads or 'default'} threads, batch {r.batch}, {r.runs} runs after {r.warmup} warm-up{data}"
+    threads = "default threads" if not r.threads else f"{r.threads} thread{'s' if r.threads > 1 else ''}"
+    measured = f"{r.provider}, {threads}, batch {r.batch}, {r.runs} runs after {r.warmup} warm-up{data}"
     return [
         "★" if e.pareto else "",
         r.target,
@@ -110,12 +111,11 @@ def _document(entries: list[Entry], sources: list[Path]) -> tuple[list[Block], d
         blocks += [("h2", f"Output stride {stride}"), ("table", Table(TABLE_HEADER, [_table_row(e) for e in strides[stride]]))]
     images: dict[str, bytes] = {}
     blocks.append(("h2", "Plots"))
-    blocks.append(("h3", "mIoU vs p50 latency (per device)"))
-    for device, group in devices.items():
-        if any(e.row.miou is not None for e in group):
-            name = f"miou_vs_latency_{_slug(device)}.png"
-            images[name] = plots.miou_vs_latency(group, device)
-            blocks.append(("img", (name, f"mIoU vs p50 latency on {device}")))
+    blocks.append(("h3", "mIoU vs p50 latency (per device and data set)"))
+    for (device, data), group in group_by([e for e in entries if e.row.miou is not None], lambda e: (e.device, e.data)).items():
+        name = f"miou_vs_latency_{_slug(f'{device} {data}')}.png"
+        images[name] = plots.miou_vs_latency(group, f"{device}\n{data}")
+        blocks.append(("img", (name, f"mIoU vs p50 latency on {device}, {data}")))
     blocks.append(("h3", "Per-class IoU, FP32 vs INT8"))
     for stride in sorted(strides, key=lambda s: s or 0):
         blocks += _per_class(strides[stride], stride, images)
@@ -136,20 +136,21 @@ def _document(entries: list[Entry], sources: list[Path]) -> tuple[list[Block], d
 
 
 def _per_class(group: list[Entry], stride: int | None, images: dict[str, bytes]) -> list[Block]:
-    refs = sorted((e for e in group if is_fp32_reference(e.row) and e.row.per_class_iou), key=lambda e: e.row.runtime != "torch")
-    if not refs:
-        return [("p", f"OS{stride}: no FP32 row with per-class IoU.")]
-    ref = refs[0]
-    seen: dict[tuple[str, str], Entry] = {}
-    for e in group:
-        if e.row.precision in ("int8", "fakequant") and e.row.per_class_iou and e.data == ref.data:
-            seen.setdefault((e.row.target, e.label), e)
-    others = list(seen.values())[:5]
-    if not others:
-        return [("p", f"OS{stride}: no INT8 row with per-class IoU to compare with {ref.label}.")]
-    name = f"per_class_iou_os{stride}.png"
-    images[name] = plots.per_class_iou(ref, others, f"per-class IoU at OS{stride} ({ref.data})")
-    return [("img", (name, f"per-class IoU at OS{stride}, FP32 vs INT8"))]
+    """Per data set at this stride: the FP32 reference (torch first) next to up to 5 INT8 rows."""
+    blocks: list[Block] = []
+    for data, rows in group_by([e for e in group if e.row.per_class_iou], lambda e: e.data).items():
+        refs = sorted((e for e in rows if is_fp32_reference(e.row)), key=lambda e: e.row.runtime != "torch")
+        seen: dict[tuple[str, str], Entry] = {}
+        for e in rows:
+            if e.row.precision in ("int8", "fakequant"):
+                seen.setdefault((e.row.target, e.label), e)
+        if not refs or not seen:
+            blocks.append(("p", f"OS{stride} {data}: no {'FP32' if not refs else 'INT8'} row with per-class IoU to compare."))
+            continue
+        name = f"per_class_iou_os{stride}_{re.sub(r'[^a-z0-9]+', '_', data.lower())}.png"
+        images[name] = plots.per_class_iou(refs[0], list(seen.values())[:5], f"per-class IoU at OS{stride} ({data})")
+        blocks.append(("img", (name, f"per-class IoU at OS{stride} on {data}, FP32 vs INT8")))
+    return blocks or [("p", f"OS{stride}: no row with per-class IoU.")]
 
 
 __all__ = ["BenchRow", "build_report"]

@@ -29,6 +29,15 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
+def _log_x(ax: Any) -> None:
+    """Log x axis with plain numbers (1, 2, 5, 10, 20, ...) instead of powers of ten."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+
+
 def _colours(labels: list[str]) -> dict[str, Any]:
     cmap = _plt().get_cmap("tab10" if len(labels) <= 10 else "tab20")
     return {label: cmap(i % cmap.N) for i, label in enumerate(labels)}
@@ -66,7 +75,7 @@ def miou_vs_latency(entries: list[Entry], title: str) -> bytes:
     if front:
         handles.append(plt.Line2D([], [], color="black", linestyle="--", label="Pareto front (outlined)"))
     ax.legend(handles=handles, fontsize=7, loc="best")
-    ax.set_xscale("log")
+    _log_x(ax)
     ax.set_xlabel("p50 latency (ms, log scale)")
     ax.set_ylabel("mIoU (%)")
     ax.set_title(title, fontsize=9)
@@ -110,7 +119,7 @@ def latency_distribution(entries: list[Entry], title: str) -> bytes:
     ax.invert_yaxis()
     low, high = min(min(d) for d in data), max(max(d) for d in data)
     if low > 0 and high / low > 10:
-        ax.set_xscale("log")
+        _log_x(ax)
     ax.set_xlabel("latency per call (ms)" + (", log scale" if ax.get_xscale() == "log" else ""))
     ax.set_title(title, fontsize=9)
     ax.grid(True, axis="x", alpha=0.3)

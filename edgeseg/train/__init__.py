@@ -62,12 +62,18 @@ def fit(
     device = _device()
     train_set, val_set = train_dataset(recipe), eval_dataset(recipe)
     model = build_model(
-        num_classes=train_set.classes.num_classes, output_stride=recipe.model.output_stride, width_mult=recipe.model.width_mult,
-        head=recipe.model.head, aux_loss=recipe.model.aux_loss, multi_grid=recipe.model.multi_grid,
+        num_classes=train_set.classes.num_classes,
+        output_stride=recipe.model.output_stride,
+        width_mult=recipe.model.width_mult,
+        head=recipe.model.head,
+        aux_loss=recipe.model.aux_loss,
+        multi_grid=recipe.model.multi_grid,
         backbone_weights=recipe.model.backbone_weights,
     )
     if recipe.num_classes is not None and recipe.num_classes != train_set.classes.num_classes:
-        raise CheckpointError(f"recipe num_classes={recipe.num_classes} but the data has {train_set.classes.num_classes} classes; fix num_classes")
+        raise CheckpointError(
+            f"recipe num_classes={recipe.num_classes} but the data has {train_set.classes.num_classes} classes; fix num_classes"
+        )
     trainer = Trainer(recipe, out, train_set, val_set, device, callback)
     do_qat = recipe.quant.enabled if qat is None else qat
     results: dict[str, Any] = {}

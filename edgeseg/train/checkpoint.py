@@ -97,7 +97,9 @@ def model_from_checkpoint(ckpt: dict[str, Any], output_stride: int | None = None
         model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
-        raise CheckpointError(f"checkpoint '{ckpt.get('path')}' does not match its architecture ({first[:160]}); it is corrupt or from another edgeseg") from None
+        raise CheckpointError(
+            f"checkpoint '{ckpt.get('path')}' does not match its architecture ({first[:160]}); it is corrupt or from another edgeseg"
+        ) from None
     if output_stride is not None:
         set_output_stride(model, output_stride)
     return model

@@ -27,16 +27,12 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Sampler
 
 from edgeseg.config import Recipe
-from edgeseg.errors import EdgesegError, NumericalError
+from edgeseg.errors import EdgesegError, Interrupted, NumericalError
 from edgeseg.train.checkpoint import save_checkpoint
 from edgeseg.train.evaluate import autocast, evaluate, recalibrate_bn
 
 log = logging.getLogger(__name__)
 Callback = Callable[..., None]
-
-
-class Interrupted(EdgesegError):
-    """CTRL-C during training: last.pt was saved; resume with --resume."""
 
 
 def _mix(*values: int) -> int:
@@ -52,7 +48,9 @@ class SeededSampler(Sampler):
         per_rank = n // world
         self.num_batches = per_rank // batch_size
         if self.num_batches == 0:
-            raise EdgesegError(f"the training split has {n} images, fewer than one batch of {batch_size} per process; lower train.batch_size")
+            raise EdgesegError(
+                f"the training split has {n} images, fewer than one batch of {batch_size} per process; lower train.batch_size"
+            )
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         self.epoch, self.skip_batches = epoch, skip_batches
@@ -153,8 +151,12 @@ class Trainer:
     def _loader(self, sampler: SeededSampler) -> DataLoader:
         t = self.recipe.train
         return DataLoader(
-            SeededDataset(self.train_set), batch_size=t.batch_size, sampler=sampler, num_workers=self.recipe.data.num_workers,
-            drop_last=True, persistent_workers=False,
+            SeededDataset(self.train_set),
+            batch_size=t.batch_size,
+            sampler=sampler,
+            num_workers=self.recipe.data.num_workers,
+            drop_last=True,
+            persistent_workers=False,
         )
 
     def _log_row(self, row: dict[str, Any]) -> None:
@@ -246,7 +248,17 @@ class Trainer:
                     tick = now
                     self._emit("step", stage=stage.name, it=it, total=total, loss=loss.item(), lr=lr, img_s=img_s)
                     if it % t.log_every == 0 or it == total:
-                        self._log_row({"stage": stage.name, "epoch": epoch, "iter": it, "loss": round(loss.item(), 5), "lr": lr, "img_per_s": round(img_s, 2), "time": round(time.time(), 1)})
+                        self._log_row(
+                            {
+                                "stage": stage.name,
+                                "epoch": epoch,
+                                "iter": it,
+                                "loss": round(loss.item(), 5),
+                                "lr": lr,
+                                "img_per_s": round(img_s, 2),
+                                "time": round(time.time(), 1),
+                            }
+                        )
                     if self._stop or it >= total:
                         break
                     if t.ckpt_every and it % t.ckpt_every == 0 and it % ipe:
@@ -258,7 +270,9 @@ class Trainer:
                 if epoch_done and ((epoch + 1) % t.eval_every == 0 or it >= total):
                     last_miou = self._evaluate(model) if self.rank == 0 else 0.0
                     self._emit("eval", stage=stage.name, it=it, miou=last_miou)
-                    self._log_row({"stage": stage.name, "epoch": epoch, "iter": it, "val_miou": round(last_miou, 3), "time": round(time.time(), 1)})
+                    self._log_row(
+                        {"stage": stage.name, "epoch": epoch, "iter": it, "val_miou": round(last_miou, 3), "time": round(time.time(), 1)}
+                    )
                     if last_miou > best:
                         best = last_miou
                         self._save(stage, model, opt, it, best, f"{stage.name}.pt", miou=last_miou)
@@ -300,8 +314,16 @@ class Trainer:
             return
         model_cpu = model
         save_checkpoint(
-            self.out / name, model=model_cpu, recipe=self.recipe, classes=self.classes,
-            stage=stage.name, iteration=it, optimizer=opt.state_dict(), best_miou=best, **stage.extra_state(), **extra,
+            self.out / name,
+            model=model_cpu,
+            recipe=self.recipe,
+            classes=self.classes,
+            stage=stage.name,
+            iteration=it,
+            optimizer=opt.state_dict(),
+            best_miou=best,
+            **stage.extra_state(),
+            **extra,
         )
 
 

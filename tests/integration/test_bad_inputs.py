@@ -21,8 +21,22 @@ from edgeseg import cli
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-TINY = ["--set", "data.synthetic_num_train=8", "--set", "data.synthetic_num_val=2", "--set", "data.synthetic_size=[64,64]",
-        "--set", "data.crop_size=[64,64]", "--set", "train.epochs=1", "--set", "train.batch_size=4", "--set", "quant.enabled=false"]
+TINY = [
+    "--set",
+    "data.synthetic_num_train=8",
+    "--set",
+    "data.synthetic_num_val=2",
+    "--set",
+    "data.synthetic_size=[64,64]",
+    "--set",
+    "data.crop_size=[64,64]",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "train.batch_size=4",
+    "--set",
+    "quant.enabled=false",
+]
 
 
 @dataclass
@@ -104,54 +118,172 @@ CASES = [
     Case("negative lr", lambda c: ["train", _recipe(c, "train:\n  lr: -0.1\n")], "must be positive"),
     Case("crop not a multiple of 8", lambda c: ["train", _recipe(c, "data:\n  crop_size: [100, 100]\n")], "multiple of 8"),
     Case("override without =", lambda c: ["train", str(REPO / "recipes/smoke.yaml"), "--set", "train.lr"], "key=value"),
-    Case("data root missing", lambda c: ["train", str(REPO / "recipes/smoke.yaml"), "--out", str(c / "o"), "--set", "data.format=camvid", "--set", f"data.root={c}/none"], "does not exist"),
-    Case("unknown data format", lambda c: ["eval", str(W["w"] / "run/best.pt"), "--format", "camvd", "--data", str(c)], "did you mean 'camvid'"),
-    Case("empty split", lambda c: _eval_camvid(W["w"], c), "no image/mask pairs",
-         setup=lambda c: _camvid_with(W["w"], c, lambda r: [p.unlink() for p in (r / "val").iterdir()])),
-    Case("truncated image", lambda c: _eval_camvid(W["w"], c), "img0.png",
-         setup=lambda c: _camvid_with(W["w"], c, lambda r: _write(r / "val/img0.png", (r / "val/img0.png").read_bytes()[:60]))),
-    Case("non-image file", lambda c: _eval_camvid(W["w"], c), "img1.png",
-         setup=lambda c: _camvid_with(W["w"], c, lambda r: _write(r / "val/img1.png", "not an image"))),
-    Case("mask of another size", lambda c: _eval_camvid(W["w"], c), "masks must have their image's size",
-         setup=lambda c: _camvid_with(W["w"], c, lambda r: Image.fromarray(np.zeros((32, 64), np.uint8)).save(r / "valannot/img0.png"))),
-    Case("mask value out of range", lambda c: _eval_camvid(W["w"], c), "value 40",
-         setup=lambda c: _camvid_with(W["w"], c, lambda r: Image.fromarray(np.full((64, 64), 40, np.uint8)).save(r / "valannot/img0.png"))),
-    Case("colour mask instead of indices", lambda c: _eval_camvid(W["w"], c), "colour",
-         setup=lambda c: _camvid_with(W["w"], c, lambda r: Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(r / "valannot/img0.png"))),
-    Case("image without mask", lambda c: _eval_camvid(W["w"], c), "has no mask",
-         setup=lambda c: _camvid_with(W["w"], c, lambda r: (r / "valannot/img1.png").unlink())),
+    Case(
+        "data root missing",
+        lambda c: [
+            "train",
+            str(REPO / "recipes/smoke.yaml"),
+            "--out",
+            str(c / "o"),
+            "--set",
+            "data.format=camvid",
+            "--set",
+            f"data.root={c}/none",
+        ],
+        "does not exist",
+    ),
+    Case(
+        "unknown data format",
+        lambda c: ["eval", str(W["w"] / "run/best.pt"), "--format", "camvd", "--data", str(c)],
+        "did you mean 'camvid'",
+    ),
+    Case(
+        "empty split",
+        lambda c: _eval_camvid(W["w"], c),
+        "no image/mask pairs",
+        setup=lambda c: _camvid_with(W["w"], c, lambda r: [p.unlink() for p in (r / "val").iterdir()]),
+    ),
+    Case(
+        "truncated image",
+        lambda c: _eval_camvid(W["w"], c),
+        "img0.png",
+        setup=lambda c: _camvid_with(W["w"], c, lambda r: _write(r / "val/img0.png", (r / "val/img0.png").read_bytes()[:60])),
+    ),
+    Case(
+        "non-image file",
+        lambda c: _eval_camvid(W["w"], c),
+        "img1.png",
+        setup=lambda c: _camvid_with(W["w"], c, lambda r: _write(r / "val/img1.png", "not an image")),
+    ),
+    Case(
+        "mask of another size",
+        lambda c: _eval_camvid(W["w"], c),
+        "masks must have their image's size",
+        setup=lambda c: _camvid_with(W["w"], c, lambda r: Image.fromarray(np.zeros((32, 64), np.uint8)).save(r / "valannot/img0.png")),
+    ),
+    Case(
+        "mask value out of range",
+        lambda c: _eval_camvid(W["w"], c),
+        "value 40",
+        setup=lambda c: _camvid_with(W["w"], c, lambda r: Image.fromarray(np.full((64, 64), 40, np.uint8)).save(r / "valannot/img0.png")),
+    ),
+    Case(
+        "colour mask instead of indices",
+        lambda c: _eval_camvid(W["w"], c),
+        "colour",
+        setup=lambda c: _camvid_with(W["w"], c, lambda r: Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(r / "valannot/img0.png")),
+    ),
+    Case(
+        "image without mask",
+        lambda c: _eval_camvid(W["w"], c),
+        "has no mask",
+        setup=lambda c: _camvid_with(W["w"], c, lambda r: (r / "valannot/img1.png").unlink()),
+    ),
     Case("not a checkpoint", lambda c: ["eval", str(c / "x.pt")], "not a readable checkpoint", setup=lambda c: _write(c / "x.pt", "junk")),
-    Case("checkpoint without edgeseg keys", lambda c: ["eval", str(c / "x.pt")], "not an edgeseg checkpoint", setup=lambda c: torch.save({"a": 1}, c / "x.pt")),
-    Case("checkpoint from a newer edgeseg", lambda c: ["eval", str(c / "x.pt")], "upgrade edgeseg",
-         setup=lambda c: _ckpt_with(W["w"], c / "x.pt", format_version=99)),
-    Case("checkpoint of another class count", lambda c: ["train", str(REPO / "recipes/smoke.yaml"), "--out", str(c / "o"), "--init", str(c / "x.pt"), "--qat", *TINY],
-         "num_classes", setup=lambda c: _ckpt_with(W["w"], c / "x.pt", num_classes=7)),
-    Case("resume without last.pt", lambda c: ["train", str(REPO / "recipes/smoke.yaml"), "--out", str(c / "o"), "--resume", *TINY], "does not exist"),
+    Case(
+        "checkpoint without edgeseg keys",
+        lambda c: ["eval", str(c / "x.pt")],
+        "not an edgeseg checkpoint",
+        setup=lambda c: torch.save({"a": 1}, c / "x.pt"),
+    ),
+    Case(
+        "checkpoint from a newer edgeseg",
+        lambda c: ["eval", str(c / "x.pt")],
+        "upgrade edgeseg",
+        setup=lambda c: _ckpt_with(W["w"], c / "x.pt", format_version=99),
+    ),
+    Case(
+        "checkpoint of another class count",
+        lambda c: ["train", str(REPO / "recipes/smoke.yaml"), "--out", str(c / "o"), "--init", str(c / "x.pt"), "--qat", *TINY],
+        "num_classes",
+        setup=lambda c: _ckpt_with(W["w"], c / "x.pt", num_classes=7),
+    ),
+    Case(
+        "resume without last.pt",
+        lambda c: ["train", str(REPO / "recipes/smoke.yaml"), "--out", str(c / "o"), "--resume", *TINY],
+        "does not exist",
+    ),
     Case("eval output stride 12", lambda c: ["eval", str(W["w"] / "run/best.pt"), "--output-stride", "12"], "use 8, 16 or 32"),
-    Case("calibration list with a missing file", lambda c: ["calibrate", str(W["w"] / "run/fp32.pt"), "--calib", str(c / "l.txt"), "--data-root", str(c), "--out", str(c / "p.pt")],
-         "missing.jpg", setup=lambda c: _write(c / "l.txt", "missing.jpg\n")),
-    Case("unknown target", lambda c: ["export", str(W["w"] / "run/best.pt"), "--target", "jetsn", "--out", str(c)], "did you mean 'jetson'"),
-    Case("int8 export without ranges", lambda c: ["export", str(W["w"] / "run/fp32.pt"), "--target", "onnx", "--precision", "int8", "--out", str(c)], "calibrate"),
-    Case("unknown precision", lambda c: ["export", str(W["w"] / "run/best.pt"), "--target", "onnx", "--precision", "int4", "--out", str(c)], "int4"),
+    Case(
+        "calibration list with a missing file",
+        lambda c: ["calibrate", str(W["w"] / "run/fp32.pt"), "--calib", str(c / "l.txt"), "--data-root", str(c), "--out", str(c / "p.pt")],
+        "missing.jpg",
+        setup=lambda c: _write(c / "l.txt", "missing.jpg\n"),
+    ),
+    Case(
+        "unknown target", lambda c: ["export", str(W["w"] / "run/best.pt"), "--target", "jetsn", "--out", str(c)], "did you mean 'jetson'"
+    ),
+    Case(
+        "int8 export without ranges",
+        lambda c: ["export", str(W["w"] / "run/fp32.pt"), "--target", "onnx", "--precision", "int8", "--out", str(c)],
+        "calibrate",
+    ),
+    Case(
+        "unknown precision",
+        lambda c: ["export", str(W["w"] / "run/best.pt"), "--target", "onnx", "--precision", "int4", "--out", str(c)],
+        "int4",
+    ),
     Case("bad input size", lambda c: ["info", str(REPO / "recipes/smoke.yaml"), "--input-size", "big"], "HEIGHTxWIDTH"),
     Case("artifact folder without meta.json", lambda c: ["bench", str(c), "--json", str(c / "r.json")], "meta.json"),
-    Case("artifact of another schema", lambda c: ["bench", str(c / "a"), "--json", str(c / "r.json")], "schema",
-         setup=lambda c: (shutil.copytree(W["w"] / "export/onnx_fp32_os16", c / "a"), _edit_json(c / "a/meta.json", schema_version=99))),
-    Case("artifact input size vs --input-size", lambda c: ["bench", str(W["w"] / "export/onnx_fp32_os16"), "--input-size", "64x64", "--json", str(c / "r.json")], "re-export"),
-    Case("TensorRT without a GPU", lambda c: ["bench", str(c / "j"), "--no-accuracy", "--json", str(c / "r.json")], "tensorrt",
-         setup=lambda c: (shutil.copytree(W["w"] / "export/onnx_fp32_os16", c / "j"), _edit_json(c / "j/meta.json", target="jetson"))),
-    Case("CoreML prediction off macOS", lambda c: ["bench", str(c / "m"), "--no-accuracy", "--json", str(c / "r.json")], "macos",
-         setup=lambda c: (shutil.copytree(W["w"] / "export/onnx_fp32_os16", c / "m"), _edit_json(c / "m/meta.json", target="coreml", model_file="model.onnx"))),
-    Case("results file of another schema", lambda c: ["report", str(c / "r.json"), "--out", str(c / "rep")], "schema",
-         setup=lambda c: _write(c / "r.json", json.dumps({"schema_version": 99, "rows": []}))),
+    Case(
+        "artifact of another schema",
+        lambda c: ["bench", str(c / "a"), "--json", str(c / "r.json")],
+        "schema",
+        setup=lambda c: (shutil.copytree(W["w"] / "export/onnx_fp32_os16", c / "a"), _edit_json(c / "a/meta.json", schema_version=99)),
+    ),
+    Case(
+        "artifact input size vs --input-size",
+        lambda c: ["bench", str(W["w"] / "export/onnx_fp32_os16"), "--input-size", "64x64", "--json", str(c / "r.json")],
+        "re-export",
+    ),
+    Case(
+        "TensorRT without a GPU",
+        lambda c: ["bench", str(c / "j"), "--no-accuracy", "--json", str(c / "r.json")],
+        "tensorrt",
+        setup=lambda c: (shutil.copytree(W["w"] / "export/onnx_fp32_os16", c / "j"), _edit_json(c / "j/meta.json", target="jetson")),
+    ),
+    Case(
+        "CoreML prediction off macOS",
+        lambda c: ["bench", str(c / "m"), "--no-accuracy", "--json", str(c / "r.json")],
+        "macos",
+        setup=lambda c: (
+            shutil.copytree(W["w"] / "export/onnx_fp32_os16", c / "m"),
+            _edit_json(c / "m/meta.json", target="coreml", model_file="model.onnx"),
+        ),
+    ),
+    Case(
+        "results file of another schema",
+        lambda c: ["report", str(c / "r.json"), "--out", str(c / "rep")],
+        "schema",
+        setup=lambda c: _write(c / "r.json", json.dumps({"schema_version": 99, "rows": []})),
+    ),
     Case("bench runs 0", lambda c: ["bench", str(W["w"] / "export/onnx_fp32_os16"), "--runs", "0", "--json", str(c / "r.json")], "--runs"),
-    Case("check a non-ONNX file", lambda c: ["check", str(c / "x.onnx"), "--target", "jetson"], "x.onnx", setup=lambda c: _write(c / "x.onnx", "junk")),
-    Case("pipeline bad output stride", lambda c: ["pipeline", str(REPO / "recipes/smoke.yaml"), "--out", str(c / "o"), "--output-strides", "8,12"], "12"),
-    Case("output folder not writable", lambda c: ["eval", str(W["w"] / "run/best.pt"), "--json", str(c / "file/out.json")], "file",
-         setup=lambda c: _write(c / "file", "a plain file where a folder should be"), keep=["file"]),
-    Case("disk full on write", lambda c: ["eval", str(W["w"] / "run/best.pt"), "--json", str(c / "old.json")], "disk full",
-         setup=lambda c: _write(c / "old.json", '{"miou": 1}'), keep=["old.json"],
-         patch=lambda mp: mp.setattr("edgeseg.fsutil.os.fsync", _enospc)),
+    Case(
+        "check a non-ONNX file",
+        lambda c: ["check", str(c / "x.onnx"), "--target", "jetson"],
+        "x.onnx",
+        setup=lambda c: _write(c / "x.onnx", "junk"),
+    ),
+    Case(
+        "pipeline bad output stride",
+        lambda c: ["pipeline", str(REPO / "recipes/smoke.yaml"), "--out", str(c / "o"), "--output-strides", "8,12"],
+        "12",
+    ),
+    Case(
+        "output folder not writable",
+        lambda c: ["eval", str(W["w"] / "run/best.pt"), "--json", str(c / "file/out.json")],
+        "file",
+        setup=lambda c: _write(c / "file", "a plain file where a folder should be"),
+        keep=["file"],
+    ),
+    Case(
+        "disk full on write",
+        lambda c: ["eval", str(W["w"] / "run/best.pt"), "--json", str(c / "old.json")],
+        "disk full",
+        setup=lambda c: _write(c / "old.json", '{"miou": 1}'),
+        keep=["old.json"],
+        patch=lambda mp: mp.setattr("edgeseg.fsutil.os.fsync", _enospc),
+    ),
 ]
 
 
@@ -205,10 +337,26 @@ def test_verbose_shows_traceback(world: Path, monkeypatch: pytest.MonkeyPatch, c
     assert "Traceback" in capsys.readouterr().err
 
 
-def test_too_few_calibration_images_is_a_warning(world: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_too_few_calibration_images_is_a_warning(
+    world: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(tmp_path / "a.png")
     (tmp_path / "l.txt").write_text("a.png\n")
-    monkeypatch.setattr(sys, "argv", ["edgeseg", "calibrate", str(world / "run/fp32.pt"), "--calib", str(tmp_path / "l.txt"), "--data-root", str(tmp_path), "--out", str(tmp_path / "p.pt")])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "edgeseg",
+            "calibrate",
+            str(world / "run/fp32.pt"),
+            "--calib",
+            str(tmp_path / "l.txt"),
+            "--data-root",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "p.pt"),
+        ],
+    )
     try:
         cli.main()
     except SystemExit as exc:

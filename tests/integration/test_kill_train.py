@@ -18,9 +18,19 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
 SETTINGS = [
-    "data.synthetic_num_train=32", "data.synthetic_num_val=4", "data.synthetic_size=[64,64]", "data.crop_size=[64,64]",
-    "model.width_mult=0.35", "train.epochs=4", "train.batch_size=4", "train.eval_every=4", "train.ckpt_every=1",
-    "train.deterministic=true", "train.amp=false", "train.channels_last=false", "quant.enabled=false",
+    "data.synthetic_num_train=32",
+    "data.synthetic_num_val=4",
+    "data.synthetic_size=[64,64]",
+    "data.crop_size=[64,64]",
+    "model.width_mult=0.35",
+    "train.epochs=4",
+    "train.batch_size=4",
+    "train.eval_every=4",
+    "train.ckpt_every=1",
+    "train.deterministic=true",
+    "train.amp=false",
+    "train.channels_last=false",
+    "quant.enabled=false",
 ]
 
 

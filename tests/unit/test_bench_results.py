@@ -167,15 +167,14 @@ def test_missing_artifact_and_meta(tmp_path: Path) -> None:
         open_artifact(_artifact(tmp_path), output_stride=8)
 
 
-@pytest.mark.parametrize(
-    ("hint", "target", "ok"), [("bf16", "openvino", True), ("f16", "openvino", True), ("fp16", "openvino", False), ("f32", "onnx", False)]
-)
-def test_precision_hint_check(hint: str, target: str, ok: bool) -> None:
-    if ok:
-        check_hint(hint, target)
-    else:
-        with pytest.raises(ConfigError):
-            check_hint(hint, target)
+@pytest.mark.parametrize(("hint", "target", "used"), [("bf16", "openvino", "bf16"), ("f16", "openvino", "f16"), ("f32", "onnx", None), ("f32", "jetson", None)])
+def test_precision_hint_applies_to_openvino_only(hint: str, target: str, used: str | None) -> None:
+    assert check_hint(hint, target) == used
+
+
+def test_misspelt_precision_hint() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'bf16'"):
+        check_hint("bf61", "onnx")
 
 
 @pytest.mark.parametrize(

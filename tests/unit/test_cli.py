@@ -164,7 +164,7 @@ def test_errors_exit_2_with_one_line(
 
 def test_usage_error_exits_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     code, err = _main(monkeypatch, capsys, "train", str(SMOKE), "--no-such-option")
-    assert code == 2 and "No such option" in err
+    assert code == 2 and "No such option" in err and len(err.splitlines()) == 1, err
 
 
 def test_app_alone_raises_the_error_type(run_dir: Path, tmp_path: Path) -> None:

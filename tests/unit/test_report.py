@@ -86,7 +86,10 @@ def test_report_renders_every_section(tmp_path: Path) -> None:
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert sum(i.startswith("miou_vs_latency_") for i in images) == 2
     assert sum(i.startswith("latency_") for i in images) == 2
-    assert sorted(i for i in images if i.startswith("per_class")) == ["per_class_iou_os16.png", "per_class_iou_os8.png"]
+    assert sorted(i for i in images if i.startswith("per_class")) == [
+        "per_class_iou_os16_camvid_val.png",
+        "per_class_iou_os8_camvid_val.png",
+    ]
     for name in images:
         with Image.open(tmp_path / "report" / name) as img:
             assert img.format == "PNG" and img.width > 300 and img.height > 150
