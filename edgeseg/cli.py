@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -260,7 +261,7 @@ def bench(
     finally:
         bar.stop()
     table = Table(title=f"bench -> {json_out}")
-    for col in ("artifact", "runtime", "precision", "OS", "mIoU", "p50 ms", "p90 ms", "FPS", "first s", "peak MB"):
+    for col in ("artifact", "runtime", "precision", "OS", "mIoU", "p50 ms", "p90 ms", "FPS", "first s", "peak MiB"):
         table.add_column(col, justify="right")
     for r in rows:
         miou = "-" if r.miou is None else f"{r.miou:.2f}"
@@ -320,7 +321,6 @@ def check(
     trt_version: Annotated[int, typer.Option("--trt-version", help="TensorRT major version: 10 or 11")] = 10,
 ) -> None:
     """Preflight an ONNX model against TensorRT's rules: one line per violation; exit 1 on errors."""
-    from rich.markup import escape
 
     from edgeseg.export.preflight import check_onnx
 
@@ -333,6 +333,13 @@ def check(
         raise SystemExit(1)  # main() drops typer.Exit codes (standalone_mode=False returns them)
 
 
+def _interrupted() -> None:
+    # Every file is written to a temporary name and renamed when complete, so stopping here
+    # leaves the previous files (or none), never half a file.
+    console.print("[red]interrupted[/red] (CTRL-C): stopped; no file was left half-written", highlight=False, soft_wrap=True)
+    sys.exit(130)
+
+
 def main() -> None:
     """Entry point: EdgesegError -> one red line, exit code 2 (traceback with --verbose)."""
     start = time.perf_counter()
@@ -343,11 +350,10 @@ def main() -> None:
     except EdgesegError as exc:
         if STATE["verbose"]:
             console.print_exception()
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(130 if isinstance(exc, Interrupted) else 2)
     except KeyboardInterrupt:
-        console.print("[red]interrupted[/red]: nothing half-written was left behind", soft_wrap=True)
-        sys.exit(130)
+        _interrupted()
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:
@@ -358,7 +364,7 @@ def main() -> None:
             hint = f" (see 'edgeseg{sub} --help')"
             console.print(f"[red]error:[/red] {exc.format_message()}{hint}", highlight=False, soft_wrap=True)
             sys.exit(2)
-        if type(exc).__name__ == "Abort":
-            sys.exit(130)
+        if type(exc).__name__ == "Abort":  # click turns CTRL-C into Abort
+            _interrupted()
         raise
     logging.getLogger(__name__).debug("done in %.1fs", time.perf_counter() - start)

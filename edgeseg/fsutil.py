@@ -1,18 +1,31 @@
-"""Atomic file writes: a temporary file in the same folder, fsync, then rename."""
+"""Atomic file writes: a temporary file in the same folder, fsync, then rename.
+
+Temporary names carry the writer's process id (`.NAME.<pid>-<host>.XXXX.tmp`), so the next write
+of the same file or folder removes what a killed writer left behind, and never what a live one
+is still writing. Folders are swapped in with one atomic exchange (renameat2 on Linux), so a
+reader sees the old folder or the new one and never a moment without either.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import hashlib
 import json
 import os
 import shutil
+import socket
+import stat
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from edgeseg.errors import EdgesegError
+
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
 
 
 class WriteError(EdgesegError):
@@ -27,13 +40,96 @@ def _explain(path: Path, exc: OSError) -> WriteError:
     return WriteError(f"cannot write '{path}' ({exc.strerror or exc}); check the path and free space")
 
 
+def _tmp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}-{_HOST}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+def remove_stale_temps(path: str | Path) -> list[Path]:
+    """Delete the temporary siblings of `path` left by writers of this host that no longer run.
+
+    Returns the removed paths. Temporaries of live processes and of other hosts are kept.
+    """
+    path = Path(path)
+    head, removed = f".{path.name}.", []
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return []
+    for entry in entries:
+        if not (entry.name.startswith(head) and entry.name.endswith(".tmp")):
+            continue
+        owner = entry.name[len(head) :].split(".", 1)[0]
+        pid, _, host = owner.partition("-")
+        if host != _HOST or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        stale = Path(entry.path)
+        with contextlib.suppress(OSError):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
+            removed.append(stale)
+    return removed
+
+
+def _umask() -> int:
+    try:  # Linux >= 4.7 reports it without changing it (os.umask would, for every thread)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _mode_for(path: Path, default: int) -> int:
+    """Keep the mode of the file being replaced; a new file gets the usual `default & ~umask`
+    (mkstemp/mkdtemp make private 0600/0700 files, unreadable by the rest of a team)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return default & ~_umask()
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (power loss); not supported everywhere, so best effort."""
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary file next to `path`; on success it replaces `path` atomically."""
+    """Open a temporary file next to `path`; on success it replaces `path` atomically.
+
+    Args:
+        path: the file to write.
+        mode: a write mode of open(): "wb" or "w".
+
+    Raises:
+        WriteError: the folder cannot be written or the disk is full; `path` is untouched.
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        remove_stale_temps(path)
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, _mode_for(path, 0o666))
     except OSError as exc:
         raise _explain(path, exc) from None
     try:
@@ -50,55 +146,139 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` atomically."""
     with atomic_open(path, "wb") as fh:
         fh.write(data)
 
 
 def write_text(path: str | Path, text: str) -> None:
+    """Write UTF-8 `text` to `path` atomically."""
     write_bytes(path, text.encode())
 
 
 def write_json(path: str | Path, obj: Any) -> None:
+    """Write `obj` as indented JSON (with a final newline) to `path` atomically."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def append_text(path: str | Path, text: str) -> None:
+    """Append `text` to a small file (a log, a CSV) by rewriting it atomically: a crash leaves the
+    file with or without the new lines, never with half a line."""
+    path = Path(path)
+    try:
+        old = path.read_bytes() if path.exists() else b""
+    except OSError as exc:
+        raise _explain(path, exc) from None
+    write_bytes(path, old + text.encode())
+
+
+def copy_file(src: str | Path, dst: str | Path) -> None:
+    """Copy `src` to `dst` atomically (the copy is complete and fsynced before it takes the name)."""
+    src = Path(src)
+    with atomic_open(dst, "wb") as out, open(src, "rb") as fh:
+        shutil.copyfileobj(fh, out, 1 << 20)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step; False where the OS or file system cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if sys.platform.startswith("linux"):
+            at_fdcwd, rename_exchange = -100, 2
+            rc = libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+        elif sys.platform == "darwin":
+            rename_swap = 2
+            rc = libc.renamex_np(os.fsencode(a), os.fsencode(b), rename_swap)
+        else:
+            return False
+    except (AttributeError, OSError):  # libc without renameat2 (glibc < 2.28, musl < 1.2)
+        return False
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False  # this file system cannot exchange: fall back to two renames
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    """Put the finished folder `tmp` at `path`; the old folder, if any, is deleted afterwards."""
+    old = path.parent / f".{path.name}.old"
+    if not path.exists():
+        os.replace(tmp, path)
+    elif _exchange(tmp, path):
+        shutil.rmtree(tmp, ignore_errors=True)  # it now holds the old folder
+    else:
+        # Between these renames `path` is missing; recover_dir puts the old folder back.
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(path.parent)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """fsync every file an SDK wrote into `folder` (they rarely do), so the swap is durable."""
+    for file in (p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()):
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def atomic_dir(path: str | Path, build: Callable[[Path], None]) -> None:
-    """Build a folder in a temporary sibling, then swap it in: readers see old or new, never a mix."""
+    """Build a folder in a temporary sibling, then swap it in: readers see old or new, never a mix.
+
+    Before building, what a killed earlier build left (a stale temporary folder, an old folder
+    set aside between two renames) is cleaned up or put back.
+
+    Args:
+        path: the folder to (re)place.
+        build: writes the folder's content into the temporary folder it is given.
+
+    Raises:
+        WriteError: the folder cannot be written or the disk is full; `path` is untouched.
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        recover_dir(path)
+        remove_stale_temps(path)
+        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent))
     except OSError as exc:
         raise _explain(path, exc) from None
-    old = path.parent / f".{path.name}.old"
     try:
         build(tmp)
-        if old.exists():
-            shutil.rmtree(old)
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+        _fsync_tree(tmp)
+        os.chmod(tmp, _mode_for(path, 0o777))
+        _swap_in(tmp, path)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not path.exists():
-            os.replace(old, path)
+        recover_dir(path)
         raise _explain(path, exc) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not path.exists():
-            os.replace(old, path)
+        recover_dir(path)
         raise
 
 
 def recover_dir(path: str | Path) -> None:
-    """After a crash between the two renames of atomic_dir, put the old folder back."""
+    """Undo a crash between the two renames of atomic_dir's fallback swap.
+
+    The old folder set aside as `.NAME.old` goes back to `path` when `path` is missing, and is
+    deleted when `path` (the complete new folder) exists.
+    """
     path = Path(path)
     old = path.parent / f".{path.name}.old"
-    if old.exists() and not path.exists():
+    if not old.exists():
+        return
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
         os.replace(old, path)
 
 

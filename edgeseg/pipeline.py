@@ -18,7 +18,7 @@ from typing import Any
 
 from edgeseg.config import Recipe
 from edgeseg.errors import ConfigError, EdgesegError
-from edgeseg.fsutil import check_writable, write_json
+from edgeseg.fsutil import atomic_dir, check_writable, write_json
 
 log = logging.getLogger(__name__)
 Event = Callable[[str, str], None]  # (stage, message)
@@ -162,6 +162,7 @@ class Pipeline:
                     self.event("export", f"skipped: {folder.name} is up to date")
                     folders.append(folder)
                     continue
+                self._forget_rows(folder)  # a re-exported artifact is benched again
                 request = ExportRequest(
                     checkpoint=ckpt,
                     precision=v.precision,
@@ -180,13 +181,25 @@ class Pipeline:
 
     @staticmethod
     def _fresh(folder: Path, source_sha: str) -> bool:
-        meta = folder / "meta.json"
-        if not meta.exists():
-            return False
+        """Whether `folder` is a whole artifact (valid meta.json, model file present) of this source."""
+        from edgeseg.export.artifacts import read_meta
+
         try:
-            return json.loads(meta.read_text()).get("source_checkpoint_sha256") == source_sha
-        except (OSError, ValueError):
+            return read_meta(folder).get("source_checkpoint_sha256") == source_sha
+        except EdgesegError:
             return False
+
+    def _forget_rows(self, folder: Path) -> None:
+        """Drop the bench rows of an artifact about to be exported again (one row per artifact)."""
+        from edgeseg.bench.results import SCHEMA_VERSION, load_results
+
+        results = self.out / "results.json"
+        if not results.exists():
+            return
+        rows = load_results(results)
+        keep = [r for r in rows if Path(r.artifact).name != folder.name]
+        if len(keep) < len(rows):
+            write_json(results, {"schema_version": SCHEMA_VERSION, "rows": [r.to_dict() for r in keep]})
 
     def bench(self, artifacts: list[Path]) -> Path:
         from edgeseg.bench.artifact import open_artifact
@@ -215,9 +228,22 @@ class Pipeline:
         return results
 
     def report(self, results: Path) -> Path:
+        """Write the report folder (atomically: a kill leaves the old report or the new one),
+        unless it was written from these very results."""
         from edgeseg.report import build_report
+        from edgeseg.train.checkpoint import file_hash
 
         out = self.out / "report"
-        build_report([results], out)
+        key = file_hash(results)
+        if (out / "report.md").exists() and self.state.get("report", {}).get("results_sha256") == key:
+            self.event("report", f"skipped: {out / 'report.md'} is from these results")
+            return out / "report.md"
+
+        def build(tmp: Path) -> None:
+            build_report([results], tmp)
+
+        atomic_dir(out, build)
+        self.state["report"] = {"results_sha256": key}
+        self._save_state()
         self.event("report", f"{out / 'report.md'}")
         return out / "report.md"

@@ -17,5 +17,6 @@ __all__ = [
     "bench_into",
     "load_results",
     "merge_rows",
+    "preflight",
     "save_results",
 ]

@@ -7,7 +7,6 @@ the peak is known only when the section raised it above every earlier peak of th
 
 from __future__ import annotations
 
-import resource
 import sys
 from pathlib import Path
 
@@ -36,7 +35,11 @@ def _rss_mb() -> float | None:
         return None
 
 
-def _rusage_peak_mb() -> float:
+def _rusage_peak_mb() -> float | None:
+    try:
+        import resource  # Unix only
+    except ImportError:
+        return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, kB on Linux
 
@@ -47,7 +50,7 @@ class PeakMemory:
     def __init__(self) -> None:
         self.rss0: float | None = None
         self.reset_ok = False
-        self.peak0 = 0.0
+        self.peak0: float | None = None
 
     def start(self) -> None:
         try:
@@ -56,7 +59,7 @@ class PeakMemory:
         except OSError:
             self.reset_ok = False
         self.rss0 = _rss_mb()
-        self.peak0 = _status_mb("VmHWM") if self.reset_ok else _rusage_peak_mb()  # type: ignore[assignment]
+        self.peak0 = _status_mb("VmHWM") if self.reset_ok else _rusage_peak_mb()
 
     def peak_mb(self) -> float | None:
         """MB of resident memory added at the peak of the section, or None when unknowable."""
@@ -66,4 +69,6 @@ class PeakMemory:
             peak = _status_mb("VmHWM")
             return None if peak is None else max(0.0, peak - self.rss0)
         peak = _rusage_peak_mb()
+        if peak is None or self.peak0 is None:
+            return None
         return peak - self.rss0 if peak > self.peak0 else None

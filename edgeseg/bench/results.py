@@ -50,7 +50,7 @@ class BenchRow:
     latency_samples_ms: list[float]
     throughput: float  # images/s over the timed runs (batch included)
     first_inference_s: float  # load + compile + first run
-    peak_mem_mb: float | None  # resident-memory peak of load + runs, above the RSS before load
+    peak_mem_mb: float | None  # MiB: resident-memory peak of load + runs, above the RSS before load
     preprocess_ms: float | None  # per image: read array -> normalised NCHW
     postprocess_ms: float | None  # per image: logits -> mask (resize + argmax)
     miou: float | None

@@ -142,7 +142,9 @@ def check_hint(hint: str | None, target: str) -> str | None:
     if hint is None:
         return None
     if hint not in OPENVINO_HINTS:
-        raise ConfigError(f"--precision-hint '{hint}' is not an OpenVINO precision{did_you_mean(hint, OPENVINO_HINTS)}; use one of {', '.join(OPENVINO_HINTS)}")
+        raise ConfigError(
+            f"--precision-hint '{hint}' is not an OpenVINO precision{did_you_mean(hint, OPENVINO_HINTS)}; use one of {', '.join(OPENVINO_HINTS)}"
+        )
     if target != "openvino":
         log.warning("--precision-hint %s applies to OpenVINO only; ignored for a %s artifact", hint, target)
         return None

@@ -171,7 +171,8 @@ def verify_ir(
     report["max_abs_diff"] = float(np.abs(got - reference).max())
     if min_agreement is not None and agreement < min_agreement:
         raise NumericalError(
-            f"OpenVINO '{xml}' agrees with onnxruntime on {agreement:.2%} of pixels (< {min_agreement:.1%}); the conversion is wrong, run with --verbose"
+            f"OpenVINO '{xml}' agrees with onnxruntime on only {agreement:.2%} of pixels (< {min_agreement:.1%}): a float IR this far off is a "
+            "conversion bug; an INT8 one means near-tied logits flip between the two runtimes' INT8 kernels, so check the checkpoint's accuracy"
         )
     if report["fallbacks"] and not allow_fallback:
         names = ", ".join(f"{f['name']} ({f['runtime_precision']})" for f in report["fallbacks"][:4])

@@ -215,7 +215,8 @@ def restore_quantized(model: nn.Module, state: Mapping[str, Any]) -> nn.Module:
         diff = sorted(set(names) ^ set(state["quantizers"]))
         raise CheckpointError(
             f"the checkpoint's quantizers do not match this model (first difference: '{diff[0] if diff else 'order'}'); "
-            "it was written by another edgeseg version: re-run 'edgeseg calibrate' on its FP32 checkpoint"
+            "it was written with another quantizer placement: re-run 'edgeseg calibrate' (PTQ) or "
+            "'edgeseg train RECIPE --init FP32.pt' (QAT) from its FP32 checkpoint"
         )
     q.edgeseg_quant["disabled"] = list(state.get("disabled", []))  # type: ignore[index]
     set_quant_enabled(q, True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import torch.distributed as dist
 from edgeseg.config import Recipe
 from edgeseg.data.dataset import eval_dataset, train_dataset
 from edgeseg.errors import CheckpointError
-from edgeseg.fsutil import check_writable, write_json
+from edgeseg.fsutil import check_writable, copy_file, write_json
 from edgeseg.models import build_model
 from edgeseg.train.checkpoint import apply_atrous_rule, check_compatible, load_checkpoint, model_from_checkpoint
 from edgeseg.train.loop import Callback, Stage, Trainer
@@ -105,8 +104,7 @@ def fit(
         results["qat"] = trainer.run(stage, resume=qat_resume)
     final = "qat.pt" if do_qat else "fp32.pt"
     if trainer.rank == 0:
-        shutil.copyfile(out / final, out / ".best.pt.tmp")
-        os.replace(out / ".best.pt.tmp", out / "best.pt")
+        copy_file(out / final, out / "best.pt")
         write_json(out / "summary.json", {"recipe": recipe.name, "best": final, **results})
     if dist.is_initialized():
         dist.barrier()

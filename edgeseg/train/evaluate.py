@@ -67,9 +67,12 @@ def recalibrate_bn(model: torch.nn.Module, dataset, num_images: int, device: tor
         m.reset_running_stats()
         m.momentum = None
         m.train()
-    for i in range(min(num_images, len(dataset))):
-        image, _ = dataset[i]
-        model(image[None].to(device))
+    # Pairs of images: the ASPP pooling branch's BN sees 1x1 maps and needs a batch of two.
+    n = min(num_images, len(dataset)) // 2 * 2
+    for i in range(0, n, 2):
+        a, b = dataset[i][0], dataset[i + 1][0]
+        batch = torch.stack([a, b]) if a.shape == b.shape else a[None].expand(2, -1, -1, -1)
+        model(batch.to(device))
     for m, (mom, tr) in zip(bns, saved):
         m.momentum = mom
         m.train(tr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import logging
 import math
 import random
@@ -28,6 +29,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from edgeseg.config import Recipe
 from edgeseg.errors import EdgesegError, Interrupted, NumericalError
+from edgeseg.fsutil import append_text
 from edgeseg.train.checkpoint import save_checkpoint
 from edgeseg.train.evaluate import autocast, evaluate, recalibrate_bn
 
@@ -163,12 +165,12 @@ class Trainer:
         if self.rank != 0:
             return
         path = self.out / "metrics.csv"
-        new = not path.exists()
-        with open(path, "a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=["stage", "epoch", "iter", "loss", "lr", "img_per_s", "val_miou", "time"])
-            if new:
-                writer.writeheader()
-            writer.writerow({k: row.get(k, "") for k in writer.fieldnames})
+        buf = io.StringIO(newline="")
+        writer = csv.DictWriter(buf, fieldnames=["stage", "epoch", "iter", "loss", "lr", "img_per_s", "val_miou", "time"])
+        if not path.exists():
+            writer.writeheader()
+        writer.writerow({k: row.get(k, "") for k in writer.fieldnames})
+        append_text(path, buf.getvalue())  # a kill never leaves half a row
         if self._tb is not None:
             for key in ("loss", "lr", "img_per_s", "val_miou"):
                 if row.get(key) not in (None, ""):
@@ -234,13 +236,14 @@ class Trainer:
                     with autocast(self.device, t.amp):
                         out = ddp(x)
                     loss = _loss(out, y, t.aux_weight, None)
-                    if not torch.isfinite(loss):
-                        raise NumericalError(
-                            f"loss is {loss.item()} at {stage.name} step {it}; lower train.lr or check the data "
-                            "(last.pt keeps the last good state)"
-                        )
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
+                    # Checked after backward, before the update: the weights stay those of the last
+                    # good step, and data-parallel ranks (whose gradients are averaged) stop together.
+                    bad = _non_finite(loss, model)
+                    if bad:
+                        kept = self._keep_last_good(stage, model, opt, it, best, start_it, resume is not None)
+                        raise NumericalError(f"{bad} at {stage.name} step {it}; lower train.lr or check the data ({kept})")
                     opt.step()
                     it += 1
                     now = time.perf_counter()
@@ -304,6 +307,16 @@ class Trainer:
             )
         return digests
 
+    def _keep_last_good(self, stage: Stage, model: nn.Module, opt, it: int, best: float, start_it: int, resumed: bool) -> str:  # noqa: ANN001
+        """Save the weights of the last good step to last.pt; say where the last good state is."""
+        last = self.out / "last.pt"
+        if it > start_it:
+            self._save(stage, model, opt, it, best, "last.pt")
+            return f"saved the last good state, {stage.name} step {it}, to {last}"
+        if resumed:
+            return f"{last} keeps the last good state, {stage.name} step {it}"
+        return f"no {stage.name} checkpoint was written yet"
+
     def _on_sigint(self, signum, frame) -> None:  # noqa: ANN001
         if self._stop:  # a second CTRL-C stops at once
             raise KeyboardInterrupt
@@ -325,6 +338,16 @@ class Trainer:
             **stage.extra_state(),
             **extra,
         )
+
+
+def _non_finite(loss: torch.Tensor, model: nn.Module) -> str:
+    """'' when the loss and every gradient are finite, else what is not ('loss is nan', ...)."""
+    if not torch.isfinite(loss):
+        return f"loss is {loss.item()}"
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+        return "a gradient is not finite"
+    return ""
 
 
 def weights_digest(model: nn.Module) -> str:

@@ -167,7 +167,9 @@ def test_missing_artifact_and_meta(tmp_path: Path) -> None:
         open_artifact(_artifact(tmp_path), output_stride=8)
 
 
-@pytest.mark.parametrize(("hint", "target", "used"), [("bf16", "openvino", "bf16"), ("f16", "openvino", "f16"), ("f32", "onnx", None), ("f32", "jetson", None)])
+@pytest.mark.parametrize(
+    ("hint", "target", "used"), [("bf16", "openvino", "bf16"), ("f16", "openvino", "f16"), ("f32", "onnx", None), ("f32", "jetson", None)]
+)
 def test_precision_hint_applies_to_openvino_only(hint: str, target: str, used: str | None) -> None:
     assert check_hint(hint, target) == used
 

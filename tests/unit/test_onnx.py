@@ -78,8 +78,24 @@ def test_every_conv_weight_sits_behind_a_per_channel_dequantize(int8) -> None:  
         weight = const[src.input[0]] if src is not None else const[dq.input[0]]
         assert (src is not None and src.op_type == "QuantizeLinear" and weight.dtype == np.float32) or weight.dtype == np.int8
         assert out_channels == (weight.shape[0],)
-        assert producer[conv.input[0]].op_type == "DequantizeLinear"
+        src = producer[conv.input[0]]
+        if src.op_type == "Concat":  # an INT8 concat: every input dequantized with one scale
+            feeds = [producer[i] for i in src.input]
+            feeds = [producer[f.input[0]] if f.op_type == "Expand" else f for f in feeds]
+            assert {f.op_type for f in feeds} == {"DequantizeLinear"}
+            assert len({float(const[f.input[1]]) for f in feeds}) == 1
+        else:
+            assert src.op_type == "DequantizeLinear"
     assert report["qdq_problems"] == [] and check_qdq(proto) == []
+
+
+def test_both_residual_add_inputs_are_quantized(int8) -> None:  # noqa: ANN001
+    _, _, proto, _ = int8
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    adds = [n for n in proto.graph.node if n.op_type == "Add"]
+    assert len(adds) == 10  # MobileNetV2's residual blocks
+    for add in adds:
+        assert [producer[i].op_type for i in add.input] == ["DequantizeLinear", "DequantizeLinear"]
 
 
 def test_all_zero_points_are_int8_zero(int8) -> None:  # noqa: ANN001
