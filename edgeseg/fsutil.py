@@ -14,6 +14,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import stat
@@ -54,32 +55,42 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-(?P<host>[0-9a-f]{6})\.[^.]+\.tmp$")
+
+
+def _remove_stale(folder: Path, name: str | None) -> list[Path]:
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    for entry in entries:
+        m = _TEMP.match(entry.name)
+        if not m or (name is not None and m["name"] != name):
+            continue
+        if m["host"] != _HOST or _pid_alive(int(m["pid"])):
+            continue  # a live writer's, or another host's (whose processes we cannot see)
+        with contextlib.suppress(OSError):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+            removed.append(Path(entry.path))
+    return removed
+
+
 def remove_stale_temps(path: str | Path) -> list[Path]:
     """Delete the temporary siblings of `path` left by writers of this host that no longer run.
 
     Returns the removed paths. Temporaries of live processes and of other hosts are kept.
     """
     path = Path(path)
-    head, removed = f".{path.name}.", []
-    try:
-        entries = list(os.scandir(path.parent))
-    except OSError:
-        return []
-    for entry in entries:
-        if not (entry.name.startswith(head) and entry.name.endswith(".tmp")):
-            continue
-        owner = entry.name[len(head) :].split(".", 1)[0]
-        pid, _, host = owner.partition("-")
-        if host != _HOST or not pid.isdigit() or _pid_alive(int(pid)):
-            continue
-        stale = Path(entry.path)
-        with contextlib.suppress(OSError):
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(stale)
-            else:
-                stale.unlink()
-            removed.append(stale)
-    return removed
+    return _remove_stale(path.parent, path.name)
+
+
+def sweep_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete every temporary in `folder` left by a killed writer of this host (any name)."""
+    return _remove_stale(Path(folder), None)
 
 
 def _umask() -> int:
@@ -283,7 +294,10 @@ def recover_dir(path: str | Path) -> None:
 
 
 def check_writable(folder: str | Path) -> Path:
-    """Create `folder` if needed and fail early, with the fix, when it cannot be written."""
+    """Create `folder` if needed and fail early, with the fix, when it cannot be written.
+
+    Also removes the temporaries that killed edgeseg runs of this host left in it.
+    """
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -291,4 +305,5 @@ def check_writable(folder: str | Path) -> Path:
         probe.close()
     except OSError as exc:
         raise WriteError(f"output folder '{folder}' is not writable ({exc.strerror}); pass a writable --out") from None
+    sweep_stale_temps(folder)  # what killed runs left in it (files of a name written once, too)
     return folder

@@ -37,6 +37,7 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 DEPLOYMENT_TARGET = "iOS17"  # = macOS 14
 WEIGHT_DEQUANT_OPS = {"constexpr_affine_dequantize", "constexpr_blockwise_shift_scale"}
+VALUE_COPY_OPS = {"concat", "tile", "reshape", "transpose", "squeeze", "expand_dims", "slice_by_index"}
 
 
 def _ct() -> Any:
@@ -197,6 +198,19 @@ def inspect_mlpackage(path: str | Path) -> dict[str, Any]:
         data = src.attributes.get("quantized_data") or src.attributes.get("data")
         return data is not None and MIL_pb2.DataType.Name(data.type.tensorType.dataType) == "INT8"
 
+    def int8_valued(name: str) -> bool:
+        # Dequantized int8, possibly moved by ops that copy values (coremltools drops the Q/DQ
+        # pair after a concat of same-scale inputs, which that pair made redundant).
+        op = producer.get(name)
+        if op is None or op.type not in VALUE_COPY_OPS | {"dequantize"}:
+            return False
+        args = [a.name for key in ("x", "values") if key in op.inputs for a in op.inputs[key].arguments]
+        return op.type == "dequantize" or (bool(args) and all(int8_valued(a) for a in args))
+
+    def int8_input(op: Any) -> bool:
+        args = op.inputs["x"].arguments if "x" in op.inputs else []
+        return bool(args) and int8_valued(args[0].name)
+
     return {
         "spec_version": spec.specificationVersion,
         "opset": fn.opset,
@@ -205,7 +219,7 @@ def inspect_mlpackage(path: str | Path) -> dict[str, Any]:
         "ops": dict(Counter(op.type for op in ops)),
         "convs": len(convs),
         "convs_int8_weights": sum(int8_weight(op) for op in convs),
-        "convs_int8_inputs": sum(getattr(source(op, "x"), "type", "") == "dequantize" for op in convs),
+        "convs_int8_inputs": sum(int8_input(op) for op in convs),
         "metadata": dict(spec.description.metadata.userDefined),
     }
 
@@ -223,9 +237,9 @@ def verify_mlpackage(path: Path, meta: dict[str, Any], precision: str) -> dict[s
         problems.append(f"output '{OUTPUT_NAME}' is {info['outputs'].get(OUTPUT_NAME)}, expected shape [1, {n}, {h}, {w}]")
     if json.loads(info["metadata"].get("edgeseg.classes", "[]")) != meta["classes"]["names"]:
         problems.append("class names are missing from the metadata")
-    if precision == "int8" and not (info["convs"] == info["convs_int8_weights"] and info["convs_int8_inputs"] > 0):
+    if precision == "int8" and not info["convs"] == info["convs_int8_weights"] == info["convs_int8_inputs"]:
         problems.append(
-            f"{info['convs'] - info['convs_int8_weights']} of {info['convs']} convs lack int8 weights ({info['convs_int8_inputs']} have int8 inputs)"
+            f"of {info['convs']} convs, {info['convs_int8_weights']} have int8 weights and {info['convs_int8_inputs']} int8 inputs"
         )
     if problems:
         raise TargetError(f"Core ML package '{path}' failed verification: {'; '.join(problems)}; run with --verbose")
@@ -315,6 +329,8 @@ def export_coreml(request: ExportRequest, out: Path) -> dict[str, Any]:
             },
         }
     )
+    if request.precision != "int8":
+        meta["quant"] = None
     return meta
 
 

@@ -288,7 +288,8 @@ class OnnxTarget:
             model, Path(out) / "model.onnx", input_size=tuple(meta["input_size"]), meta=meta, opset=opset,  # type: ignore[arg-type]
             dynamic_batch=request.dynamic_batch,
         )
-        meta["export_report"] = report
+        # `out` is the temporary folder of an atomic build: record the path inside the artifact.
+        meta["export_report"] = {**report, "path": meta["model_file"]}
         write_json(Path(out) / "meta.json", meta)
         return meta
 

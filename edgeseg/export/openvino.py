@@ -295,39 +295,26 @@ def export_openvino(request: ExportRequest, out: Path) -> dict[str, Any]:
         hint = opts.get("precision_hint") or precision_hint(request.precision)
         # An NNCF IR has no identical reference (its ranges are its own): record its agreement with FP32.
         min_agree = None if ptq else float(opts.get("min_agreement", DEFAULT_AGREEMENT))
+        fallback_ok = bool(opts.get("allow_fallback"))
         report = verify_ir(
-            xml,
-            reference,
-            images,
-            hint=hint,
-            int8=request.precision == "int8",
-            allow_fallback=bool(opts.get("allow_fallback")),
-            min_agreement=min_agree,
+            xml, reference, images, hint=hint, int8=request.precision == "int8", allow_fallback=fallback_ok, min_agreement=min_agree
         )
-    write_json(out / PRECISION_REPORT, {k: v for k, v in report.items()})
+    write_json(out / PRECISION_REPORT, report)
     ir = _ov().Core().read_model(str(xml))
-    meta.update(
-        {
-            "target": "openvino",
-            "precision": request.precision,
-            "model_file": MODEL_FILE,
-            "input_name": ir.inputs[0].get_any_name(),
-            "output_name": ir.outputs[0].get_any_name(),
-            "tool_versions": tool_versions("torch", "onnx", "onnxruntime", "openvino", "nncf"),
-            # bench reads "precision_hint" and compiles with it (OpenVINO's CPU default may be bf16).
-            "precision_hint": hint,
-            "device": "CPU",
-            "verification": {
-                "reference": "onnxruntime FP32 ONNX" if ptq else "onnxruntime, same ONNX",
-                "data": data_desc,
-                "argmax_agreement": report["argmax_agreement"],
-                "max_abs_diff": report["max_abs_diff"],
-                "weighted_layers": report["weighted_layers"],
-                "weighted_layers_int8": report["weighted_layers_int8"],
-                "fallbacks": len(report["fallbacks"]),
-            },
-        }
-    )
+    meta.update({
+        "target": "openvino", "precision": request.precision, "model_file": MODEL_FILE,
+        "input_name": ir.inputs[0].get_any_name(), "output_name": ir.outputs[0].get_any_name(),
+        "tool_versions": tool_versions("torch", "onnx", "onnxruntime", "openvino", "nncf"),
+        # bench reads "precision_hint" and compiles with it (OpenVINO's CPU default may be bf16).
+        "precision_hint": hint, "device": "CPU",
+        "verification": {
+            "reference": "onnxruntime FP32 ONNX" if ptq else "onnxruntime, same ONNX", "data": data_desc,
+            **{k: report[k] for k in ("argmax_agreement", "max_abs_diff", "weighted_layers", "weighted_layers_int8")},
+            "fallbacks": len(report["fallbacks"]),
+        },
+    })  # fmt: skip
+    if request.precision != "int8":
+        meta["quant"] = None
     return meta
 
 

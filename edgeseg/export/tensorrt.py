@@ -192,12 +192,10 @@ class JetsonTarget:
 def export_bundle(request: ExportRequest, out: Path) -> dict[str, Any]:
     """Write the Jetson bundle into `out`: ONNX (+ FP16 ONNX), build.json, preflight; return meta."""
     from edgeseg.export.artifacts import source_onnx
-    from edgeseg.export.preflight import check_onnx
     from edgeseg.export.prepare import load_for_export, tool_versions
 
     opts = request.options
-    dla = opts.get("dla")
-    trt_major = int(opts.get("trt_version", 10))
+    dla, trt_major = opts.get("dla"), int(opts.get("trt_version", 10))
     model, ckpt, meta = load_for_export(request)
     if request.precision == "int8" and opts.get("ptq"):
         raise ConfigError("--ptq applies to OpenVINO only; TensorRT builds the Q/DQ ONNX of a calibrated or QAT checkpoint")
@@ -213,46 +211,48 @@ def export_bundle(request: ExportRequest, out: Path) -> dict[str, Any]:
         agree, need = verification["fp16_onnx"]["argmax_agreement"], float(opts.get("min_agreement", 0.995))
         if agree < need:
             raise NumericalError(
-                f"the FP16 ONNX agrees with FP32 on {agree:.2%} of pixels (< {need:.1%}); keep TensorRT 10 with --fp16 or report this"
+                f"the FP16 ONNX agrees with FP32 on {agree:.2%} of pixels (< {need:.1%}); use TensorRT 10 with --fp16 or report this"
             )
     inputs = onnx_inputs(out / MODEL_FILE)
-    cfg = build_config(
-        request.precision, inputs, dla_core=dla, workspace_gb=float(opts.get("workspace_gb", DEFAULT_WORKSPACE_GB)), fp16_onnx=has_fp16
-    )
+    workspace = float(opts.get("workspace_gb", DEFAULT_WORKSPACE_GB))
+    cfg = build_config(request.precision, inputs, dla_core=dla, workspace_gb=workspace, fp16_onnx=has_fp16)
+    preflight(out, cfg, trt_major)
+    write_json(out / BUILD_FILE, cfg)
+    io = _io_names(out / MODEL_FILE)
+    meta.update({
+        "target": "jetson", "precision": request.precision, "model_file": MODEL_FILE, "input_name": io[0], "output_name": io[1],
+        "tool_versions": tool_versions("torch", "onnx", "onnxruntime", "tensorrt"),
+        "tensorrt": {"build": BUILD_FILE, "trt_version": trt_major, "dla_core": dla, "preflight": PREFLIGHT_FILE},
+        "verification": verification,
+    })  # fmt: skip
+    if request.precision != "int8":
+        meta["quant"] = None
+    if opts.get("build_engine"):
+        build_engine(out, workspace_gb=workspace, dla_core=dla)
+    return meta
+
+
+def preflight(bundle: Path, cfg: dict[str, Any], trt_major: int) -> None:
+    """Check the bundle's ONNX for TensorRT 10 and 11 into preflight.txt; errors for `trt_major` raise."""
+    from edgeseg.export.preflight import check_onnx
+
     lines, errors = [], []
     for major in (10, 11):
-        found = check_onnx(out / cfg["onnx"][str(major)], "jetson", trt_version=major, dla=dla, shapes=inputs)
-        lines.append(
-            f"# TensorRT {major}.x ({cfg['onnx'][str(major)]}): {sum(v.severity == 'error' for v in found)} errors, "
-            f"{sum(v.severity == 'warning' for v in found)} warnings"
-        )
-        lines += [str(v) for v in found]
-        errors += [v for v in found if v.severity == "error"] if major == trt_major else []
-    write_text(out / PREFLIGHT_FILE, "\n".join(lines) + "\n")
+        name = cfg["onnx"][str(major)]
+        found = check_onnx(bundle / name, "jetson", trt_version=major, dla=cfg["dla_core"], shapes=cfg["inputs"])
+        n_err = sum(v.severity == "error" for v in found)
+        lines += [f"# TensorRT {major}.x ({name}): {n_err} errors, {len(found) - n_err} warnings", *(str(v) for v in found)]
+        errors += [v for v in found if v.severity == "error" and major == trt_major]
+    write_text(bundle / PREFLIGHT_FILE, "\n".join(lines) + "\n")
     if errors:
-        raise TargetError(
-            f"TensorRT {trt_major} preflight found {len(errors)} errors, first: {errors[0]}; run 'edgeseg check' on the ONNX for all"
-        )
-    write_json(out / BUILD_FILE, cfg)
-    onnx_file = out / MODEL_FILE
+        raise TargetError(f"TensorRT {trt_major} preflight found {len(errors)} errors, first: {errors[0]}; 'edgeseg check' lists them all")
+
+
+def _io_names(path: Path) -> tuple[str, str]:
     import onnx
 
-    graph = onnx.load(str(onnx_file), load_external_data=False).graph
-    meta.update(
-        {
-            "target": "jetson",
-            "precision": request.precision,
-            "model_file": MODEL_FILE,
-            "input_name": graph.input[0].name,
-            "output_name": graph.output[0].name,
-            "tool_versions": tool_versions("torch", "onnx", "onnxruntime", "tensorrt"),
-            "tensorrt": {"build": BUILD_FILE, "trt_version": trt_major, "dla_core": dla, "preflight": PREFLIGHT_FILE},
-            "verification": verification,
-        }
-    )
-    if opts.get("build_engine"):
-        build_engine(out, workspace_gb=cfg["workspace_gb"], dla_core=dla)
-    return meta
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return graph.input[0].name, graph.output[0].name
 
 
 class _BuildLogger:
@@ -302,20 +302,14 @@ def build_engine(
     dla = cfg.get("dla_core") if dla_core is None else dla_core
     precision = cfg["precision"]
     typed = strongly_typed(precision, major, dla) and not (major < 11 and fp16)
+    onnx_path = bundle / cfg["onnx"][str(major)]
+    if major >= 11 and precision == "fp16" and cfg["onnx"]["11"] != FP16_FILE:
+        raise TargetError(f"TensorRT 11 builds FP16 from an FP16 ONNX, which '{bundle}' lacks; re-export with onnxruntime installed")
     lines: list[str] = []
     logger = _BuildLogger(trt, lines)
     builder = trt.Builder(logger)
-    flags = 0
-    if typed and major < 11:  # 11.x ignores the flag (always strongly typed)
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    onnx_path = bundle / cfg["onnx"][str(major)]
-    if not onnx_path.is_file():
-        raise TargetError(f"'{onnx_path}' is missing; re-export the bundle (TensorRT {major} needs it)")
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise TargetError(f"TensorRT cannot parse '{onnx_path}': {errors[:300]}; run 'edgeseg check {onnx_path} --target jetson'")
+    # The parser owns the weights it read: keep it alive until the engine is serialized.
+    network, _parser = _parse(trt, builder, logger, onnx_path, typed=typed and major < 11)  # 11.x is always strongly typed
     config = _builder_config(trt, builder, network, cfg, major=major, typed=typed, dla=dla, workspace_gb=workspace_gb, fp16=fp16)
     cache_path = Path(timing_cache) if timing_cache else bundle / CACHE_FILE
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
@@ -330,6 +324,19 @@ def build_engine(
     write_bytes(engine_path, bytes(serialized))
     write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
     return engine_path, log_path
+
+
+def _parse(trt: Any, builder: Any, logger: Any, onnx_path: Path, *, typed: bool) -> tuple[Any, Any]:
+    """(network, parser): a network definition (strongly typed when asked) parsed from the ONNX file."""
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if typed else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not onnx_path.is_file():
+        raise TargetError(f"'{onnx_path}' is missing; re-export the bundle")
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise TargetError(f"TensorRT cannot parse '{onnx_path}': {errors[:300]}; run 'edgeseg check {onnx_path} --target jetson'")
+    return network, parser
 
 
 def _builder_config(

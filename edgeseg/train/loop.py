@@ -212,6 +212,7 @@ class Trainer:
         if self.world > 1 and self.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN statistics over all GPUs
         ddp = nn.parallel.DistributedDataParallel(model) if self.world > 1 else model
+        buffers = _Buffers(model)
         self._open_tb()
         self._emit("start", stage=stage.name, total=total, done=start_it, epochs=epochs)
         old_handler = signal.signal(signal.SIGINT, self._on_sigint) if self.rank == 0 else None
@@ -233,6 +234,7 @@ class Trainer:
                     torch.manual_seed(_mix(t.seed, it, 7))  # dropout of this iteration
                     x = x.to(self.device, memory_format=torch.channels_last if t.channels_last else torch.contiguous_format)
                     y = y.to(self.device)
+                    buffers.save()
                     with autocast(self.device, t.amp):
                         out = ddp(x)
                     loss = _loss(out, y, t.aux_weight, None)
@@ -242,6 +244,7 @@ class Trainer:
                     # good step, and data-parallel ranks (whose gradients are averaged) stop together.
                     bad = _non_finite(loss, model)
                     if bad:
+                        buffers.restore()  # the forward of this step already moved BN statistics
                         kept = self._keep_last_good(stage, model, opt, it, best, start_it, resume is not None)
                         raise NumericalError(f"{bad} at {stage.name} step {it}; lower train.lr or check the data ({kept})")
                     opt.step()
@@ -338,6 +341,24 @@ class Trainer:
             **stage.extra_state(),
             **extra,
         )
+
+
+class _Buffers:
+    """A model's buffers (BatchNorm statistics, quantizer ranges) as they were before a step's
+    forward, so that a step found non-finite is undone whole. One fused copy a step."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.live = list(model.buffers())
+        self.saved = [b.detach().clone() for b in self.live]
+
+    def save(self) -> None:
+        if self.live:
+            torch._foreach_copy_(self.saved, self.live)
+
+    def restore(self) -> None:
+        if self.live:
+            with torch.no_grad():
+                torch._foreach_copy_(self.live, self.saved)
 
 
 def _non_finite(loss: torch.Tensor, model: nn.Module) -> str:
