@@ -9,9 +9,10 @@ calibration images for both INT8 models:
     torch fp32     eager PyTorch
 
 All run with 2 threads; OpenVINO with the f32 inference precision hint (so nothing silently
-runs in bf16) and the LATENCY hint. Each round times one inference of every model in turn
-(interleaved), so a background load slows all of them alike; the table gives medians and
-ratios. `--explain` prints what the CPU plugin runs: convolutions per runtime precision and the
+runs in bf16) and the LATENCY hint. Each round times one inference of every model, in a shuffled
+order (interleaved), so a background load slows all of them alike; the table gives wall-clock
+medians and minima, and the process CPU time per inference, which a busy machine disturbs
+least. `--explain` prints what the CPU plugin runs: convolutions per runtime precision and the
 Reorder/Convert layers it inserted (the cost of a poor quantizer placement).
 
     nice -n 15 .venv/bin/python benchmarks/bench_int8_vs_nncf.py [--checkpoint CKPT] [--explain]
@@ -27,6 +28,7 @@ import argparse
 import collections
 import json
 import logging
+import random
 import statistics
 import sys
 import tempfile
@@ -86,8 +88,12 @@ def explain(compiled: Any) -> dict[str, Any]:
         if kind == "Convolution":
             convs[str(info["runtimePrecision"].astype(str)) if "runtimePrecision" in info else "?"] += 1
     return {
-        "conv_precisions": dict(convs), "reorders": layers["Reorder"], "converts": layers["Convert"],
-        "subgraphs": layers["Subgraph"], "eltwise": layers["Eltwise"], "layers": sum(layers.values()),
+        "conv_precisions": dict(convs),
+        "reorders": layers["Reorder"],
+        "converts": layers["Convert"],
+        "subgraphs": layers["Subgraph"],
+        "eltwise": layers["Eltwise"],
+        "layers": sum(layers.values()),
     }
 
 
@@ -123,8 +129,14 @@ def build_variants(model: torch.nn.Module, os_: int, images: list[np.ndarray], a
     }
 
 
-def time_interleaved(variants: dict[str, Any], x: np.ndarray, runs: int, warmup: int) -> dict[str, list[float]]:
-    """Milliseconds per inference of each variant, one of each per round."""
+def time_interleaved(
+    variants: dict[str, Any], x: np.ndarray, runs: int, warmup: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and process-CPU milliseconds per inference of each variant, one of each per round.
+
+    CPU time (all threads of this process) does not grow while the process waits for a core,
+    so on a machine shared with other work it is the steadier measure of the work done.
+    """
     xt = torch.from_numpy(x)
 
     def once(v: Any) -> None:
@@ -135,13 +147,18 @@ def time_interleaved(variants: dict[str, Any], x: np.ndarray, runs: int, warmup:
             v(x)
 
     times: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
+    order, rng = list(variants), random.Random(0)
     for i in range(warmup + runs):
-        for name, v in variants.items():
-            tick = time.perf_counter()
+        rng.shuffle(order)  # no variant always runs right after torch (whose idle threads still spin)
+        for name in order:
+            v = variants[name]
+            tick, cpu_tick = time.perf_counter(), time.process_time()
             once(v)
             if i >= warmup:
                 times[name].append((time.perf_counter() - tick) * 1e3)
-    return times
+                cpu[name].append((time.process_time() - cpu_tick) * 1e3)
+    return times, cpu
 
 
 def main() -> None:
@@ -178,13 +195,16 @@ def main() -> None:
                 for name, v in variants.items():
                     if name != "torch fp32":
                         print(f"OS{os_} {name}: {json.dumps(explain(v))}")
-            times = time_interleaved(variants, x, args.runs, args.warmup)
-            rows.append({
-                "output_stride": os_,
-                "min_ms": {k: min(v) for k, v in times.items()},
-                "median_ms": {k: statistics.median(v) for k, v in times.items()},
-                "p90_ms": {k: float(np.percentile(v, 90)) for k, v in times.items()},
-            })
+            times, cpu = time_interleaved(variants, x, args.runs, args.warmup)
+            rows.append(
+                {
+                    "output_stride": os_,
+                    "cpu_median_ms": {k: statistics.median(v) for k, v in cpu.items()},
+                    "min_ms": {k: min(v) for k, v in times.items()},
+                    "median_ms": {k: statistics.median(v) for k, v in times.items()},
+                    "p90_ms": {k: float(np.percentile(v, 90)) for k, v in times.items()},
+                }
+            )
             print_table(rows[-1:], args)
     print_table(rows, args)
     if args.json:
@@ -202,6 +222,11 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         vs_nncf = f"{med['edgeseg int8'] / med['nncf int8']:.2f}x ({low['edgeseg int8'] / low['nncf int8']:.2f}x)"
         vs_torch = f"{med['torch fp32'] / med['edgeseg int8']:.1f}x ({low['torch fp32'] / low['edgeseg int8']:.1f}x)"
         print(f"{r['output_stride']:>3} {cells} {vs_nncf:>15} {vs_torch:>15}")
+    print(f"process CPU time per inference (all threads), median ms; ratios {'edgeseg/nncf'} and {'torch/edgeseg'}")
+    for r in rows:
+        c = r["cpu_median_ms"]
+        cells = " ".join(f"{c[n]:>18.1f}" for n in names)
+        print(f"{r['output_stride']:>3} {cells} {c['edgeseg int8'] / c['nncf int8']:>14.2f}x {c['torch fp32'] / c['edgeseg int8']:>14.1f}x")
     sys.stdout.flush()
 
 

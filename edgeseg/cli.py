@@ -345,6 +345,8 @@ def main() -> None:
     start = time.perf_counter()
     try:
         code = app(standalone_mode=False)  # returns typer.Exit codes instead of raising
+        if code == 130:  # Typer turns CTRL-C (KeyboardInterrupt) into Exit(130), silently
+            _interrupted()
         if isinstance(code, int) and code:
             sys.exit(code)
     except EdgesegError as exc:

@@ -24,6 +24,8 @@ from edgeseg.fsutil import atomic_dir, write_json, write_text
 log = logging.getLogger(__name__)
 
 META_FILE = "meta.json"
+# Precisions a target exports when it does not have all of PRECISIONS ('all' skips the others).
+TARGET_PRECISIONS = {"onnx": ("fp32", "int8")}
 
 
 def artifact_name(target: str, precision: str, output_stride: int, variant: str | None = None) -> str:
@@ -263,6 +265,8 @@ def export_targets(request: ExportRequest, targets: Iterable[str]) -> list[Expor
     results = []
     for name in names:
         ok, why = get_target(name).is_available()
+        if expand and request.precision not in TARGET_PRECISIONS.get(name, PRECISIONS):
+            ok, why = False, f"{name} has no {request.precision} export (it has {', '.join(TARGET_PRECISIONS[name])})"
         if not ok and expand:
             results.append(ExportResult(name, skipped=why))
             continue

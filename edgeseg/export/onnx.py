@@ -48,16 +48,30 @@ def _torch_export(model: torch.nn.Module, x: torch.Tensor, path: Path, opset: in
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
-                model, (x,), str(path), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME], dynamic_axes=axes, do_constant_folding=True,
+                model,
+                (x,),
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes=axes,
+                do_constant_folding=True,
             )
             return opset
         except TypeError:  # a torch without the TorchScript exporter
             opset = max(opset, 18)
             shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
             torch.onnx.export(
-                model, (x,), str(path), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME], dynamic_shapes=shapes, external_data=False,
+                model,
+                (x,),
+                str(path),
+                dynamo=True,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=shapes,
+                external_data=False,
             )
             return opset
 
@@ -279,13 +293,22 @@ class OnnxTarget:
 
         model, ckpt, meta = prepare_model(request)
         opset = int(request.options.get("opset") or recipe_from_dict(ckpt["recipe"]).export.opset)
-        meta.update({
-            "target": self.name, "precision": request.precision, "model_file": "model.onnx",
-            "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
-            "tool_versions": tool_versions("torch", "onnx", "onnxsim", "onnxruntime"),
-        })
+        meta.update(
+            {
+                "target": self.name,
+                "precision": request.precision,
+                "model_file": "model.onnx",
+                "input_name": INPUT_NAME,
+                "output_name": OUTPUT_NAME,
+                "tool_versions": tool_versions("torch", "onnx", "onnxsim", "onnxruntime"),
+            }
+        )
         report = export_onnx(
-            model, Path(out) / "model.onnx", input_size=tuple(meta["input_size"]), meta=meta, opset=opset,  # type: ignore[arg-type]
+            model,
+            Path(out) / "model.onnx",
+            input_size=tuple(meta["input_size"]),
+            meta=meta,
+            opset=opset,  # type: ignore[arg-type]
             dynamic_batch=request.dynamic_batch,
         )
         # `out` is the temporary folder of an atomic build: record the path inside the artifact.

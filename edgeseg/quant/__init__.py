@@ -33,7 +33,22 @@ from edgeseg.quant.quantize import (
 )
 
 __all__ = [
-    "METHODS", "Calibrator", "QuantConv2d", "TensorQuantizer", "calibrate", "calibrate_methods", "fake_quant_channel", "fake_quant_tensor",
-    "fold_bn", "is_quantized", "quant_ranges", "quant_state", "quantize", "restore_quantized", "set_quant_enabled", "set_ranges",
-    "set_range_tracking", "uncalibrated",
+    "METHODS",
+    "Calibrator",
+    "QuantConv2d",
+    "TensorQuantizer",
+    "calibrate",
+    "calibrate_methods",
+    "fake_quant_channel",
+    "fake_quant_tensor",
+    "fold_bn",
+    "is_quantized",
+    "quant_ranges",
+    "quant_state",
+    "quantize",
+    "restore_quantized",
+    "set_quant_enabled",
+    "set_ranges",
+    "set_range_tracking",
+    "uncalibrated",
 ]

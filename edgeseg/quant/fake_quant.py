@@ -88,9 +88,17 @@ class QuantConv2d(nn.Conv2d):
     def from_conv(cls, conv: nn.Conv2d) -> QuantConv2d:
         """A QuantConv2d with the same hyper-parameters, sharing `conv`'s parameters."""
         new = cls(
-            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,  # type: ignore[arg-type]
-            conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,  # type: ignore[arg-type]
-            device=conv.weight.device, dtype=conv.weight.dtype,
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,  # type: ignore[arg-type]
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+            conv.padding_mode,  # type: ignore[arg-type]
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
         )
         new.weight = conv.weight
         if conv.bias is not None:

@@ -17,9 +17,17 @@ from torch import nn
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """A new Conv2d (with bias) equal to bn(conv(x)) with BN in eval mode."""
     fused = nn.Conv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,  # type: ignore[arg-type]
-        conv.dilation, conv.groups, True, conv.padding_mode,  # type: ignore[arg-type]
-        device=conv.weight.device, dtype=conv.weight.dtype,
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,  # type: ignore[arg-type]
+        conv.dilation,
+        conv.groups,
+        True,
+        conv.padding_mode,  # type: ignore[arg-type]
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
     )
     with torch.no_grad():
         var = bn.running_var.double()  # type: ignore[union-attr]

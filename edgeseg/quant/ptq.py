@@ -66,13 +66,23 @@ def calibrate_checkpoint(
     if method == "percentile":
         meta["percentile"] = percentile
     save_checkpoint(
-        out, model=qmodel, recipe=recipe, classes=ClassInfo.from_dict(ckpt["classes"]), stage="ptq",
-        quant=quant_state(qmodel), quant_meta=meta, source_checkpoint=str(checkpoint),
+        out,
+        model=qmodel,
+        recipe=recipe,
+        classes=ClassInfo.from_dict(ckpt["classes"]),
+        stage="ptq",
+        quant=quant_state(qmodel),
+        quant_meta=meta,
+        source_checkpoint=str(checkpoint),
     )
     ranges = quant_ranges(qmodel)
     weights = {name: [round(float(v), 6) for v in conv.weight_amax()] for name, conv in quant_convs(qmodel)}
     write_json(ranges_path(out), {"checkpoint": str(out), **meta, "activations": ranges, "weights_per_channel": weights})
     return {
-        "out": str(out), "ranges": str(ranges_path(out)), **meta, "too_few": info["too_few"],
-        "quantizers": sum(v is not None for v in ranges.values()), "seconds": time.perf_counter() - start,
+        "out": str(out),
+        "ranges": str(ranges_path(out)),
+        **meta,
+        "too_few": info["too_few"],
+        "quantizers": sum(v is not None for v in ranges.values()),
+        "seconds": time.perf_counter() - start,
     }

@@ -208,7 +208,9 @@ def restore_quantized(model: nn.Module, state: Mapping[str, Any]) -> nn.Module:
         CheckpointError: the state is from a newer edgeseg or the model does not match it.
     """
     if int(state.get("version", 0)) > QUANT_STATE_VERSION:
-        raise CheckpointError(f"quantization state version {state.get('version')} is newer than this edgeseg's {QUANT_STATE_VERSION}: upgrade edgeseg")
+        raise CheckpointError(
+            f"quantization state version {state.get('version')} is newer than this edgeseg's {QUANT_STATE_VERSION}: upgrade edgeseg"
+        )
     q = _prepare(model, str(state.get("method", "percentile")), float(state.get("percentile", 99.99)))
     names = [name for name, _ in quantizers(q)]
     if names != list(state.get("quantizers", names)):

@@ -141,10 +141,14 @@ def test_metadata_props_are_json(int8) -> None:  # noqa: ANN001
 
 
 def tiny_recipe() -> object:
-    return recipe_from_dict({
-        "name": "tiny", "data": {"format": "synthetic", "synthetic_size": [64, 64], "crop_size": [64, 64]},
-        "model": {"width_mult": 0.35}, "export": {"input_size": [64, 64]},
-    })
+    return recipe_from_dict(
+        {
+            "name": "tiny",
+            "data": {"format": "synthetic", "synthetic_size": [64, 64], "crop_size": [64, 64]},
+            "model": {"width_mult": 0.35},
+            "export": {"input_size": [64, 64]},
+        }
+    )
 
 
 def test_int8_export_of_an_uncalibrated_checkpoint_says_how_to_fix(tmp_path) -> None:  # noqa: ANN001
@@ -157,10 +161,24 @@ def test_int8_export_of_an_uncalibrated_checkpoint_says_how_to_fix(tmp_path) -> 
 def test_export_command_int8_dynamic_batch_and_runner(tmp_path) -> None:  # noqa: ANN001
     q = quantize(tiny_model(), {"method": "max"}, loop_over(batches()))
     save_checkpoint(
-        tmp_path / "ptq.pt", model=q, recipe=tiny_recipe(), classes=SYNTHETIC, quant=quant_state(q),
+        tmp_path / "ptq.pt",
+        model=q,
+        recipe=tiny_recipe(),
+        classes=SYNTHETIC,
+        quant=quant_state(q),
         quant_meta={"method": "max", "calib_list": "test", "num_images": 6, "qat": False},
     )
-    args = ["export", str(tmp_path / "ptq.pt"), "--target", "onnx", "--precision", "int8", "--dynamic-batch", "--out", str(tmp_path / "export")]
+    args = [
+        "export",
+        str(tmp_path / "ptq.pt"),
+        "--target",
+        "onnx",
+        "--precision",
+        "int8",
+        "--dynamic-batch",
+        "--out",
+        str(tmp_path / "export"),
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, (result.output, result.exception)
     folder = next((tmp_path / "export").iterdir())

@@ -148,10 +148,14 @@ def test_shipped_camvid_list_has_300_distinct_train_images() -> None:
 
 @pytest.fixture()
 def fp32_ckpt(tmp_path):  # noqa: ANN001, ANN201
-    recipe = recipe_from_dict({
-        "name": "tiny", "data": {"format": "synthetic", "synthetic_size": [64, 64], "crop_size": [64, 64], "synthetic_num_train": 8},
-        "model": {"width_mult": 0.35}, "quant": {"calib_num_images": 4},
-    })
+    recipe = recipe_from_dict(
+        {
+            "name": "tiny",
+            "data": {"format": "synthetic", "synthetic_size": [64, 64], "crop_size": [64, 64], "synthetic_num_train": 8},
+            "model": {"width_mult": 0.35},
+            "quant": {"calib_num_images": 4},
+        }
+    )
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "fp32.pt", model=build_model(num_classes=5, width_mult=0.35), recipe=recipe, classes=SYNTHETIC)
     return tmp_path / "fp32.pt"
@@ -160,7 +164,9 @@ def fp32_ckpt(tmp_path):  # noqa: ANN001, ANN201
 def test_calibrate_command_refuses_a_missing_file(tmp_path, fp32_ckpt) -> None:  # noqa: ANN001
     lst = tmp_path / "list.txt"
     lst.write_text("imgs/missing.png\n")
-    result = CliRunner().invoke(app, ["calibrate", str(fp32_ckpt), "--calib", str(lst), "--data-root", str(tmp_path), "--out", str(tmp_path / "q.pt")])
+    result = CliRunner().invoke(
+        app, ["calibrate", str(fp32_ckpt), "--calib", str(lst), "--data-root", str(tmp_path), "--out", str(tmp_path / "q.pt")]
+    )
     assert isinstance(result.exception, DataError) and "missing.png" in str(result.exception)
     assert not (tmp_path / "q.pt").exists()
 

@@ -19,10 +19,14 @@ from edgeseg.train.checkpoint import load_checkpoint, save_checkpoint  # noqa: E
 
 
 def recipe(freeze: int | None = None):  # noqa: ANN201
-    return recipe_from_dict({
-        "name": "tiny", "data": {"format": "synthetic", "synthetic_size": [64, 64], "crop_size": [64, 64], "synthetic_num_train": 8},
-        "model": {"width_mult": 0.35}, "quant": {"enabled": True, "epochs": 3, "lr": 0.001, "calib_num_images": 3, "freeze_ranges_epoch": freeze},
-    })
+    return recipe_from_dict(
+        {
+            "name": "tiny",
+            "data": {"format": "synthetic", "synthetic_size": [64, 64], "crop_size": [64, 64], "synthetic_num_train": 8},
+            "model": {"width_mult": 0.35},
+            "quant": {"enabled": True, "epochs": 3, "lr": 0.001, "calib_num_images": 3, "freeze_ranges_epoch": freeze},
+        }
+    )
 
 
 @pytest.fixture()
@@ -37,7 +41,13 @@ def test_qat_stage_starts_calibrated_and_records_its_quant_state(fp32) -> None: 
     assert resume is None and stage.name == "qat" and stage.epochs == 3 and stage.lr == 0.001
     assert is_quantized(stage.model) and all(v is not None for v in quant_ranges(stage.model).values())
     state = stage.extra_state()
-    assert state["quant_meta"] == {"method": "percentile", "percentile": 99.99, "calib_list": "synthetic:train", "num_images": 3, "qat": True}
+    assert state["quant_meta"] == {
+        "method": "percentile",
+        "percentile": 99.99,
+        "calib_list": "synthetic:train",
+        "num_images": 3,
+        "qat": True,
+    }
     assert state["quant"]["quantizers"]
 
 
@@ -69,7 +79,9 @@ def test_qat_resume_rebuilds_the_saved_model(fp32, tmp_path) -> None:  # noqa: A
     stage, _ = qat_stage(recipe(), fp32, None, None, torch.device("cpu"))
     with torch.no_grad():
         stage.model.encoder.input_q.amax.fill_(1.5)  # a state a fresh calibration would not give
-    save_checkpoint(tmp_path / "last.pt", model=stage.model, recipe=recipe(), classes=SYNTHETIC, stage="qat", iteration=7, **stage.extra_state())
+    save_checkpoint(
+        tmp_path / "last.pt", model=stage.model, recipe=recipe(), classes=SYNTHETIC, stage="qat", iteration=7, **stage.extra_state()
+    )
     last = load_checkpoint(tmp_path / "last.pt")
     again, resume = qat_stage(recipe(), fp32, last, None, torch.device("cpu"))
     assert resume is last

@@ -145,6 +145,8 @@ def test_export_all_skips_missing_sdks_and_reports_failures(tmp_path: Path, monk
         assert "missing.pt' does not exist" in results[name].error
     with pytest.raises(CheckpointError, match="does not exist"):
         A.export_targets(request, ["jetson"])  # named explicitly: raises
+    fp16 = {r.target: r for r in A.export_targets(ExportRequest(tmp_path / "missing.pt", precision="fp16", out_dir=tmp_path), ["all"])}
+    assert fp16["onnx"].skipped == "onnx has no fp16 export (it has fp32, int8)" and fp16["openvino"].error
 
 
 # --- Jetson build plan ----------------------------------------------------------------------------
