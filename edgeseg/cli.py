@@ -219,7 +219,7 @@ def export(
         if describe(r):
             out_console.print(f"  {describe(r)}", highlight=False, markup=False)
     if any(r.error for r in results):
-        raise SystemExit(2)  # main() drops typer.Exit codes (standalone_mode=False returns them)
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -330,7 +330,7 @@ def check(
     errors = sum(v.severity == "error" for v in found)
     out_console.print(f"{onnx_file}: {errors} errors, {len(found) - errors} warnings (TensorRT {trt_version}.x{f', DLA {dla}' if dla is not None else ''})")
     if errors:
-        raise SystemExit(1)  # main() drops typer.Exit codes (standalone_mode=False returns them)
+        raise typer.Exit(1)
 
 
 def _interrupted() -> None:

@@ -48,7 +48,10 @@ class Artifact:
     @property
     def quant_method(self) -> str | None:
         quant = self.meta.get("quant")
-        return quant.get("method") if isinstance(quant, dict) else None
+        if not isinstance(quant, dict):
+            return None
+        # A QAT model's ranges came from calibration, then training: "qat" says what it is.
+        return "qat" if quant.get("qat") else quant.get("method")
 
 
 def open_artifact(path: str | Path, *, output_stride: int | None = None, input_size: tuple[int, int] | None = None) -> Artifact:

@@ -290,9 +290,9 @@ def describe(result: ExportResult) -> str:
     meta, v = result.meta, result.meta.get("verification") or {}
     if meta.get("target") == "openvino":
         layers = f", {v['weighted_layers_int8']}/{v['weighted_layers']} conv/matmul layers run INT8" if meta["precision"] == "int8" else ""
-        return (
-            f"OpenVINO ({meta.get('precision_hint')}) vs {v.get('reference')}: argmax agreement {v.get('argmax_agreement', 0):.4%}{layers}"
-        )
+        deployed = v.get("deployed_hint_agreement")
+        also = f"; at its {meta.get('precision_hint')} hint {deployed:.4%}" if deployed is not None else ""
+        return f"OpenVINO (f32) vs {v.get('reference')}: argmax agreement {v.get('argmax_agreement', 0):.4%}{also}{layers}"
     if meta.get("target") == "jetson":
         folder = result.folder or Path(".")
         head = (

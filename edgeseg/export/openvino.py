@@ -277,7 +277,7 @@ def calibration_images(ckpt: dict[str, Any], meta: dict[str, Any], count: int | 
 
 def export_openvino(request: ExportRequest, out: Path) -> dict[str, Any]:
     """Export one OpenVINO artifact into folder `out` and verify it; return its meta."""
-    from edgeseg.export.artifacts import source_onnx, verification_images
+    from edgeseg.export.artifacts import argmax_agreement, source_onnx, verification_images
     from edgeseg.export.prepare import load_for_export, tool_versions
     from edgeseg.fsutil import write_json
 
@@ -308,6 +308,11 @@ def export_openvino(request: ExportRequest, out: Path) -> dict[str, Any]:
         )
         report["verified_with_hint"] = "f32"
         report["deployed_hint"] = hint
+        if hint != "f32":  # also record what the deployed hint (bf16 here for FP16) runs and costs
+            deployed = compile_ir(xml, hint=hint)
+            summary = precision_report(deployed, hint=hint, int8=request.precision == "int8")["summary"]
+            got = run_compiled(deployed, images)
+            report["deployed"] = {"hint": hint, "argmax_agreement": argmax_agreement(got, reference), "summary": summary}
     write_json(out / PRECISION_REPORT, report)
     ir = _ov().Core().read_model(str(xml))
     meta.update({
@@ -320,6 +325,7 @@ def export_openvino(request: ExportRequest, out: Path) -> dict[str, Any]:
             "reference": "onnxruntime FP32 ONNX" if ptq else "onnxruntime, same ONNX", "data": data_desc,
             **{k: report[k] for k in ("argmax_agreement", "max_abs_diff", "weighted_layers", "weighted_layers_int8")},
             "fallbacks": len(report["fallbacks"]),
+            "verified_with_hint": "f32", "deployed_hint_agreement": report.get("deployed", {}).get("argmax_agreement"),
         },
     })  # fmt: skip
     if request.precision != "int8":
