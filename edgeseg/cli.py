@@ -31,8 +31,14 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tr
 
 def _progress() -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
     )
 
 
@@ -65,7 +71,19 @@ def train(
     if nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
         import subprocess
 
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc_per_node}", "-m", "edgeseg", "train", str(recipe), "--out", str(run_dir)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc_per_node}",
+            "-m",
+            "edgeseg",
+            "train",
+            str(recipe),
+            "--out",
+            str(run_dir),
+        ]
         cmd += [a for s in (set_ or []) for a in ("--set", s)] + (["--resume"] if resume else [])
         cmd += [] if qat is None else (["--qat"] if qat else ["--no-qat"])
         cmd += ["--init", str(init)] if init else []
@@ -80,7 +98,9 @@ def train(
             if event == "start":
                 tasks[stage] = bar.add_task(f"train {stage}", total=info["total"], completed=info["done"], info="")
             elif event == "step":
-                bar.update(tasks[stage], completed=info["it"], info=f"loss {info['loss']:.3f} lr {info['lr']:.2e} {info['img_s']:.1f} img/s")
+                bar.update(
+                    tasks[stage], completed=info["it"], info=f"loss {info['loss']:.3f} lr {info['lr']:.2e} {info['img_s']:.1f} img/s"
+                )
             elif event == "eval":
                 console.print(f"{stage} step {info['it']}: val mIoU {info['miou']:.2f}")
 
@@ -155,7 +175,9 @@ def calibrate(
     ckpt: Annotated[Path, typer.Argument(help="FP32 checkpoint (.pt)")],
     out: Annotated[Path, typer.Option("--out", help="Calibrated checkpoint to write (plus FILE.ranges.json)")],
     calib: Annotated[Path | None, typer.Option("--calib", help="Image list, one path a line (default: the recipe's)")] = None,
-    data_root: Annotated[Path | None, typer.Option("--data-root", help="Root of the list's paths (default: the recipe's data.root)")] = None,
+    data_root: Annotated[
+        Path | None, typer.Option("--data-root", help="Root of the list's paths (default: the recipe's data.root)")
+    ] = None,
     method: Annotated[str | None, typer.Option("--method", help="max, percentile, entropy or mse (default: the recipe's)")] = None,
     percentile: Annotated[float | None, typer.Option("--percentile", help="For --method percentile (default 99.99)")] = None,
     num_images: Annotated[int | None, typer.Option("--num-images", help="Use the first N images of the list")] = None,
@@ -166,11 +188,19 @@ def calibrate(
     with _progress() as bar:
         task = bar.add_task("calibrate", total=None, info="")
         summary = calibrate_checkpoint(
-            ckpt, calib, out, data_root=data_root, method=method, percentile=percentile, num_images=num_images,
+            ckpt,
+            calib,
+            out,
+            data_root=data_root,
+            method=method,
+            percentile=percentile,
+            num_images=num_images,
             progress=lambda i, n: bar.update(task, completed=i, total=n),
         )
     if summary["too_few"]:
-        console.print(f"[yellow]warning:[/yellow] calibrated on {summary['num_images']} images, fewer than the recommended 300; ranges may be noisy")
+        console.print(
+            f"[yellow]warning:[/yellow] calibrated on {summary['num_images']} images, fewer than the recommended 300; ranges may be noisy"
+        )
     out_console.print(
         f"{summary['method']} ranges of {summary['quantizers']} tensors from {summary['num_images']} images "
         f"({summary['calib_list']}) in {summary['seconds']:.1f}s"
@@ -190,8 +220,12 @@ def export(
     allow_fallback: Annotated[bool, typer.Option("--allow-fallback", help="OpenVINO INT8: accept layers that do not run in INT8")] = False,
     ptq: Annotated[str | None, typer.Option("--ptq", help="OpenVINO: 'nncf' quantizes the float model with NNCF instead")] = None,
     dla: Annotated[int | None, typer.Option("--dla", help="Jetson: DLA core (FP16/INT8, GPU fallback)")] = None,
-    build_engine: Annotated[bool, typer.Option("--build-engine", help="Jetson: build the TensorRT engine now (needs tensorrt + GPU)")] = False,
-    trt_version: Annotated[int, typer.Option("--trt-version", help="Jetson: TensorRT major whose preflight errors stop the export (10 or 11)")] = 10,
+    build_engine: Annotated[
+        bool, typer.Option("--build-engine", help="Jetson: build the TensorRT engine now (needs tensorrt + GPU)")
+    ] = False,
+    trt_version: Annotated[
+        int, typer.Option("--trt-version", help="Jetson: TensorRT major whose preflight errors stop the export (10 or 11)")
+    ] = 10,
 ) -> None:
     """Export a checkpoint to a target's artifact folder (model + meta.json), verified on export."""
     from edgeseg.export.artifacts import describe, export_targets
@@ -199,8 +233,12 @@ def export(
     from edgeseg.models.info import parse_size
 
     request = ExportRequest(
-        checkpoint=ckpt, precision=precision, output_stride=output_stride,
-        input_size=parse_size(input_size) if input_size else None, dynamic_batch=dynamic_batch, out_dir=out,
+        checkpoint=ckpt,
+        precision=precision,
+        output_stride=output_stride,
+        input_size=parse_size(input_size) if input_size else None,
+        dynamic_batch=dynamic_batch,
+        out_dir=out,
         options={"allow_fallback": allow_fallback, "ptq": ptq, "dla": dla, "build_engine": build_engine, "trt_version": trt_version},
     )
     with console.status(f"exporting {target} {precision}"):
@@ -214,7 +252,9 @@ def export(
             continue
         report = r.meta.get("export_report", {})
         check = report.get("max_abs_diff")
-        detail = f", onnxruntime vs torch max |diff| {check:.2e}, argmax agreement {report['argmax_agreement']:.4f}" if check is not None else ""
+        detail = (
+            f", onnxruntime vs torch max |diff| {check:.2e}, argmax agreement {report['argmax_agreement']:.4f}" if check is not None else ""
+        )
         out_console.print(f"wrote {r.folder} ({r.size_bytes / 1e6:.1f} MB) in {r.seconds:.1f}s{detail}")
         if describe(r):
             out_console.print(f"  {describe(r)}", highlight=False, markup=False)
@@ -224,7 +264,9 @@ def export(
 
 @app.command()
 def bench(
-    artifacts: Annotated[list[Path], typer.Argument(help="Artifact folders (edgeseg export) and/or checkpoints (.pt: the torch FP32 baseline)")],
+    artifacts: Annotated[
+        list[Path], typer.Argument(help="Artifact folders (edgeseg export) and/or checkpoints (.pt: the torch FP32 baseline)")
+    ],
     json_out: Annotated[Path, typer.Option("--json", help="Results file; rows are merged into it when it exists")],
     data: Annotated[str | None, typer.Option("--data", help="Data root (default: the artifact's meta.json)")] = None,
     fmt: Annotated[str | None, typer.Option("--format", help="Data format (default: the artifact's)")] = None,
@@ -247,8 +289,20 @@ def bench(
         from edgeseg.models.info import parse_size  # torch: only with a .pt, which needs it anyway
 
         size = parse_size(input_size)
-    options = BenchOptions(runs=runs, warmup=warmup, threads=threads, batch=batch, accuracy=not no_accuracy, limit=limit, data_root=data,
-                           data_format=fmt, split=split, precision_hint=precision_hint, output_stride=output_stride, input_size=size)
+    options = BenchOptions(
+        runs=runs,
+        warmup=warmup,
+        threads=threads,
+        batch=batch,
+        accuracy=not no_accuracy,
+        limit=limit,
+        data_root=data,
+        data_format=fmt,
+        split=split,
+        precision_hint=precision_hint,
+        output_stride=output_stride,
+        input_size=size,
+    )
     bar = _progress()  # started with the first artifact: checks that fail first print only their line
 
     def progress_for(path: Path) -> Any:
@@ -266,8 +320,18 @@ def bench(
     for r in rows:
         miou = "-" if r.miou is None else f"{r.miou:.2f}"
         mem = "-" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.0f}"
-        table.add_row(Path(r.artifact).name, r.runtime, f"{r.precision} {r.precision_hint or ''}".strip(), str(r.output_stride),
-                      miou, f"{r.latency['p50']:.2f}", f"{r.latency['p90']:.2f}", f"{r.throughput:.1f}", f"{r.first_inference_s:.2f}", mem)
+        table.add_row(
+            Path(r.artifact).name,
+            r.runtime,
+            f"{r.precision} {r.precision_hint or ''}".strip(),
+            str(r.output_stride),
+            miou,
+            f"{r.latency['p50']:.2f}",
+            f"{r.latency['p90']:.2f}",
+            f"{r.throughput:.1f}",
+            f"{r.first_inference_s:.2f}",
+            mem,
+        )
     out_console.print(table)
     out_console.print(f"wrote {len(rows)} rows to {json_out}")
 
@@ -307,8 +371,13 @@ def pipeline(
         console.print(f"[bold cyan]{stage:>9}[/] [dim]{time.perf_counter() - started:6.0f}s[/] {message}", highlight=False)
 
     result = Pipeline(
-        r, out or Path("runs") / r.name, targets=[t.strip() for t in targets.split(",") if t.strip()],
-        output_strides=parse_strides(output_strides), event=event, bench_runs=runs, limit=limit,
+        r,
+        out or Path("runs") / r.name,
+        targets=[t.strip() for t in targets.split(",") if t.strip()],
+        output_strides=parse_strides(output_strides),
+        event=event,
+        bench_runs=runs,
+        limit=limit,
     ).run()
     out_console.print(f"report: {result['report']}")
 
@@ -328,7 +397,9 @@ def check(
     for v in found:
         out_console.print(f"[{'red' if v.severity == 'error' else 'yellow'}]{escape(str(v))}[/]", highlight=False, soft_wrap=True)
     errors = sum(v.severity == "error" for v in found)
-    out_console.print(f"{onnx_file}: {errors} errors, {len(found) - errors} warnings (TensorRT {trt_version}.x{f', DLA {dla}' if dla is not None else ''})")
+    out_console.print(
+        f"{onnx_file}: {errors} errors, {len(found) - errors} warnings (TensorRT {trt_version}.x{f', DLA {dla}' if dla is not None else ''})"
+    )
     if errors:
         raise typer.Exit(1)
 
