@@ -398,7 +398,8 @@ def check(
         out_console.print(f"[{'red' if v.severity == 'error' else 'yellow'}]{escape(str(v))}[/]", highlight=False, soft_wrap=True)
     errors = sum(v.severity == "error" for v in found)
     out_console.print(
-        f"{onnx_file}: {errors} errors, {len(found) - errors} warnings (TensorRT {trt_version}.x{f', DLA {dla}' if dla is not None else ''})"
+        f"{onnx_file}: {errors} errors, {len(found) - errors} warnings (TensorRT {trt_version}.x{f', DLA {dla}' if dla is not None else ''})",
+        soft_wrap=True,
     )
     if errors:
         raise typer.Exit(1)
@@ -414,6 +415,11 @@ def _interrupted() -> None:
 def main() -> None:
     """Entry point: EdgesegError -> one red line, exit code 2 (traceback with --verbose)."""
     start = time.perf_counter()
+    # A shell starts background jobs with SIGINT ignored, and Python keeps that; restore CTRL-C so
+    # every command (train, export, bench) stops cleanly whichever way it was started.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code = app(standalone_mode=False)  # returns typer.Exit codes instead of raising
         if code == 130:  # Typer turns CTRL-C (KeyboardInterrupt) into Exit(130), silently
