@@ -3,7 +3,10 @@
 Side by side in one run, at output strides 8/16/32, with the same float model and the same
 calibration images for both INT8 models:
 
-    edgeseg int8   quantize() + export_onnx() -> OpenVINO (reads the Q/DQ ONNX as it is)
+    edgeseg int8   quantize() + export_onnx() -> the IR `edgeseg export --target openvino` writes
+                   (ir_from_onnx: non-negative activations lowered to u8 over the same ranges)
+    edgeseg exact  the same Q/DQ ONNX read as it is (--exact-grid: TensorRT's signed grid, bit
+                   for bit), to show what the u8 lowering gains
     nncf int8      the float ONNX -> OpenVINO -> nncf.quantize() (the route Ultralytics uses)
     ov fp32        the float ONNX -> OpenVINO (f32 inference precision hint)
     torch fp32     eager PyTorch
@@ -47,6 +50,7 @@ from edgeseg.data.calib import read_calib_list  # noqa: E402
 from edgeseg.data.io import read_image  # noqa: E402
 from edgeseg.data.preprocess import preprocess  # noqa: E402
 from edgeseg.export.onnx import export_onnx  # noqa: E402
+from edgeseg.export.openvino import ir_from_onnx  # noqa: E402
 from edgeseg.models import build_model  # noqa: E402
 from edgeseg.models.info import parse_size  # noqa: E402
 from edgeseg.quant import quantize  # noqa: E402
@@ -121,8 +125,13 @@ def build_variants(model: torch.nn.Module, os_: int, images: list[np.ndarray], a
     nncf_ov = nncf.quantize(fp32_ov, nncf.Dataset(images), subset_size=len(images))
     ov.save_model(nncf_ov, str(tmp / f"nncf_os{os_}.xml"), compress_to_fp16=False)
     logging.info("OS%d: nncf.quantize %.0fs", os_, time.perf_counter() - tick)
+    shipped = tmp / f"edgeseg_os{os_}"
+    shipped.mkdir(exist_ok=True)
+    xml, lowered = ir_from_onnx(tmp / f"edgeseg_os{os_}.onnx", shipped, precision="int8")
+    logging.info("OS%d: %d quantizers of non-negative tensors lowered to u8", os_, lowered)
     return {
-        "edgeseg int8": compile_ov(ov.convert_model(str(tmp / f"edgeseg_os{os_}.onnx")), args.threads),
+        "edgeseg int8": compile_ov(str(xml), args.threads),
+        "edgeseg exact": compile_ov(ov.convert_model(str(tmp / f"edgeseg_os{os_}.onnx")), args.threads),
         "nncf int8": compile_ov(nncf_ov, args.threads),
         "ov fp32": compile_ov(ov.convert_model(str(tmp / f"fp32_os{os_}.onnx")), args.threads),
         "torch fp32": model,
@@ -214,19 +223,23 @@ def main() -> None:
 def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     """Median and minimum per variant; the minimum is the robust figure on a loaded machine (noise only adds)."""
     print(f"\nOpenVINO CPU, {args.threads} threads, input {args.size}, batch 1, {args.runs} interleaved runs: median (min) ms")
-    names = ("edgeseg int8", "nncf int8", "ov fp32", "torch fp32")
-    print(f"{'OS':>3} " + " ".join(f"{n:>18}" for n in names) + f" {'edgeseg/nncf':>15} {'torch/edgeseg':>15}")
+    names = ("edgeseg int8", "edgeseg exact", "nncf int8", "ov fp32", "torch fp32")
+    ratios = ("edgeseg/nncf", "exact/nncf", "torch/edgeseg")
+
+    def ratio_cells(t: dict[str, float]) -> list[float]:
+        return [t["edgeseg int8"] / t["nncf int8"], t["edgeseg exact"] / t["nncf int8"], t["torch fp32"] / t["edgeseg int8"]]
+
+    print(f"{'OS':>3} " + " ".join(f"{n:>18}" for n in names) + " " + " ".join(f"{n:>15}" for n in ratios))
     for r in rows:
         med, low = r["median_ms"], r["min_ms"]
         cells = " ".join(f"{med[n]:>9.1f} ({low[n]:>6.1f})" for n in names)
-        vs_nncf = f"{med['edgeseg int8'] / med['nncf int8']:.2f}x ({low['edgeseg int8'] / low['nncf int8']:.2f}x)"
-        vs_torch = f"{med['torch fp32'] / med['edgeseg int8']:.1f}x ({low['torch fp32'] / low['edgeseg int8']:.1f}x)"
-        print(f"{r['output_stride']:>3} {cells} {vs_nncf:>15} {vs_torch:>15}")
-    print(f"process CPU time per inference (all threads), median ms; ratios {'edgeseg/nncf'} and {'torch/edgeseg'}")
+        rcells = " ".join(f"{a:>6.2f}x ({b:.2f}x)" for a, b in zip(ratio_cells(med), ratio_cells(low), strict=True))
+        print(f"{r['output_stride']:>3} {cells} {rcells}")
+    print(f"process CPU time per inference (all threads), median ms; ratios {', '.join(ratios)}")
     for r in rows:
         c = r["cpu_median_ms"]
         cells = " ".join(f"{c[n]:>18.1f}" for n in names)
-        print(f"{r['output_stride']:>3} {cells} {c['edgeseg int8'] / c['nncf int8']:>14.2f}x {c['torch fp32'] / c['edgeseg int8']:>14.1f}x")
+        print(f"{r['output_stride']:>3} {cells} " + " ".join(f"{v:>14.2f}x" for v in ratio_cells(c)))
     sys.stdout.flush()
 
 

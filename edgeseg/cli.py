@@ -219,6 +219,10 @@ def export(
     out: Annotated[Path, typer.Option("--out", help="Folder that receives <target>_<precision>_os<N>/")] = Path("export"),
     allow_fallback: Annotated[bool, typer.Option("--allow-fallback", help="OpenVINO INT8: accept layers that do not run in INT8")] = False,
     ptq: Annotated[str | None, typer.Option("--ptq", help="OpenVINO: 'nncf' quantizes the float model with NNCF instead")] = None,
+    exact_grid: Annotated[
+        bool,
+        typer.Option("--exact-grid", help="OpenVINO INT8: keep the signed grid after ReLU bit for bit (default: u8, ~5% faster)"),
+    ] = False,
     dla: Annotated[int | None, typer.Option("--dla", help="Jetson: DLA core (FP16/INT8, GPU fallback)")] = None,
     build_engine: Annotated[
         bool, typer.Option("--build-engine", help="Jetson: build the TensorRT engine now (needs tensorrt + GPU)")
@@ -239,7 +243,14 @@ def export(
         input_size=parse_size(input_size) if input_size else None,
         dynamic_batch=dynamic_batch,
         out_dir=out,
-        options={"allow_fallback": allow_fallback, "ptq": ptq, "dla": dla, "build_engine": build_engine, "trt_version": trt_version},
+        options={
+            "allow_fallback": allow_fallback,
+            "ptq": ptq,
+            "exact_grid": exact_grid,
+            "dla": dla,
+            "build_engine": build_engine,
+            "trt_version": trt_version,
+        },  # fmt: skip
     )
     with console.status(f"exporting {target} {precision}"):
         results = export_targets(request, [target])

@@ -224,7 +224,7 @@ def test_openvino_fallback_is_detected(tmp_path: Path) -> None:
         nodes_to_exclude=[convs[5]],
         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
     )
-    xml = ir_from_onnx(qdq, tmp_path, precision="int8")
+    xml, _ = ir_from_onnx(qdq, tmp_path, precision="int8")
     ref = onnx_reference(qdq, images)
     with pytest.raises(TargetError, match="do not run in INT8 on OpenVINO.*--allow-fallback"):
         verify_ir(xml, ref, images, hint="f32", int8=True)
