@@ -414,7 +414,9 @@ def export_openvino(request: ExportRequest, out: Path) -> dict[str, Any]:
         # bench reads "precision_hint" and compiles with it (OpenVINO's CPU default may be bf16).
         "precision_hint": hint, "device": "CPU",
         "verification": {
-            "reference": "onnxruntime FP32 ONNX" if ptq else "onnxruntime, same ONNX", "data": data_desc,
+            "reference": "onnxruntime FP32 ONNX" if ptq else "onnxruntime, same ONNX" + (
+                " (signed grid; the IR runs non-negative tensors in u8)" if meta.get("openvino_lowering", {}).get("unsigned_activations") else ""
+            ), "data": data_desc,
             **{k: report[k] for k in ("argmax_agreement", "max_abs_diff", "weighted_layers", "weighted_layers_int8")},
             "fallbacks": len(report["fallbacks"]),
             "verified_with_hint": "f32", "deployed_hint_agreement": report.get("deployed", {}).get("argmax_agreement"),

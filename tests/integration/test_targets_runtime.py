@@ -146,10 +146,15 @@ def test_export_all_int8_cli(ckpts: dict, tmp_path: Path) -> None:
 @pytest.mark.parametrize("output_stride", [8, 32])
 def test_int8_openvino_and_jetson_at_output_stride(ckpts: dict, tmp_path: Path, output_stride: int) -> None:
     ptq = ckpts[output_stride][1]
-    folder, meta = _export(ptq, "openvino", "int8", tmp_path)
+    exact = output_stride == 32  # --exact-grid: the IR keeps the Q/DQ ONNX's signed grid
+    folder, meta = _export(ptq, "openvino", "int8", tmp_path, exact_grid=exact)
     v = meta["verification"]
     assert folder.name == f"openvino_int8_os{output_stride}" and meta["output_stride"] == output_stride
     assert v["argmax_agreement"] >= 0.99 and v["weighted_layers_int8"] == v["weighted_layers"]
+    lowering = meta["openvino_lowering"]
+    assert lowering["exact_grid"] == exact
+    # MobileNetV2 + DeepLabV3+: 34 ReLU6 outputs, 13 ReLU outputs and the upsampled ASPP output.
+    assert lowering["unsigned_activations"] == (0 if exact else 48)
     jfolder, jmeta = _export(ptq, "jetson", "int8", tmp_path)
     counts = _preflight_counts(jfolder)
     assert counts["10.x"].startswith("0 errors") and counts["11.x"].startswith("0 errors")
