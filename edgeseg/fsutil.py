@@ -93,6 +93,25 @@ def sweep_stale_temps(folder: str | Path) -> list[Path]:
     return _remove_stale(Path(folder), None)
 
 
+@contextlib.contextmanager
+def scratch_dir(near: str | Path) -> Iterator[Path]:
+    """A scratch folder inside `near`, deleted on exit, for files no one else should see.
+
+    Named like the other temporaries (`.scratch.<pid>-<host>.<random>.tmp`), so what a killed
+    process leaves is removed by the next scratch_dir in `near` (or by sweep_stale_temps), and
+    inside an atomic_dir build it goes away with the build's own temporary folder. The system
+    temporary folder, where nothing ever cleans up after a SIGKILL, is not used.
+    """
+    folder = Path(near)
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(folder / "scratch")
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(folder / "scratch"), suffix=".tmp", dir=folder))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _umask() -> int:
     try:  # Linux >= 4.7 reports it without changing it (os.umask would, for every thread)
         for line in Path("/proc/self/status").read_text().splitlines():

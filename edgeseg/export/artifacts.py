@@ -292,6 +292,8 @@ def describe(result: ExportResult) -> str:
         layers = f", {v['weighted_layers_int8']}/{v['weighted_layers']} conv/matmul layers run INT8" if meta["precision"] == "int8" else ""
         deployed = v.get("deployed_hint_agreement")
         also = f"; at its {meta.get('precision_hint')} hint {deployed:.4%}" if deployed is not None else ""
+        if v.get("exact_grid_agreement") is not None:
+            also += f"; its signed-grid twin {v['exact_grid_agreement']:.4%}"
         return f"OpenVINO (f32) vs {v.get('reference')}: argmax agreement {v.get('argmax_agreement', 0):.4%}{also}{layers}"
     if meta.get("target") == "jetson":
         folder = result.folder or Path(".")

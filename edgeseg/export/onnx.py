@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 
 from edgeseg.errors import CheckpointError, NumericalError, TargetError, missing_dependency
 from edgeseg.export.base import ExportRequest
-from edgeseg.fsutil import write_bytes, write_json
+from edgeseg.fsutil import scratch_dir, write_bytes, write_json
 
 log = logging.getLogger(__name__)
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -233,9 +232,9 @@ def export_onnx(
     seconds: dict[str, float] = {}
     tick = time.perf_counter()
     x, ref = _reference(model, input_size)
-    with tempfile.TemporaryDirectory() as tmp:
-        opset = _torch_export(model, torch.from_numpy(x), Path(tmp) / "model.onnx", opset, dynamic_batch)
-        proto = onnx.load(str(Path(tmp) / "model.onnx"))
+    with scratch_dir(Path(path).parent) as tmp:
+        opset = _torch_export(model, torch.from_numpy(x), tmp / "model.onnx", opset, dynamic_batch)
+        proto = onnx.load(str(tmp / "model.onnx"))
     seconds["export"] = time.perf_counter() - tick
     tick = time.perf_counter()
     proto, simplified = _simplify(proto, quantized)

@@ -298,3 +298,17 @@ def test_check_writable_sweeps_what_killed_runs_left(tmp_path: Path) -> None:
     _tree(tmp_path / left[2], {"model.onnx": b"half"})
     assert fsutil.check_writable(tmp_path) == tmp_path
     assert _listing(tmp_path) == sorted(kept)
+
+
+def test_scratch_dir_is_removed_and_cleans_what_a_killed_process_left(tmp_path: Path) -> None:
+    killed = tmp_path / f".scratch.{_dead_pid()}-{fsutil._HOST}.abc123.tmp"
+    killed.mkdir()
+    (killed / "model.onnx").write_bytes(b"half")
+    with fsutil.scratch_dir(tmp_path) as scratch:
+        assert scratch.parent == tmp_path and scratch.name.startswith(f".scratch.{os.getpid()}-")
+        (scratch / "model.onnx").write_bytes(b"x")
+        assert not killed.exists()
+    assert _listing(tmp_path) == []
+    with pytest.raises(RuntimeError), fsutil.scratch_dir(tmp_path) as scratch:
+        raise RuntimeError("boom")
+    assert _listing(tmp_path) == []
