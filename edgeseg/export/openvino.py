@@ -107,9 +107,9 @@ def unsigned_activations(model: Any) -> int:
     activations natively, and NNCF gives such tensors the full 0..255: a FakeQuantize of range
     [0, amax] (levels 256, zero point 0) runs as u8 and makes the clamp of a preceding ReLU6
     redundant (OpenVINO drops it, no post-op is left in the convolution). This keeps every
-    calibrated or QAT-trained range; only the step inside it halves (amax/255 instead of amax/127),
-    so the IR is at least as close to the float model as the Q/DQ ONNX (measured in the issue
-    note; `exact_grid` keeps the signed grid bit for bit at ~5% more latency).
+    calibrated or QAT-trained range; only the step inside it halves (amax/255 instead of amax/127).
+    On CamVid val the mIoU moved by at most 0.06 against the signed grid; `exact_grid` keeps the
+    signed grid bit for bit at ~5% more latency.
 
     Quantizers feeding a Concat share one scale; they are lowered together or not at all.
     Returns the number of FakeQuantize nodes lowered.
