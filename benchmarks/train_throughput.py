@@ -1,13 +1,15 @@
-"""Training throughput (img/s) of FP32 vs bf16 autocast vs channels_last vs both, side by side.
+"""Training throughput (img/s) of FP32 vs autocast vs channels_last vs both, side by side.
 
 One training step is what `edgeseg train` runs: forward (with the aux head if the recipe has one),
 cross-entropy with ignore index, backward, SGD step. Inputs are random tensors at the recipe's
 crop size, so data loading is not measured. The variants run interleaved (one step of each in
 turn, after a warm-up of each), so a change in machine load affects them all alike; the table
-reports the median step time and the ratio to FP32.
+reports the median step time and the ratio to FP32. `--device cuda` measures on the GPU (autocast
+there is what `edgeseg train` uses: bf16, or fp16 on GPUs without bf16; steps are synchronized).
 
     python benchmarks/train_throughput.py                          # recipes/camvid_mnv2_os16.yaml
     python benchmarks/train_throughput.py --crop 64x64 --iters 2   # a quick check
+    python benchmarks/train_throughput.py --device cuda --batch 16 # on a GPU
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from edgeseg.config import Recipe, load_recipe
 from edgeseg.data import classes as C
 from edgeseg.models import build_model
 from edgeseg.models.info import parse_size
-from edgeseg.train.evaluate import autocast
+from edgeseg.train.evaluate import amp_dtype, autocast
 from edgeseg.train.loop import _freeze_bn, _loss
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,9 +43,9 @@ class Variant:
 
 VARIANTS = [
     Variant("fp32", False, False),
-    Variant("bf16 autocast", True, False),
+    Variant("autocast", True, False),
     Variant("channels_last", False, True),
-    Variant("bf16 + channels_last", True, True),
+    Variant("autocast + channels_last", True, True),
 ]
 
 
@@ -63,7 +65,8 @@ class Runner:
     def __init__(self, variant: Variant, model: torch.nn.Module, recipe: Recipe, x: torch.Tensor, y: torch.Tensor) -> None:
         self.variant, self.recipe = variant, recipe
         fmt = torch.channels_last if variant.channels_last else torch.contiguous_format
-        self.model = copy.deepcopy(model).to(memory_format=fmt).train()
+        self.device = x.device
+        self.model = copy.deepcopy(model).to(x.device, memory_format=fmt).train()
         if recipe.model.freeze_backbone_bn:
             _freeze_bn(self.model)
         self.x, self.y = x.contiguous(memory_format=fmt), y
@@ -73,27 +76,29 @@ class Runner:
 
     def step(self, timed: bool) -> None:
         start = time.perf_counter()
-        with autocast(torch.device("cpu"), self.variant.bf16):
+        with autocast(self.device, self.variant.bf16):
             out = self.model(self.x)
         loss = _loss(out, self.y, self.recipe.train.aux_weight, None)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
         if not torch.isfinite(loss):
             raise RuntimeError(f"{self.variant.name}: loss is {loss.item()}")
         if timed:
             self.times.append(time.perf_counter() - start)
 
 
-def measure(recipe: Recipe, crop: tuple[int, int], batch: int, warmup: int, iters: int) -> list[dict]:
+def measure(recipe: Recipe, crop: tuple[int, int], batch: int, warmup: int, iters: int, device: str = "cpu") -> list[dict]:
     """Median step time and img/s of each variant, measured interleaved."""
     torch.manual_seed(0)
     n = _num_classes(recipe)
     m = recipe.model
     model = build_model(num_classes=n, output_stride=m.output_stride, width_mult=m.width_mult, head=m.head, aux_loss=m.aux_loss,
                         multi_grid=m.multi_grid)  # fmt: skip
-    x = torch.randn(batch, 3, *crop)
-    y = torch.randint(0, n, (batch, *crop))
+    x = torch.randn(batch, 3, *crop, device=device)
+    y = torch.randint(0, n, (batch, *crop), device=device)
     runners = [Runner(v, model, recipe, x, y) for v in VARIANTS]
     for r in runners:
         for _ in range(warmup):
@@ -118,6 +123,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant")
     parser.add_argument("--iters", type=int, default=10, help="timed steps per variant")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to train (default: cpu)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     if args.threads:
@@ -125,13 +131,17 @@ def main() -> None:
     recipe = load_recipe(args.recipe)
     crop = parse_size(args.crop) if args.crop else tuple(recipe.data.crop_size)
     batch = args.batch or recipe.train.batch_size
-    rows = measure(recipe, crop, batch, args.warmup, args.iters)  # type: ignore[arg-type]
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: PyTorch sees no CUDA GPU; use --device cpu")
+    rows = measure(recipe, crop, batch, args.warmup, args.iters, args.device)  # type: ignore[arg-type]
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} threads"
+    amp = str(amp_dtype(torch.device(args.device))).removeprefix("torch.")
 
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"training throughput: {recipe.name}, width {recipe.model.width_mult}, crop {crop[0]}x{crop[1]}, batch {batch}, "
-                        f"{torch.get_num_threads()} threads, median of {args.iters}")  # fmt: skip
+                        f"{where}, autocast {amp}, median of {args.iters}")  # fmt: skip
     for col in ("variant", "step (s)", "img/s", "vs fp32"):
         table.add_column(col, justify="right")
     for r in rows:
@@ -140,7 +150,7 @@ def main() -> None:
     if args.json:
         from edgeseg.fsutil import write_json
 
-        write_json(args.json, {"recipe": str(args.recipe), "crop": list(crop), "batch": batch, "threads": torch.get_num_threads(),
+        write_json(args.json, {"recipe": str(args.recipe), "crop": list(crop), "batch": batch, "device": where, "autocast": amp, "threads": torch.get_num_threads(),
                                "torch": torch.__version__, "rows": rows})  # fmt: skip
 
 

@@ -71,6 +71,7 @@ class TrainConfig:
     eval_every: int = 1
     seed: int = 0
     deterministic: bool = False
+    device: str = "auto"  # auto (a CUDA GPU when there is one), cpu or cuda
     max_iters: int | None = None
     bn_recalibrate: int = 0
     log_every: int = 10
@@ -120,7 +121,9 @@ class Recipe:
 
     def hash(self) -> str:
         """Short content hash of the resolved recipe, carried by every artifact."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        d = self.to_dict()
+        d["train"].pop("device", None)  # where a recipe runs is not part of what it makes
+        blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -186,6 +189,8 @@ def _validate(r: Recipe) -> None:
         value = getattr(r.train, key)
         if value < 0 or (key == "lr" and value == 0):
             raise bad(f"train.{key}", value, "must be positive")
+    if r.train.device not in ("auto", "cpu", "cuda"):
+        raise bad("train.device", r.train.device, "use auto, cpu or cuda")
     if r.train.epochs < 1 or r.train.batch_size < 1:
         raise bad("train.epochs/batch_size", (r.train.epochs, r.train.batch_size), "use >= 1")
     for key in ("crop_size", "synthetic_size"):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import torch.distributed as dist
 
 from edgeseg.config import Recipe
 from edgeseg.data.dataset import eval_dataset, train_dataset
-from edgeseg.errors import CheckpointError
+from edgeseg.errors import CheckpointError, ConfigError
 from edgeseg.fsutil import check_writable, copy_file, write_json
 from edgeseg.models import build_model
 from edgeseg.train.checkpoint import apply_atrous_rule, check_compatible, load_checkpoint, model_from_checkpoint
@@ -21,17 +23,22 @@ from edgeseg.train.loop import Callback, Stage, Trainer
 log = logging.getLogger(__name__)
 
 
-def _device() -> torch.device:
-    if torch.cuda.is_available():
-        index = int(os.environ.get("LOCAL_RANK", 0))
+def _device(want: str = "auto") -> torch.device:
+    """The device a run trains on: recipe train.device (auto picks CUDA where there is a GPU)."""
+    if want == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but PyTorch sees no CUDA GPU; use train.device=auto or cpu")
+    if want != "cpu" and torch.cuda.is_available():
+        index, count = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+        if index >= count:
+            raise ConfigError(f"process {index} has no GPU of its own: this machine has {count}; use --nproc-per-node {count} or fewer")
         torch.cuda.set_device(index)  # NCCL collectives use the current device
         return torch.device("cuda", index)
     return torch.device("cpu")
 
 
-def _init_distributed() -> None:
+def _init_distributed(device: torch.device) -> None:
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
 def fit(
@@ -53,12 +60,45 @@ def fit(
         init: start QAT from this FP32 checkpoint instead of training FP32 first.
         callback: progress events for the CLI: start/step/eval/end.
     """
-    _init_distributed()
+    device = _device(recipe.train.device)
+    _init_distributed(device)
     out = check_writable(out_dir)
-    if recipe.train.deterministic:
+    with _deterministic(recipe.train.deterministic, device):
+        return _fit(recipe, out, device, resume=resume, qat=qat, init=init, callback=callback)
+
+
+@contextmanager
+def _deterministic(enabled: bool, device: torch.device) -> Iterator[None]:
+    """torch's deterministic-algorithms switch for one run, restored after it (it is process-wide)."""
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    if enabled and device.type == "cuda":
+        # cuBLAS is deterministic only with a fixed workspace; cross-entropy and bilinear
+        # upsampling have no deterministic CUDA kernels (atomic adds), so on a GPU they warn,
+        # not fail, and bit-exact resume holds on the CPU only.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        log.warning(
+            "train.deterministic on CUDA: cross-entropy and upsampling are not deterministic there; runs may differ in the last bits"
+        )
+    elif enabled:
         torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def _fit(
+    recipe: Recipe,
+    out: Path,
+    device: torch.device,
+    *,
+    resume: bool,
+    qat: bool | None,
+    init: str | Path | None,
+    callback: Callback | None,
+) -> dict[str, Any]:
     torch.manual_seed(recipe.train.seed)
-    device = _device()
     train_set, val_set = train_dataset(recipe), eval_dataset(recipe)
     model = build_model(
         num_classes=train_set.classes.num_classes,

@@ -11,12 +11,22 @@ from torch.nn import functional as F
 from edgeseg.metrics import ConfusionMatrix
 
 
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """The autocast dtype on `device`: bf16 (CPU, and GPUs from Ampere on), else fp16.
+
+    bf16 has float32's exponent range, so its gradients cannot underflow and need no loss
+    scaling; fp16 (pre-Ampere GPUs) trains with a GradScaler (see Trainer.run).
+    """
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        return torch.float16
+    return torch.bfloat16
+
+
 def autocast(device: torch.device, enabled: bool):  # noqa: ANN201
-    """bf16 autocast on CPU, fp16 on CUDA; a no-op when disabled."""
+    """bf16 autocast (fp16 on GPUs without bf16); a no-op when disabled."""
     if not enabled:
         return nullcontext()
-    dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(device.type, dtype=amp_dtype(device))
 
 
 @torch.no_grad()

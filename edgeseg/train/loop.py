@@ -31,7 +31,7 @@ from edgeseg.config import Recipe
 from edgeseg.errors import EdgesegError, Interrupted, NumericalError
 from edgeseg.fsutil import append_text
 from edgeseg.train.checkpoint import save_checkpoint
-from edgeseg.train.evaluate import autocast, evaluate, recalibrate_bn
+from edgeseg.train.evaluate import amp_dtype, autocast, evaluate, recalibrate_bn
 
 log = logging.getLogger(__name__)
 Callback = Callable[..., None]
@@ -139,6 +139,7 @@ class Trainer:
 
     def __init__(self, recipe: Recipe, out_dir: Path, train_set, val_set, device: torch.device, callback: Callback | None = None) -> None:  # noqa: ANN001
         self.recipe, self.out, self.device = recipe, Path(out_dir), device
+        self.scaler = torch.amp.GradScaler(device.type, enabled=False)  # set per stage in run()
         self.train_set, self.val_set = train_set, val_set
         self.classes = train_set.classes
         self.callback = callback or (lambda *a, **k: None)
@@ -206,9 +207,13 @@ class Trainer:
         total = stage.epochs * ipe if stage.max_iters is None else min(stage.epochs * ipe, stage.max_iters)
         epochs = math.ceil(total / ipe)
         start_it, best, last_miou = 0, -1.0, float("nan")
+        # Loss scaling only for fp16 autocast (GPUs without bf16): bf16 gradients cannot underflow.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp and amp_dtype(self.device) == torch.float16)
         if resume is not None:
             opt.load_state_dict(resume["optimizer"])
             start_it, best = resume["iteration"], resume.get("best_miou", -1.0)
+            if resume.get("grad_scaler") and self.scaler.is_enabled():
+                self.scaler.load_state_dict(resume["grad_scaler"])
         if self.world > 1 and self.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN statistics over all GPUs
         ddp = nn.parallel.DistributedDataParallel(model) if self.world > 1 else model
@@ -239,15 +244,18 @@ class Trainer:
                         out = ddp(x)
                     loss = _loss(out, y, t.aux_weight, None)
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
+                    self.scaler.scale(loss).backward()
                     # Checked after backward, before the update: the weights stay those of the last
                     # good step, and data-parallel ranks (whose gradients are averaged) stop together.
-                    bad = _non_finite(loss, model)
+                    # With fp16 loss scaling, overflowing gradients are expected while the scale
+                    # settles: the scaler skips those steps, so only the loss is checked.
+                    bad = _non_finite(loss, None if self.scaler.is_enabled() else model)
                     if bad:
                         buffers.restore()  # the forward of this step already moved BN statistics
                         kept = self._keep_last_good(stage, model, opt, it, best, start_it, resume is not None)
                         raise NumericalError(f"{bad} at {stage.name} step {it}; lower train.lr or check the data ({kept})")
-                    opt.step()
+                    self.scaler.step(opt)
+                    self.scaler.update()
                     it += 1
                     now = time.perf_counter()
                     img_s = x.shape[0] * self.world / max(now - tick, 1e-9)
@@ -338,6 +346,7 @@ class Trainer:
             iteration=it,
             optimizer=opt.state_dict(),
             best_miou=best,
+            **({"grad_scaler": self.scaler.state_dict()} if self.scaler.is_enabled() else {}),
             **stage.extra_state(),
             **extra,
         )
@@ -361,10 +370,12 @@ class _Buffers:
                 torch._foreach_copy_(self.live, self.saved)
 
 
-def _non_finite(loss: torch.Tensor, model: nn.Module) -> str:
-    """'' when the loss and every gradient are finite, else what is not ('loss is nan', ...)."""
+def _non_finite(loss: torch.Tensor, model: nn.Module | None) -> str:
+    """'' when the loss and every gradient (of `model`, when given) are finite, else what is not."""
     if not torch.isfinite(loss):
         return f"loss is {loss.item()}"
+    if model is None:
+        return ""
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
         return "a gradient is not finite"

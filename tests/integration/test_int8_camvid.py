@@ -1,19 +1,27 @@
 """INT8 on real data: the Q/DQ ONNX in onnxruntime computes the torch fake-quant model.
 
-Two models, both calibrated on images of calib/camvid_train_300.txt and exported at 360x480:
-- a CamVid model trained here for 80 iterations from the ImageNet backbone (or the checkpoint
-  in EDGESEG_CAMVID_CKPT): onnxruntime's INT8 kernels agree with PyTorch's simulation on
-  >= 99.5% of the pixels of CamVid val images (measured 99.85% after 60 iterations, 99.55% for
-  the 30-epoch QAT model);
-- the ImageNet backbone with a random head (no training): the exported graph reproduces the
-  simulated INT8 tensors bit for bit where rounding is not chaotic (the input and first
-  block), and its classes mostly.
+Two models, both calibrated on images of calib/camvid_train_300.txt:
+- a CamVid model trained here for 80 iterations from the ImageNet backbone on whole train
+  images at half resolution (192x256; val mIoU ~35), or the checkpoint in EDGESEG_CAMVID_CKPT:
+  onnxruntime's INT8 kernels and PyTorch's simulation pick the same class wherever the float
+  logits are not within 0.25 of a tie (measured 99.998%), and on >= 98.5% of all pixels
+  (measured 99.13%; 99.51% after 240 iterations, mIoU 41.5; 99.55% for the 30-epoch QAT model at
+  360x480, which EDGESEG_CAMVID_CKPT checks against the 99.5% target);
+- the ImageNet backbone with a random head (no training), at 360x480: the exported graph
+  reproduces the simulated INT8 tensors bit for bit where rounding is not chaotic (the input
+  and first block), and its classes mostly.
 
-Why a trained head: a random head's logits differ by ~0.01 between classes, so the 1-LSB
-rounding flips that any two float implementations produce (and the BN-folded depthwise weights,
-up to 56, amplify) change the argmax of ~1-2% of pixels even with Q/DQ computed in float
-(onnxruntime with optimizations off); 25 iterations of training still leave 97.5%, 60 give
-99.85%: trained logits have margins of several units.
+Why near-ties: any two float implementations of the same INT8 graph sum in a different order,
+so ~0.1% of the values reaching each quantizer land on the other side of a rounding boundary;
+the 1-LSB flips add up over ~50 quantizers to logit differences of a few hundredths. Pixels whose
+two best classes are that close flip: onnxruntime with every optimization off (Q/DQ computed in
+float) disagrees with PyTorch on as many pixels (99.24%) as its INT8 kernels do (99.13%). The
+fewer such pixels a model has, the higher the plain agreement: the better trained, the higher.
+
+Why whole images at half resolution: 80 steps on 192x256 crops of full-size images left a model
+that collapsed in eval mode at 360x480 (val mIoU 4%; ASPP's rate-18 branch sees only padding on
+a 12x16 feature map, so its BatchNorm statistics do not hold at full size), whose saturated
+logits made the agreement a matter of luck (93.9% to 99.8% between runs).
 """
 
 from __future__ import annotations
@@ -43,7 +51,9 @@ CAMVID = SHARED / "data" / "camvid"
 WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet.pth"
 TRAINED = os.environ.get("EDGESEG_CAMVID_CKPT")
 TRAIN_ITERS = 80
-SIZE = (360, 480)
+SIZE = (360, 480)  # the random-head graph check
+TRAINED_SIZE = (192, 256)  # the in-test model trains and is checked at half resolution
+NEAR_TIE = 0.25  # logits: below this top-2 margin, two float implementations may pick either class
 
 pytestmark = [
     pytest.mark.integration,
@@ -51,10 +61,10 @@ pytestmark = [
 ]
 
 
-def calibrated(model: torch.nn.Module, method: str, n: int = 16) -> torch.nn.Module:
-    model.eval().set_input_size(SIZE)
+def calibrated(model: torch.nn.Module, method: str, n: int = 16, size: tuple[int, int] = SIZE) -> torch.nn.Module:
+    model.eval().set_input_size(size)
     calib = read_calib_list(ROOT / "calib" / "camvid_train_300.txt", CAMVID, limit=n)
-    return quantize(model, {"method": method}, file_loop(calib, SIZE)).eval()
+    return quantize(model, {"method": method}, file_loop(calib, size)).eval()
 
 
 def session(path: Path, optimize: bool = True) -> ort.InferenceSession:
@@ -64,26 +74,34 @@ def session(path: Path, optimize: bool = True) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def val_images(n: int = 8) -> list[np.ndarray]:
+def val_images(n: int = 8, size: tuple[int, int] = SIZE) -> list[np.ndarray]:
     val = open_source("camvid", CAMVID, "val")
-    return [preprocess(val.load(int(i))[0], SIZE) for i in np.linspace(0, len(val) - 1, n).round().astype(int)]
+    return [preprocess(val.load(int(i))[0], size) for i in np.linspace(0, len(val) - 1, n).round().astype(int)]
 
 
-def agreement(q: torch.nn.Module, sess: ort.InferenceSession, images: list[np.ndarray]) -> float:
-    agree = total = 0
+def compare(q: torch.nn.Module, sess: ort.InferenceSession, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel: does onnxruntime pick torch's class, and torch's margin between its two best classes."""
+    same, margin = [], []
     for x in images:
         with torch.no_grad():
             ref = q(torch.from_numpy(x)).numpy()
         got = sess.run(["logits"], {"input": x})[0]
-        agree += int((got.argmax(1) == ref.argmax(1)).sum())
-        total += ref.shape[0] * ref.shape[2] * ref.shape[3]
-    assert total == len(images) * SIZE[0] * SIZE[1]
-    return agree / total
+        top2 = np.sort(ref, axis=1)[:, -2:]
+        same.append((got.argmax(1) == ref.argmax(1)).ravel())
+        margin.append((top2[:, 1] - top2[:, 0]).ravel())
+    return np.concatenate(same), np.concatenate(margin)
+
+
+def agreement(q: torch.nn.Module, sess: ort.InferenceSession, images: list[np.ndarray]) -> float:
+    same, _ = compare(q, sess, images)
+    assert same.size == len(images) * images[0].shape[2] * images[0].shape[3]
+    return float(same.mean())
 
 
 @pytest.fixture(scope="module")
 def trained_fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An FP32 CamVid checkpoint: EDGESEG_CAMVID_CKPT, else 80 iterations of recipes/camvid_mnv2_os16.yaml."""
+    """An FP32 CamVid checkpoint: EDGESEG_CAMVID_CKPT, else 80 iterations of recipes/camvid_mnv2_os16.yaml
+    on whole train images at half resolution (crops of 192x256 from images scaled by 0.53-0.6)."""
     if TRAINED:
         return Path(TRAINED)
     if not WEIGHTS.is_file():
@@ -96,6 +114,8 @@ def trained_fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
         f"data.root={CAMVID}",
         f"model.backbone_weights={WEIGHTS}",
         "data.crop_size=[192,256]",
+        "data.scale_range=[0.53,0.6]",
+        "data.eval_size=[192,256]",
         f"train.max_iters={TRAIN_ITERS}",
         "train.epochs=100",
         "train.eval_every=1000",
@@ -111,11 +131,16 @@ def test_int8_onnxruntime_agrees_with_torch_on_camvid_val(tmp_path: Path, traine
     ckpt = load_checkpoint(trained_fp32)
     if ckpt.get("quant"):
         pytest.skip(f"{trained_fp32} is quantized; point EDGESEG_CAMVID_CKPT at an FP32 checkpoint")
-    q = calibrated(model_from_checkpoint(ckpt), "percentile")
-    report = export_onnx(q, tmp_path / "int8.onnx", input_size=SIZE, meta={"precision": "int8"})
+    size = TRAINED_SIZE if TRAINED is None else SIZE
+    q = calibrated(model_from_checkpoint(ckpt), "percentile", size=size)
+    report = export_onnx(q, tmp_path / "int8.onnx", input_size=size, meta={"precision": "int8"})
     assert report["qdq_problems"] == [] and check_qdq(onnx.load(str(tmp_path / "int8.onnx"))) == []
-    value = agreement(q, session(tmp_path / "int8.onnx"), val_images())
-    assert value >= 0.995, f"argmax agreement {value:.4%}"
+    same, margin = compare(q, session(tmp_path / "int8.onnx"), val_images(16, size))
+    decided = margin >= NEAR_TIE
+    summary = f"agreement {same.mean():.4%}; {same[decided].mean():.4%} where the margin is >= {NEAR_TIE} ({decided.mean():.1%} of pixels)"
+    assert ckpt["miou"] > 20, f"val mIoU {ckpt['miou']:.1f}: the model did not learn"  # measured ~35
+    assert same[decided].mean() >= 0.9995, summary
+    assert same.mean() >= (0.995 if TRAINED else 0.985), summary
 
 
 @pytest.mark.skipif(not WEIGHTS.is_file(), reason=f"ImageNet backbone not found at {WEIGHTS}")

@@ -48,6 +48,7 @@ def test_defaults_and_types(tmp_path: Path) -> None:
         ("model:\n  head: deeplab\n", r"'model\.head' = 'deeplab' is invalid"),
         ("data:\n  crop_size: [100, 96]\n", r"'data\.crop_size'.*multiple of 8"),
         ("quant:\n  calib_method: entropyy\n", r"did you mean 'entropy'"),
+        ("train:\n  device: gpu\n", r"'train\.device' = 'gpu' is invalid: use auto, cpu or cuda"),
         ("model: 3\n", r"section 'model' must be a mapping"),
         ("- a\n- b\n", r"must be a mapping of sections"),
     ],
@@ -92,3 +93,17 @@ def test_hash_tracks_content() -> None:
     a, b = recipe_from_dict({}), recipe_from_dict({"train": {"lr": 0.02}})
     assert a.hash() == recipe_from_dict({}).hash() != b.hash()
     assert isinstance(a, Recipe) and len(a.hash()) == 16
+
+
+def test_hash_ignores_where_a_recipe_trains() -> None:
+    auto, cpu = recipe_from_dict({}), recipe_from_dict({"train": {"device": "cpu"}})
+    assert cpu.train.device == "cpu" and auto.hash() == cpu.hash()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the error of a machine without a GPU")
+def test_train_device_cuda_without_a_gpu_says_what_to_use(tmp_path: Path) -> None:
+    from edgeseg.train import fit
+
+    with pytest.raises(ConfigError, match=r"train\.device=cuda but PyTorch sees no CUDA GPU; use train\.device=auto or cpu"):
+        fit(recipe_from_dict({"train": {"device": "cuda"}}), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # nothing written

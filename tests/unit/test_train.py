@@ -32,7 +32,7 @@ TINY: dict[str, Any] = {
         "scale_range": [0.75, 1.5], "color_jitter": 0.2,
     },
     "model": {"width_mult": 0.35, "aux_loss": True},
-    "train": {"epochs": 3, "batch_size": 4, "lr": 0.02, "warmup_iters": 2, "amp": True, "deterministic": True, "log_every": 1},
+    "train": {"epochs": 3, "batch_size": 4, "lr": 0.02, "warmup_iters": 2, "amp": True, "deterministic": True, "log_every": 1, "device": "cpu"},
     "quant": {"enabled": False},
 }  # fmt: skip
 
@@ -104,9 +104,11 @@ def test_resume_refuses_missing_or_other_architecture(reference_run: tuple[Path,
 
 
 def test_smoke_recipe_reduces_loss(tmp_path: Path) -> None:
+    # On the CPU everywhere: 12 steps are a check of the loop, and their loss curve depends on the
+    # device (tests/integration/test_cuda.py checks that training on a GPU learns).
     overrides = [
         "data.synthetic_num_train=16", "data.synthetic_size=[64, 64]", "data.crop_size=[64, 64]", "train.batch_size=4",
-        "train.epochs=3", "train.eval_every=3", "quant.enabled=false",
+        "train.epochs=3", "train.eval_every=3", "quant.enabled=false", "train.device=cpu",
     ]  # fmt: skip
     recipe = load_recipe(REPO / "recipes" / "smoke.yaml", overrides)
     losses: list[float] = []
@@ -201,3 +203,8 @@ def test_checkpoints_from_before_the_atrous_fix_keep_their_dilation(reference_ru
     again = load_checkpoint(tmp_path / "again.pt")
     assert again["arch"]["atrous"] == "legacy"
     assert model_from_checkpoint(again).encoder.features[14].depthwise.dilation == (2, 2)
+
+
+def test_deterministic_mode_ends_with_the_run(reference_run: tuple[Path, dict[str, Any]]) -> None:
+    """torch's deterministic switch is process-wide: a deterministic run must not leave it on."""
+    assert not torch.are_deterministic_algorithms_enabled()
