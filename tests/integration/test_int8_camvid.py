@@ -5,7 +5,7 @@ Two models, both calibrated on images of calib/camvid_train_300.txt:
   images at half resolution (192x256; val mIoU ~35), or the checkpoint in EDGESEG_CAMVID_CKPT:
   onnxruntime's INT8 kernels and PyTorch's simulation pick the same class wherever the float
   logits are not within 0.25 of a tie (measured 99.998%), and on >= 98.5% of all pixels
-  (measured 99.13%; 99.51% after 240 iterations, mIoU 41.5; 99.55% for the 30-epoch QAT model at
+  (measured 99.13-99.19%; 99.49-99.51% after 240 iterations, mIoU 41.5; 99.55% for the 30-epoch QAT model at
   360x480, which EDGESEG_CAMVID_CKPT checks against the 99.5% target);
 - the ImageNet backbone with a random head (no training), at 360x480: the exported graph
   reproduces the simulated INT8 tensors bit for bit where rounding is not chaotic (the input
@@ -52,7 +52,7 @@ WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet.pth"
 TRAINED = os.environ.get("EDGESEG_CAMVID_CKPT")
 TRAIN_ITERS = 80
 SIZE = (360, 480)  # the random-head graph check
-TRAINED_SIZE = (192, 256)  # the in-test model trains and is checked at half resolution
+TRAINED_SIZE = [192, 256]  # the in-test model trains and is checked at half resolution
 NEAR_TIE = 0.25  # logits: below this top-2 margin, two float implementations may pick either class
 
 pytestmark = [
@@ -113,9 +113,9 @@ def trained_fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
     overrides = [
         f"data.root={CAMVID}",
         f"model.backbone_weights={WEIGHTS}",
-        "data.crop_size=[192,256]",
+        f"data.crop_size={TRAINED_SIZE}",
         "data.scale_range=[0.53,0.6]",
-        "data.eval_size=[192,256]",
+        f"data.eval_size={TRAINED_SIZE}",
         f"train.max_iters={TRAIN_ITERS}",
         "train.epochs=100",
         "train.eval_every=1000",
@@ -131,13 +131,15 @@ def test_int8_onnxruntime_agrees_with_torch_on_camvid_val(tmp_path: Path, traine
     ckpt = load_checkpoint(trained_fp32)
     if ckpt.get("quant"):
         pytest.skip(f"{trained_fp32} is quantized; point EDGESEG_CAMVID_CKPT at an FP32 checkpoint")
-    size = TRAINED_SIZE if TRAINED is None else SIZE
+    recipe = ckpt["recipe"]  # checked at the size it was evaluated at (the in-test model: TRAINED_SIZE)
+    size: tuple[int, int] = tuple(recipe["data"].get("eval_size") or recipe.get("export", {}).get("input_size") or SIZE)
     q = calibrated(model_from_checkpoint(ckpt), "percentile", size=size)
     report = export_onnx(q, tmp_path / "int8.onnx", input_size=size, meta={"precision": "int8"})
     assert report["qdq_problems"] == [] and check_qdq(onnx.load(str(tmp_path / "int8.onnx"))) == []
     same, margin = compare(q, session(tmp_path / "int8.onnx"), val_images(16, size))
     decided = margin >= NEAR_TIE
     summary = f"agreement {same.mean():.4%}; {same[decided].mean():.4%} where the margin is >= {NEAR_TIE} ({decided.mean():.1%} of pixels)"
+    print(summary)
     assert ckpt["miou"] > 20, f"val mIoU {ckpt['miou']:.1f}: the model did not learn"  # measured ~35
     assert same[decided].mean() >= 0.9995, summary
     assert same.mean() >= (0.995 if TRAINED else 0.985), summary
