@@ -37,7 +37,7 @@ KNOWN_CLASSES = {"camvid": C.CAMVID, "voc": C.VOC, "cityscapes": C.CITYSCAPES, "
 @dataclass
 class Variant:
     name: str
-    bf16: bool
+    amp: bool  # autocast, in the dtype `edgeseg train` uses on the device
     channels_last: bool
 
 
@@ -76,7 +76,7 @@ class Runner:
 
     def step(self, timed: bool) -> None:
         start = time.perf_counter()
-        with autocast(self.device, self.variant.bf16):
+        with autocast(self.device, self.variant.amp):
             out = self.model(self.x)
         loss = _loss(out, self.y, self.recipe.train.aux_weight, None)
         self.opt.zero_grad(set_to_none=True)

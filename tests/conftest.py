@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,3 +30,17 @@ def backbone_weights() -> Path:
     if not BACKBONE.is_file():
         pytest.skip(f"ImageNet MobileNetV2 weights not found at {BACKBONE}")
     return BACKBONE
+
+
+@pytest.fixture
+def interrupt_at() -> Callable[[int], Callable[..., None]]:
+    """interrupt_at(step): a training progress callback that presses CTRL-C (SIGINT) right after `step`."""
+
+    def make(step: int) -> Callable[..., None]:
+        def callback(event: str, **info: Any) -> None:
+            if event == "step" and info["it"] == step:
+                os.kill(os.getpid(), signal.SIGINT)
+
+        return callback
+
+    return make

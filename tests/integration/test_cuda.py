@@ -9,8 +9,6 @@ ONNX that onnxruntime runs like the CUDA-trained model. Run on the device with
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeseg.config import recipe_from_dict
+from edgeseg.config import Recipe, load_recipe
 from edgeseg.data.dataset import eval_dataset
 from edgeseg.export.onnx import export_onnx
 from edgeseg.quant import fake_quant_channel, fake_quant_tensor
@@ -32,20 +30,18 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (torch.cuda.is_available() is False)"),
 ]
 
-# Synthetic scenes at 96x96, a 0.35-wide model: FP32 then QAT, a few hundred steps in all.
-RECIPE: dict[str, Any] = {
-    "name": "cuda",
-    "data": {"synthetic_num_train": 96, "synthetic_num_val": 16, "synthetic_size": [96, 96], "crop_size": [96, 96], "scale_range": [0.75, 1.25]},
-    "model": {"width_mult": 0.35, "output_stride": 16},
-    "train": {"epochs": 8, "batch_size": 8, "lr": 0.05, "warmup_iters": 10, "eval_every": 4, "amp": True, "log_every": 5},
-    "quant": {"enabled": True, "epochs": 2, "lr": 0.005, "calib_num_images": 32},
-}  # fmt: skip
+REPO = Path(__file__).resolve().parents[2]
+
+
+def smoke(*overrides: str) -> Recipe:
+    """recipes/smoke.yaml: synthetic scenes at 96x96, a 0.35-wide model, FP32 then QAT."""
+    return load_recipe(REPO / "recipes" / "smoke.yaml", list(overrides))
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     out = tmp_path_factory.mktemp("cuda_run")
-    return out, fit(recipe_from_dict(RECIPE), out)
+    return out, fit(smoke(), out)
 
 
 def test_fake_quant_on_cuda_equals_the_cpu() -> None:
@@ -72,7 +68,7 @@ def test_training_on_cuda_learns_and_writes_cpu_loadable_checkpoints(run: tuple[
     # The QAT model, re-evaluated on the CPU in FP32 simulation, scores what CUDA measured.
     best = load_checkpoint(out / "best.pt")
     model = model_from_checkpoint(best).eval()
-    cpu = evaluate(model, eval_dataset(recipe_from_dict(RECIPE)), device="cpu", amp=False)
+    cpu = evaluate(model, eval_dataset(smoke()), device="cpu", amp=False)
     assert abs(cpu["miou"] - best["miou"]) < 2.0, (cpu["miou"], best["miou"])
 
 
@@ -85,7 +81,7 @@ def test_cuda_trained_qat_model_exports_to_int8_onnx_that_matches_cuda(tmp_path:
     onnx_path = tmp_path / "model.onnx"
     export_onnx(model, onnx_path, input_size=(96, 96), meta={"precision": "int8"})
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    val = eval_dataset(recipe_from_dict(RECIPE))
+    val = eval_dataset(smoke())
     cuda_model = model.cuda()
     agree = total = 0
     for i in range(len(val)):
@@ -98,25 +94,15 @@ def test_cuda_trained_qat_model_exports_to_int8_onnx_that_matches_cuda(tmp_path:
     assert agree / total >= 0.99, agree / total
 
 
-def test_fp16_loss_scaling_path_trains_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fp16_loss_scaling_path_trains_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interrupt_at) -> None:  # noqa: ANN001
     """GPUs without bf16 (Volta, Turing) train in fp16 with a GradScaler; forced here."""
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
     assert amp_dtype(torch.device("cuda")) == torch.float16
-    recipe = {**RECIPE, "train": {**RECIPE["train"], "epochs": 2, "eval_every": 1}, "quant": {"enabled": False}}
+    recipe = smoke("train.epochs=2", "train.eval_every=1", "quant.enabled=false")
     with pytest.raises(Interrupted):
-        fit(recipe_from_dict(recipe), tmp_path, callback=_interrupt_at(5))
+        fit(recipe, tmp_path, callback=interrupt_at(5))
     last = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=False)
     assert last["iteration"] == 5 and last["grad_scaler"]["scale"] > 0  # --resume continues with this scale
-    results = fit(recipe_from_dict(recipe), tmp_path, resume=True)
+    results = fit(recipe, tmp_path, resume=True)
     assert results["fp32"]["iters"] == 2 * 96 // 8
     assert results["fp32"]["best_miou"] > 20, results  # learning, not diverged (chance ~17)
-
-
-def _interrupt_at(step: int):  # noqa: ANN202
-    """A progress callback that presses CTRL-C (SIGINT) right after training step `step`."""
-
-    def callback(event: str, **info: Any) -> None:
-        if event == "step" and info["it"] == step:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    return callback

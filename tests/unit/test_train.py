@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +39,6 @@ def _state(run: Path) -> dict[str, Any]:
     return torch.load(run / "last.pt", map_location="cpu", weights_only=False)
 
 
-def _interrupt_at(step: int):  # noqa: ANN202
-    """A progress callback that presses CTRL-C (SIGINT) right after training step `step`."""
-
-    def callback(event: str, **info: Any) -> None:
-        if event == "step" and info["it"] == step:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    return callback
-
-
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     out = tmp_path_factory.mktemp("uninterrupted")
@@ -77,11 +65,11 @@ def test_run_writes_checkpoints_and_metrics(reference_run: tuple[Path, dict[str,
 
 
 @pytest.mark.parametrize("stop_at", [2, 3], ids=["epoch_end", "mid_epoch"])
-def test_resume_is_bit_exact(reference_run: tuple[Path, dict[str, Any]], tmp_path: Path, stop_at: int) -> None:
+def test_resume_is_bit_exact(reference_run: tuple[Path, dict[str, Any]], tmp_path: Path, stop_at: int, interrupt_at) -> None:  # noqa: ANN001
     ref_dir, _ = reference_run
     recipe = recipe_from_dict(TINY)
     with pytest.raises(Interrupted, match=rf"step {stop_at}/6.*--resume"):
-        fit(recipe, tmp_path, callback=_interrupt_at(stop_at))
+        fit(recipe, tmp_path, callback=interrupt_at(stop_at))
     assert _state(tmp_path)["iteration"] == stop_at
     fit(recipe, tmp_path, resume=True)
     ref, got = _state(ref_dir), _state(tmp_path)
