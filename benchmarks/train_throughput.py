@@ -28,7 +28,8 @@ from edgeseg.data import classes as C
 from edgeseg.models import build_model
 from edgeseg.models.info import parse_size
 from edgeseg.train.evaluate import amp_dtype, autocast
-from edgeseg.train.loop import _freeze_bn, _loss
+from edgeseg.train.loop import freeze_backbone_bn
+from edgeseg.train.losses import build_loss, total_loss
 
 REPO = Path(__file__).resolve().parents[1]
 KNOWN_CLASSES = {"camvid": C.CAMVID, "voc": C.VOC, "cityscapes": C.CITYSCAPES, "synthetic": C.SYNTHETIC}
@@ -68,7 +69,7 @@ class Runner:
         self.device = x.device
         self.model = copy.deepcopy(model).to(x.device, memory_format=fmt).train()
         if recipe.model.freeze_backbone_bn:
-            _freeze_bn(self.model)
+            freeze_backbone_bn(self.model)
         self.x, self.y = x.contiguous(memory_format=fmt), y
         t = recipe.train
         self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-4, momentum=t.momentum, weight_decay=t.weight_decay)
@@ -78,7 +79,7 @@ class Runner:
         start = time.perf_counter()
         with autocast(self.device, self.variant.amp):
             out = self.model(self.x)
-        loss = _loss(out, self.y, self.recipe.train.aux_weight, None)
+        loss = total_loss(build_loss(self.recipe.train), out, self.y, self.recipe.train.aux_weight)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()

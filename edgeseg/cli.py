@@ -15,12 +15,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from edgeseg.errors import EdgesegError, Interrupted
+from edgeseg.errors import EdgesegError, Interrupted, Terminated
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Segmentation from training to a fast INT8 model on an edge device.")
 console = Console(stderr=True)
 out_console = Console()
-STATE = {"verbose": False}
+STATE: dict[str, bool] = {"verbose": False, "terminated": False}
 
 
 @app.callback()
@@ -416,11 +416,17 @@ def check(
         raise typer.Exit(1)
 
 
-def _interrupted() -> None:
+def _interrupted(signum: int = 2) -> None:
     # Every file is written to a temporary name and renamed when complete, so stopping here
     # leaves the previous files (or none), never half a file.
-    console.print("[red]interrupted[/red] (CTRL-C): stopped; no file was left half-written", highlight=False, soft_wrap=True)
-    sys.exit(130)
+    what = "SIGTERM" if signum == 15 else "CTRL-C"
+    console.print(f"[red]interrupted[/red] ({what}): stopped; no file was left half-written", highlight=False, soft_wrap=True)
+    sys.exit(128 + signum)
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    STATE["terminated"] = True  # Typer reports any KeyboardInterrupt as Exit(130): remember which
+    raise Terminated()
 
 
 def main() -> None:
@@ -431,17 +437,20 @@ def main() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _on_sigterm)  # SIGTERM stops as cleanly as CTRL-C (exit 143)
     try:
         code = app(standalone_mode=False)  # returns typer.Exit codes instead of raising
         if code == 130:  # Typer turns CTRL-C (KeyboardInterrupt) into Exit(130), silently
-            _interrupted()
+            _interrupted(15 if STATE.get("terminated") else 2)
         if isinstance(code, int) and code:
             sys.exit(code)
     except EdgesegError as exc:
         if STATE["verbose"]:
             console.print_exception()
         console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(130 if isinstance(exc, Interrupted) else 2)
+        sys.exit(128 + exc.signum if isinstance(exc, Interrupted) else 2)
+    except Terminated:
+        _interrupted(15)
     except KeyboardInterrupt:
         _interrupted()
     except typer.Exit as exc:

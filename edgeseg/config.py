@@ -22,6 +22,8 @@ from edgeseg.errors import ConfigError, did_you_mean
 
 OUTPUT_STRIDES = (8, 16, 32)
 CALIB_METHODS = ("max", "percentile", "entropy", "mse")
+BASE_LOSSES = ("ce", "ohem", "balanced", "lovasz")
+LOSSES = BASE_LOSSES + tuple(f"{b}+lovasz" for b in BASE_LOSSES if b != "lovasz")
 
 
 @dataclass
@@ -29,6 +31,7 @@ class DataConfig:
     format: str = "synthetic"
     root: str | None = None
     train_split: str = "train"
+    train_splits: list[str] | None = None  # several splits trained as one, e.g. [train, val]
     val_split: str = "val"
     crop_size: list[int] = field(default_factory=lambda: [128, 128])
     eval_size: list[int] | None = None
@@ -67,7 +70,13 @@ class TrainConfig:
     amp: bool = True
     channels_last: bool = True
     aux_weight: float = 0.4
-    class_weights: str | None = None
+    loss: str = "ce"  # see edgeseg.train.losses.LOSSES
+    ohem_thresh: float = 0.7
+    ohem_min_kept: int = 100_000  # pixels per batch
+    lovasz_weight: float = 1.0  # for <base>+lovasz
+    class_weight_power: float = 1.0  # balanced: (median / f_c) ** power; 0.5 is softer
+    class_weight_max: float = 0.0  # balanced: clip weights above this (0: no clip)
+    ema: float = 0.0  # decay of the weights' exponential moving average (0: off), e.g. 0.999
     eval_every: int = 1
     seed: int = 0
     deterministic: bool = False
@@ -210,6 +219,27 @@ def _validate(r: Recipe) -> None:
         raise bad("quant.percentile", r.quant.percentile, "use a value in (50, 100]")
     if r.quant.lr <= 0:
         raise bad("quant.lr", r.quant.lr, "must be positive")
+    _validate_loss(r, bad)
+    if r.data.train_splits is not None and (not r.data.train_splits or len(set(r.data.train_splits)) != len(r.data.train_splits)):
+        raise bad("data.train_splits", r.data.train_splits, "give a non-empty list of distinct split names, e.g. [train, val]")
+
+
+def _validate_loss(r: Recipe, bad: Any) -> None:
+    t = r.train
+    if t.loss not in LOSSES:
+        raise bad("train.loss", t.loss, f"use one of {', '.join(LOSSES)}{did_you_mean(t.loss, LOSSES)}")
+    if not 0.0 < t.ohem_thresh <= 1.0:
+        raise bad("train.ohem_thresh", t.ohem_thresh, "use a probability in (0, 1], e.g. 0.7")
+    if t.ohem_min_kept < 0:
+        raise bad("train.ohem_min_kept", t.ohem_min_kept, "use a pixel count >= 0, e.g. 100000")
+    if not 0.0 <= t.lovasz_weight <= 100.0:
+        raise bad("train.lovasz_weight", t.lovasz_weight, "use a weight in [0, 100]")
+    if not 0.0 <= t.class_weight_power <= 2.0:
+        raise bad("train.class_weight_power", t.class_weight_power, "use a value in [0, 2] (1: median frequency, 0.5: its square root)")
+    if not 0.0 <= t.class_weight_max <= 1000.0:
+        raise bad("train.class_weight_max", t.class_weight_max, "use 0 (no clip) or a maximum weight up to 1000")
+    if not 0.0 <= t.ema < 1.0:
+        raise bad("train.ema", t.ema, "use 0 (off) or a decay in (0, 1), e.g. 0.999")
 
 
 def _set_dotted(raw: dict[str, Any], override: str) -> None:

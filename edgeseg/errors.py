@@ -31,7 +31,18 @@ class TargetError(EdgesegError):
 
 
 class Interrupted(EdgesegError):
-    """CTRL-C: the command stopped cleanly (training saved last.pt); the CLI exits with 130."""
+    """CTRL-C or SIGTERM: the command stopped cleanly (training saved last.pt).
+
+    The CLI exits with 128 + the signal's number: 130 for SIGINT, 143 for SIGTERM.
+    """
+
+    def __init__(self, message: str, signum: int = 2) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM, so every CTRL-C clean-up path runs for it too."""
 
 
 class NumericalError(EdgesegError):

@@ -14,7 +14,7 @@ from torchvision.transforms.v2 import functional as TF
 from edgeseg.config import Recipe
 from edgeseg.data.classes import IGNORE_INDEX
 from edgeseg.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from edgeseg.data.sources import Source, open_source
+from edgeseg.data.sources import ConcatSource, Source, open_source
 
 # Pad images with the mean pixel, so padding is zero after normalisation.
 _MEAN_PIXEL = [round(m * 255) for m in IMAGENET_MEAN]
@@ -92,7 +92,19 @@ def open_split(recipe: Recipe, split: str, root: str | None = None, fmt: str | N
 def train_dataset(recipe: Recipe) -> SegDataset:
     d = recipe.data
     tf = TrainTransform(tuple(d.crop_size), tuple(d.scale_range), d.hflip, d.color_jitter)  # type: ignore[arg-type]
-    return SegDataset(open_split(recipe, d.train_split), tf)
+    splits = train_splits(recipe)
+    parts = [open_split(recipe, s) for s in splits]
+    return SegDataset(parts[0] if len(parts) == 1 else ConcatSource(parts), tf)
+
+
+def train_splits(recipe: Recipe) -> list[str]:
+    """The splits a recipe trains on: data.train_splits, else [data.train_split]."""
+    return list(recipe.data.train_splits or [recipe.data.train_split])
+
+
+def val_is_held_out(recipe: Recipe) -> bool:
+    """False when the recipe trains on its own validation split (its val score is then not honest)."""
+    return recipe.data.val_split not in train_splits(recipe)
 
 
 def eval_dataset(recipe: Recipe, split: str | None = None, root: str | None = None, fmt: str | None = None) -> SegDataset:

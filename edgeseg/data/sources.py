@@ -131,6 +131,33 @@ def cityscapes(root: Path, split: str) -> FileSource:
     return FileSource(pairs, C.CITYSCAPES, lut, valid, f"Cityscapes split '{split}' in {root}")
 
 
+class ConcatSource:
+    """Several splits of one data set read as one (e.g. train + val for a final model)."""
+
+    def __init__(self, parts: list[Source]) -> None:
+        self.parts = parts
+        self.classes = parts[0].classes
+        for part in parts[1:]:
+            if part.classes.names != self.classes.names:
+                raise DataError("the splits in data.train_splits have different classes; use splits of one data set")
+        self.offsets = np.cumsum([0] + [len(p) for p in parts])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def _locate(self, i: int) -> tuple[Source, int]:
+        k = int(np.searchsorted(self.offsets, i, side="right")) - 1
+        return self.parts[k], i - int(self.offsets[k])
+
+    def name(self, i: int) -> str:
+        part, j = self._locate(i)
+        return part.name(j)
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        part, j = self._locate(i)
+        return part.load(j)
+
+
 def open_source(fmt: str, root: str | Path | None, split: str, synthetic: dict | None = None) -> Source:
     """Open one split of a data set.
 

@@ -13,12 +13,13 @@ import torch
 import torch.distributed as dist
 
 from edgeseg.config import Recipe
-from edgeseg.data.dataset import eval_dataset, train_dataset
+from edgeseg.data.dataset import eval_dataset, train_dataset, val_is_held_out
 from edgeseg.errors import CheckpointError, ConfigError
 from edgeseg.fsutil import check_writable, copy_file, write_json
 from edgeseg.models import build_model
-from edgeseg.train.checkpoint import apply_atrous_rule, check_compatible, load_checkpoint, model_from_checkpoint
+from edgeseg.train.checkpoint import apply_atrous_rule, check_compatible, load_checkpoint, model_from_checkpoint, read_payload
 from edgeseg.train.loop import Callback, Stage, Trainer
+from edgeseg.train.losses import class_weights_for
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,13 @@ def _fit(
         raise CheckpointError(
             f"recipe num_classes={recipe.num_classes} but the data has {train_set.classes.num_classes} classes; fix num_classes"
         )
-    trainer = Trainer(recipe, out, train_set, val_set, device, callback)
+    trainer = Trainer(recipe, out, train_set, val_set, device, callback, class_weights_for(recipe.train, train_set.source))
+    if not val_is_held_out(recipe):
+        log.warning(
+            "data.train_splits includes the val split '%s': the model trains on it, so its val mIoU is not an honest figure "
+            "and the final weights (not the best on val) are kept",
+            recipe.data.val_split,
+        )
     do_qat = recipe.quant.enabled if qat is None else qat
     results: dict[str, Any] = {}
     last = load_checkpoint(out / "last.pt") if resume and (out / "last.pt").exists() else None
@@ -145,7 +152,8 @@ def _fit(
     final = "qat.pt" if do_qat else "fp32.pt"
     if trainer.rank == 0:
         copy_file(out / final, out / "best.pt")
-        write_json(out / "summary.json", {"recipe": recipe.name, "best": final, **results})
+        honest = val_is_held_out(recipe)
+        write_json(out / "summary.json", {"recipe": recipe.name, "best": final, "val_held_out": honest, **results})
     if dist.is_initialized():
         dist.barrier()
     return results
@@ -153,7 +161,7 @@ def _fit(
 
 def _finish_stage(out: Path, name: str) -> None:
     """Mark last.pt as the end of a stage, so --resume goes on to the next stage."""
-    ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+    ckpt = read_payload(out / "last.pt")
     ckpt["stage_done"] = name
     import io
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +59,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist; pass a .pt written by 'edgeseg train' or 'calibrate'")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-        raise CheckpointError(f"'{path}' is not a readable checkpoint ({type(exc).__name__}); pass a .pt written by edgeseg") from None
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint '{path}' is empty (0 bytes); it was not written completely: pass another .pt or retrain")
+    ckpt = read_payload(path)
     if not isinstance(ckpt, dict) or "format_version" not in ckpt or "arch" not in ckpt:
         raise CheckpointError(f"'{path}' is not an edgeseg checkpoint (no format_version/arch); pass a .pt written by 'edgeseg train'")
     if ckpt["format_version"] > FORMAT_VERSION:
@@ -69,8 +69,39 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"'{path}' was written by edgeseg {ckpt.get('edgeseg_version')} (format {ckpt['format_version']}); "
             f"this is edgeseg {__version__} (format {FORMAT_VERSION}): upgrade edgeseg"
         )
+    check_finite(ckpt, path)
     ckpt["path"] = str(path)
     return ckpt
+
+
+def read_payload(path: Path) -> Any:
+    """torch.load with weights_only=True: tensors and plain data only, never code.
+
+    A checkpoint is untrusted input (users download them). An edgeseg checkpoint holds only
+    tensors, numbers, strings, lists and dicts, so the restricted unpickler reads all of it, and
+    a file that needs anything else (a crafted `__reduce__`, a pickled class) is refused.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "GLOBAL" not in str(exc):  # not a refused object: the bytes are not a checkpoint at all
+            raise CheckpointError(f"'{path}' is not a readable checkpoint (UnpicklingError); pass a .pt written by edgeseg") from None
+        raise CheckpointError(
+            f"'{path}' holds Python objects other than tensors and plain data; edgeseg refuses to unpickle them "
+            "(they could run code): pass a checkpoint written by edgeseg"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+        raise CheckpointError(f"'{path}' is not a readable checkpoint ({type(exc).__name__}); pass a .pt written by edgeseg") from None
+
+
+def check_finite(ckpt: dict[str, Any], path: Path) -> None:
+    """Refuse a checkpoint whose weights or buffers hold NaN or inf (every reader, not only export)."""
+    state = ckpt.get("model")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"'{path}' has no model state dict; pass a .pt written by 'edgeseg train'")
+    for name, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"'{path}': weight '{name}' holds NaN or inf; the checkpoint is broken: retrain or use an earlier one")
 
 
 def checkpoint_recipe(ckpt: dict[str, Any]) -> Recipe:

@@ -24,14 +24,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn import functional as F
 from torch.utils.data import DataLoader, Sampler
 
 from edgeseg.config import Recipe
+from edgeseg.data.dataset import val_is_held_out
 from edgeseg.errors import EdgesegError, Interrupted, NumericalError
 from edgeseg.fsutil import append_text
 from edgeseg.train.checkpoint import save_checkpoint
+from edgeseg.train.ema import WeightEMA
 from edgeseg.train.evaluate import amp_dtype, autocast, evaluate, recalibrate_bn
+from edgeseg.train.losses import build_loss, total_loss
 
 log = logging.getLogger(__name__)
 Callback = Callable[..., None]
@@ -86,6 +88,31 @@ class SeededDataset(torch.utils.data.Dataset):
 
 
 @dataclass
+class _RunState:
+    """What one stage's loop carries from step to step."""
+
+    stage: Stage
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sampler: SeededSampler
+    ipe: int
+    total: int
+    ddp: nn.Module  # the model as called in training (DistributedDataParallel across processes)
+    buffers: _Buffers
+    ema: WeightEMA | None = None
+    resumed: bool = False
+    start_it: int = 0
+    it: int = 0
+    best: float = -1.0
+    last_miou: float = float("nan")
+
+    @property
+    def final_model(self) -> nn.Module:
+        """The model the stage evaluates and saves: the EMA average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+@dataclass
 class Stage:
     """One training stage (fp32 or qat) and what it writes."""
 
@@ -118,16 +145,8 @@ def poly_lr(base: float, it: int, total: int, warmup: int, power: float) -> floa
     return base * (1 - min(frac, 1.0)) ** power
 
 
-def _loss(out: Any, target: torch.Tensor, aux_weight: float, weight: torch.Tensor | None) -> torch.Tensor:
-    if isinstance(out, tuple):
-        main, aux = out
-        return F.cross_entropy(main.float(), target, weight, ignore_index=255) + aux_weight * F.cross_entropy(
-            aux.float(), target, weight, ignore_index=255
-        )
-    return F.cross_entropy(out.float(), target, weight, ignore_index=255)
-
-
-def _freeze_bn(model: nn.Module) -> None:
+def freeze_backbone_bn(model: nn.Module) -> None:
+    """Put the encoder's BatchNorm layers in eval mode (running statistics and affine kept)."""
     base = getattr(model, "float_model", model)
     for m in base.encoder.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -137,7 +156,16 @@ def _freeze_bn(model: nn.Module) -> None:
 class Trainer:
     """Runs stages of one recipe into one run folder; rank 0 writes all files."""
 
-    def __init__(self, recipe: Recipe, out_dir: Path, train_set, val_set, device: torch.device, callback: Callback | None = None) -> None:  # noqa: ANN001
+    def __init__(  # noqa: PLR0913
+        self,
+        recipe: Recipe,
+        out_dir: Path,
+        train_set,  # noqa: ANN001
+        val_set,  # noqa: ANN001
+        device: torch.device,
+        callback: Callback | None = None,
+        class_weights: torch.Tensor | None = None,
+    ) -> None:
         self.recipe, self.out, self.device = recipe, Path(out_dir), device
         self.scaler = torch.amp.GradScaler(device.type, enabled=False)  # set per stage in run()
         self.train_set, self.val_set = train_set, val_set
@@ -146,6 +174,9 @@ class Trainer:
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self._stop = False
+        self.stop_signal = 0
+        self.loss_fn = build_loss(recipe.train, class_weights)
+        self.pick_best = val_is_held_out(recipe)
 
     def _emit(self, event: str, **info: Any) -> None:
         if self.rank == 0:
@@ -197,110 +228,156 @@ class Trainer:
 
     def run(self, stage: Stage, resume: dict[str, Any] | None = None) -> dict[str, Any]:
         """Train one stage; returns {'best_miou', 'last_miou', 'iters'}. Resumes from a last.pt dict."""
+        st = self._prepare(stage, resume)
+        self._open_tb()
+        self._emit("start", stage=stage.name, total=st.total, done=st.start_it, epochs=math.ceil(st.total / st.ipe))
+        handlers = self._catch_signals()
+        try:
+            while st.it < st.total:
+                self._epoch(st)
+        finally:
+            for sig, old in handlers.items():
+                signal.signal(sig, old)
+            if self._tb is not None:
+                self._tb.close()
+        digests = self._agree_on_weights(st.model)
+        self._emit("end", stage=stage.name, best=st.best)
+        return {
+            "best_miou": st.best,
+            "last_miou": st.last_miou,
+            "iters": st.it,
+            "weights_sha256": digests[0],
+            "rank_weights_sha256": digests,
+            "val_held_out": self.pick_best,
+            **({"ema": st.ema.decay} if st.ema is not None else {}),
+        }
+
+    def _prepare(self, stage: Stage, resume: dict[str, Any] | None) -> _RunState:
+        """Model on its device, optimizer, sampler, loss scaler and EMA, restored from `resume`."""
         t, model = self.recipe.train, stage.model.to(self.device)
         if t.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        groups = _param_groups(model, self.recipe, stage.lr)
-        opt = torch.optim.SGD(groups, lr=stage.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        opt = torch.optim.SGD(_param_groups(model, self.recipe, stage.lr), lr=stage.lr, momentum=t.momentum, weight_decay=t.weight_decay)
         sampler = SeededSampler(len(self.train_set), t.batch_size, t.seed + (1000 if stage.name == "qat" else 0), self.rank, self.world)
         ipe = sampler.num_batches
         total = stage.epochs * ipe if stage.max_iters is None else min(stage.epochs * ipe, stage.max_iters)
-        epochs = math.ceil(total / ipe)
-        start_it, best, last_miou = 0, -1.0, float("nan")
         # Loss scaling only for fp16 autocast (GPUs without bf16): bf16 gradients cannot underflow.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp and amp_dtype(self.device) == torch.float16)
+        # EMA in the float stage only: QAT fine-tunes the averaged weights for a few epochs.
+        ema = WeightEMA(model, t.ema) if t.ema > 0 and stage.name == "fp32" else None
+        st = _RunState(stage, model, opt, sampler, ipe, total, model, _Buffers(model), ema=ema, resumed=resume is not None)
         if resume is not None:
             opt.load_state_dict(resume["optimizer"])
-            start_it, best = resume["iteration"], resume.get("best_miou", -1.0)
+            st.start_it = st.it = resume["iteration"]
+            st.best = resume.get("best_miou", -1.0)
             if resume.get("grad_scaler") and self.scaler.is_enabled():
                 self.scaler.load_state_dict(resume["grad_scaler"])
+            if ema is not None and resume.get("ema"):
+                ema.load_state_dict(resume["ema"])
         if self.world > 1 and self.device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN statistics over all GPUs
-        ddp = nn.parallel.DistributedDataParallel(model) if self.world > 1 else model
-        buffers = _Buffers(model)
-        self._open_tb()
-        self._emit("start", stage=stage.name, total=total, done=start_it, epochs=epochs)
-        old_handler = signal.signal(signal.SIGINT, self._on_sigint) if self.rank == 0 else None
-        it = start_it
-        try:
-            while it < total:
-                epoch, skip = divmod(it, ipe)
-                sampler.set_epoch(epoch, skip)
-                if stage.on_epoch_start:
-                    stage.on_epoch_start(epoch)
-                ddp.train()
-                if self.recipe.model.freeze_backbone_bn:
-                    _freeze_bn(model)
-                tick = time.perf_counter()
-                for x, y in self._loader(sampler):
-                    lr = poly_lr(stage.lr, it, total, t.warmup_iters if stage.name == "fp32" else 0, t.poly_power)
-                    for g in opt.param_groups:
-                        g["lr"] = lr * g["lr_mult"]
-                    torch.manual_seed(_mix(t.seed, it, 7))  # dropout of this iteration
-                    x = x.to(self.device, memory_format=torch.channels_last if t.channels_last else torch.contiguous_format)
-                    y = y.to(self.device)
-                    buffers.save()
-                    with autocast(self.device, t.amp):
-                        out = ddp(x)
-                    loss = _loss(out, y, t.aux_weight, None)
-                    opt.zero_grad(set_to_none=True)
-                    self.scaler.scale(loss).backward()
-                    # Checked after backward, before the update: the weights stay those of the last
-                    # good step, and data-parallel ranks (whose gradients are averaged) stop together.
-                    # With fp16 loss scaling, overflowing gradients are expected while the scale
-                    # settles: the scaler skips those steps, so only the loss is checked.
-                    bad = _non_finite(loss, None if self.scaler.is_enabled() else model)
-                    if bad:
-                        buffers.restore()  # the forward of this step already moved BN statistics
-                        kept = self._keep_last_good(stage, model, opt, it, best, start_it, resume is not None)
-                        raise NumericalError(f"{bad} at {stage.name} step {it}; lower train.lr or check the data ({kept})")
-                    self.scaler.step(opt)
-                    self.scaler.update()
-                    it += 1
-                    now = time.perf_counter()
-                    img_s = x.shape[0] * self.world / max(now - tick, 1e-9)
-                    tick = now
-                    self._emit("step", stage=stage.name, it=it, total=total, loss=loss.item(), lr=lr, img_s=img_s)
-                    if it % t.log_every == 0 or it == total:
-                        self._log_row(
-                            {
-                                "stage": stage.name,
-                                "epoch": epoch,
-                                "iter": it,
-                                "loss": round(loss.item(), 5),
-                                "lr": lr,
-                                "img_per_s": round(img_s, 2),
-                                "time": round(time.time(), 1),
-                            }
-                        )
-                    if self._stop or it >= total:
-                        break
-                    if t.ckpt_every and it % t.ckpt_every == 0 and it % ipe:
-                        self._save(stage, model, opt, it, best, "last.pt")
-                if self._stop:
-                    self._save(stage, model, opt, it, best, "last.pt")
-                    raise Interrupted(f"interrupted at {stage.name} step {it}/{total}; saved {self.out / 'last.pt'}: resume with --resume")
-                epoch_done = it % ipe == 0 or it >= total
-                if epoch_done and ((epoch + 1) % t.eval_every == 0 or it >= total):
-                    last_miou = self._evaluate(model) if self.rank == 0 else 0.0
-                    self._emit("eval", stage=stage.name, it=it, miou=last_miou)
-                    self._log_row(
-                        {"stage": stage.name, "epoch": epoch, "iter": it, "val_miou": round(last_miou, 3), "time": round(time.time(), 1)}
-                    )
-                    if last_miou > best:
-                        best = last_miou
-                        self._save(stage, model, opt, it, best, f"{stage.name}.pt", miou=last_miou)
-                self._save(stage, model, opt, it, best, "last.pt")
-                if self.world > 1:
-                    dist.barrier()
-        finally:
-            if old_handler is not None:
-                signal.signal(signal.SIGINT, old_handler)
-            if self._tb is not None:
-                self._tb.close()
-        digests = self._agree_on_weights(model)
-        self._emit("end", stage=stage.name, best=best)
-        return {"best_miou": best, "last_miou": last_miou, "iters": it, "weights_sha256": digests[0], "rank_weights_sha256": digests}
+            # BN statistics over all GPUs; the SyncBatchNorm layers share the BN tensors in place.
+            st.model = model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if self.world > 1:
+            st.ddp = nn.parallel.DistributedDataParallel(model)
+        return st
+
+    def _epoch(self, st: _RunState) -> None:
+        """Train from st.it to the end of its epoch (or the stage), then evaluate and save."""
+        t = self.recipe.train
+        epoch, skip = divmod(st.it, st.ipe)
+        st.sampler.set_epoch(epoch, skip)
+        if st.stage.on_epoch_start:
+            st.stage.on_epoch_start(epoch)
+        st.ddp.train()
+        if self.recipe.model.freeze_backbone_bn:
+            freeze_backbone_bn(st.model)
+        tick = time.perf_counter()
+        for x, y in self._loader(st.sampler):
+            loss, lr = self._step(st, x, y)
+            now = time.perf_counter()
+            img_s = x.shape[0] * self.world / max(now - tick, 1e-9)
+            tick = now
+            self._emit("step", stage=st.stage.name, it=st.it, total=st.total, loss=loss, lr=lr, img_s=img_s)
+            if st.it % t.log_every == 0 or st.it == st.total:
+                row = {
+                    "stage": st.stage.name,
+                    "epoch": epoch,
+                    "iter": st.it,
+                    "loss": round(loss, 5),
+                    "lr": lr,
+                    "img_per_s": round(img_s, 2),
+                }
+                self._log_row({**row, "time": round(time.time(), 1)})
+            if self._stop or st.it >= st.total:
+                break
+            if t.ckpt_every and st.it % t.ckpt_every == 0 and st.it % st.ipe:
+                self._save_last(st)
+        if self._stop:
+            self._save_last(st)
+            raise Interrupted(
+                f"interrupted at {st.stage.name} step {st.it}/{st.total}; saved {self.out / 'last.pt'}: resume with --resume",
+                self.stop_signal or signal.SIGINT,
+            )
+        self._end_of_epoch(st, epoch)
+
+    def _step(self, st: _RunState, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        """One optimizer step; returns (loss, lr). A non-finite loss or gradient keeps the last good state."""
+        t = self.recipe.train
+        lr = poly_lr(st.stage.lr, st.it, st.total, t.warmup_iters if st.stage.name == "fp32" else 0, t.poly_power)
+        for g in st.opt.param_groups:
+            g["lr"] = lr * g["lr_mult"]
+        torch.manual_seed(_mix(t.seed, st.it, 7))  # dropout of this iteration
+        x = x.to(self.device, memory_format=torch.channels_last if t.channels_last else torch.contiguous_format)
+        y = y.to(self.device)
+        st.buffers.save()
+        with autocast(self.device, t.amp):
+            out = st.ddp(x)
+        loss = total_loss(self.loss_fn, out, y, t.aux_weight)
+        st.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        # Checked after backward, before the update: the weights stay those of the last good step,
+        # and data-parallel ranks (whose gradients are averaged) stop together. With fp16 loss
+        # scaling, overflowing gradients are expected while the scale settles: the scaler skips
+        # those steps, so only the loss is checked.
+        bad = _non_finite(loss, None if self.scaler.is_enabled() else st.model)
+        if bad:
+            st.buffers.restore()  # the forward of this step already moved BN statistics
+            kept = self._keep_last_good(st)
+            raise NumericalError(f"{bad} at {st.stage.name} step {st.it}; lower train.lr or check the data ({kept})")
+        self.scaler.step(st.opt)
+        self.scaler.update()
+        if st.ema is not None:
+            st.ema.update(st.model)
+        st.it += 1
+        return loss.item(), lr
+
+    def _end_of_epoch(self, st: _RunState, epoch: int) -> None:
+        """Evaluate when due; save the stage checkpoint (best on val, or the final one) and last.pt."""
+        t = self.recipe.train
+        epoch_done = st.it % st.ipe == 0 or st.it >= st.total
+        if epoch_done and ((epoch + 1) % t.eval_every == 0 or st.it >= st.total):
+            st.last_miou = self._evaluate(st.final_model) if self.rank == 0 else 0.0
+            self._emit("eval", stage=st.stage.name, it=st.it, miou=st.last_miou, held_out=self.pick_best)
+            self._log_row(
+                {"stage": st.stage.name, "epoch": epoch, "iter": st.it, "val_miou": round(st.last_miou, 3), "time": round(time.time(), 1)}
+            )
+            # Trained on the val split: no pick on it, the final weights are the stage's model.
+            if (st.last_miou > st.best and self.pick_best) or (not self.pick_best and st.it >= st.total):
+                st.best = st.last_miou
+                self._save(st.stage, st.final_model, st.opt, st.it, st.best, f"{st.stage.name}.pt", miou=st.last_miou)
+        self._save_last(st)
+        if self.world > 1:
+            dist.barrier()
+
+    def _catch_signals(self) -> dict[int, Any]:
+        """SIGINT and SIGTERM save last.pt at the end of the step (rank 0); the old handlers to restore."""
+        if self.rank != 0:
+            return {}
+        return {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _save_last(self, st: _RunState) -> None:
+        extra = {"ema": st.ema.state_dict()} if st.ema is not None else {}
+        self._save(st.stage, st.model, st.opt, st.it, st.best, "last.pt", **extra)
 
     def _agree_on_weights(self, model: nn.Module) -> list[str]:
         """Digest of the final weights on every rank; data-parallel ranks that differ are a bug."""
@@ -318,20 +395,21 @@ class Trainer:
             )
         return digests
 
-    def _keep_last_good(self, stage: Stage, model: nn.Module, opt, it: int, best: float, start_it: int, resumed: bool) -> str:  # noqa: ANN001
+    def _keep_last_good(self, st: _RunState) -> str:
         """Save the weights of the last good step to last.pt; say where the last good state is."""
         last = self.out / "last.pt"
-        if it > start_it:
-            self._save(stage, model, opt, it, best, "last.pt")
-            return f"saved the last good state, {stage.name} step {it}, to {last}"
-        if resumed:
-            return f"{last} keeps the last good state, {stage.name} step {it}"
-        return f"no {stage.name} checkpoint was written yet"
+        if st.it > st.start_it:
+            self._save_last(st)
+            return f"saved the last good state, {st.stage.name} step {st.it}, to {last}"
+        if st.resumed:
+            return f"{last} keeps the last good state, {st.stage.name} step {st.it}"
+        return f"no {st.stage.name} checkpoint was written yet"
 
-    def _on_sigint(self, signum, frame) -> None:  # noqa: ANN001
-        if self._stop:  # a second CTRL-C stops at once
+    def _on_signal(self, signum, frame) -> None:  # noqa: ANN001
+        if self._stop:  # a second CTRL-C (or SIGTERM) stops at once
             raise KeyboardInterrupt
         self._stop = True
+        self.stop_signal = signum
 
     def _save(self, stage: Stage, model: nn.Module, opt, it: int, best: float, name: str, **extra: Any) -> None:  # noqa: ANN001
         if self.rank != 0:

@@ -48,6 +48,7 @@ class Case:
     code: int = 2
     patch: Callable[[pytest.MonkeyPatch], None] | None = None
     keep: list[str] = field(default_factory=list)  # files (relative to the case dir) that must not change
+    absent: list[str] = field(default_factory=list)  # paths (relative to the case dir) that must not appear
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +84,39 @@ def _write(path: Path, data: bytes | str) -> None:
 
 
 def _ckpt_with(world: Path, dst: Path, **changes: object) -> None:
-    ckpt = torch.load(world / "run/best.pt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(world / "run/best.pt", map_location="cpu", weights_only=True)
     for key, value in changes.items():
         if key == "num_classes":
             ckpt["arch"]["num_classes"] = value
         else:
             ckpt[key] = value
+    torch.save(ckpt, dst)
+
+
+class _MakeDir:
+    """Unpickling this calls os.mkdir(path): the marker of a checkpoint that ran code when read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import os
+
+        return (os.mkdir, (self.path,))
+
+
+def _evil_ckpt(world: Path, dst: Path) -> None:
+    """A complete, valid edgeseg checkpoint plus one object whose unpickling creates a marker."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = torch.load(world / "run/best.pt", map_location="cpu", weights_only=True)
+    ckpt["note"] = _MakeDir(dst.parent / "PWNED")
+    torch.save(ckpt, dst)
+
+
+def _nan_ckpt(world: Path, dst: Path) -> None:
+    ckpt = torch.load(world / "run/best.pt", map_location="cpu", weights_only=True)
+    name = next(k for k, v in ckpt["model"].items() if v.is_floating_point())
+    ckpt["model"][name] = ckpt["model"][name].clone().fill_(float("nan"))
     torch.save(ckpt, dst)
 
 
@@ -286,6 +314,45 @@ CASES = [
     ),
 ]
 
+EVIL_COMMANDS = {
+    "eval": lambda c: ["eval", str(c / "x.pt")],
+    "info": lambda c: ["info", str(c / "x.pt")],
+    "predict": lambda c: ["predict", str(c / "x.pt"), str(W["w"] / "camvid/val/img0.png"), "--out", str(c / "pred")],
+    "export": lambda c: ["export", str(c / "x.pt"), "--target", "onnx", "--precision", "fp32", "--out", str(c / "exp")],
+    "calibrate": lambda c: [
+        "calibrate",
+        str(c / "x.pt"),
+        "--calib",
+        str(REPO / "calib/camvid_train_300.txt"),
+        "--data-root",
+        str(c),
+        "--out",
+        str(c / "p.pt"),
+    ],
+    "train --init": lambda c: ["train", str(REPO / "recipes/smoke.yaml"), "--out", str(c / "o"), "--init", str(c / "x.pt"), "--qat", *TINY],
+    "train --resume": lambda c: ["train", str(REPO / "recipes/smoke.yaml"), "--out", str(c), "--resume", *TINY],
+}
+CASES += [
+    Case(
+        f"code-executing checkpoint: {name}",
+        args,
+        "refuses to unpickle",
+        setup=lambda c, name=name: _evil_ckpt(W["w"], c / ("last.pt" if name == "train --resume" else "x.pt")),
+        absent=["PWNED"],
+    )
+    for name, args in EVIL_COMMANDS.items()
+]
+CASES += [
+    Case("0-byte checkpoint", lambda c: ["eval", str(c / "x.pt")], "empty (0 bytes)", setup=lambda c: _write(c / "x.pt", b"")),
+    Case("NaN weights (eval)", lambda c: ["eval", str(c / "x.pt")], "NaN or inf", setup=lambda c: _nan_ckpt(W["w"], c / "x.pt")),
+    Case(
+        "NaN weights (export)",
+        lambda c: ["export", str(c / "x.pt"), "--target", "onnx", "--precision", "fp32", "--out", str(c / "e")],
+        "NaN or inf",
+        setup=lambda c: _nan_ckpt(W["w"], c / "x.pt"),
+    ),
+]
+
 
 def _enospc(fd: int) -> None:
     raise OSError(errno.ENOSPC, "No space left on device")
@@ -327,6 +394,8 @@ def test_bad_input(case: Case, world: Path, tmp_path: Path, capsys: pytest.Captu
     after = _digest(tmp_path)
     for name, digest in before_case.items():
         assert after.get(name) == digest, f"{name} was changed or deleted"
+    for name in case.absent:
+        assert not (tmp_path / name).exists(), f"{name} appeared: reading the input ran code"
 
 
 def test_verbose_shows_traceback(world: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

@@ -101,7 +101,7 @@ def test_fp16_loss_scaling_path_trains_and_resumes(tmp_path: Path, monkeypatch: 
     recipe = smoke("train.epochs=2", "train.eval_every=1", "quant.enabled=false")
     with pytest.raises(Interrupted):
         fit(recipe, tmp_path, callback=interrupt_at(5))
-    last = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=False)
+    last = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=True)
     assert last["iteration"] == 5 and last["grad_scaler"]["scale"] > 0  # --resume continues with this scale
     results = fit(recipe, tmp_path, resume=True)
     assert results["fp32"]["iters"] == 2 * 96 // 8

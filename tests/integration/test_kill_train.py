@@ -46,7 +46,7 @@ def _env() -> dict[str, str]:
 
 
 def _final_state(out: Path) -> dict[str, torch.Tensor]:
-    return torch.load(out / "last.pt", map_location="cpu", weights_only=False)["model"]
+    return torch.load(out / "last.pt", map_location="cpu", weights_only=True)["model"]
 
 
 def _mtime(path: Path) -> float:
@@ -88,7 +88,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
             finished, _ = _run_until_checkpoint_then_kill(out, rng)
             kills += not finished
             # Whatever moment the kill hit, last.pt is a whole checkpoint.
-            ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+            ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
             assert "model" in ckpt and ckpt["iteration"] > 0
         state = _final_state(out)
         for key, value in reference.items():
@@ -110,5 +110,5 @@ def test_sigint_saves_last_and_exits_with_one_line(tmp_path: Path) -> None:
     lines = [line for line in err.decode().splitlines() if line.strip() and "Warning" not in line and "warn" not in line]
     assert any("resume with --resume" in line for line in lines), err.decode()[-1000:]
     assert "Traceback" not in err.decode()
-    ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     assert ckpt["iteration"] > 0

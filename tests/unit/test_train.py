@@ -36,7 +36,7 @@ TINY: dict[str, Any] = {
 
 
 def _state(run: Path) -> dict[str, Any]:
-    return torch.load(run / "last.pt", map_location="cpu", weights_only=False)
+    return torch.load(run / "last.pt", map_location="cpu", weights_only=True)
 
 
 @pytest.fixture(scope="module")
