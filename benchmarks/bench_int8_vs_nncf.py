@@ -48,14 +48,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHARED = ROOT / ".." / "shared"
 
+from edgeseg.constants import CALIB_METHODS, OUTPUT_STRIDES  # noqa: E402
 from edgeseg.data.calib import read_calib_list  # noqa: E402
 from edgeseg.data.io import read_image  # noqa: E402
 from edgeseg.data.preprocess import preprocess  # noqa: E402
-from edgeseg.export.onnx import export_onnx  # noqa: E402
+from edgeseg.export.onnx_export import export_onnx  # noqa: E402
 from edgeseg.export.openvino import ir_from_onnx  # noqa: E402
 from edgeseg.models import build_model  # noqa: E402
-from edgeseg.models.info import parse_size  # noqa: E402
 from edgeseg.quant import quantize  # noqa: E402
+from edgeseg.sizes import parse_size  # noqa: E402
 
 
 def float_model(args: argparse.Namespace) -> torch.nn.Module:
@@ -179,9 +180,9 @@ def main() -> None:
     p.add_argument("--calib", type=Path, default=ROOT / "calib" / "camvid_train_300.txt")
     p.add_argument("--data-root", type=Path, default=SHARED / "data" / "camvid")
     p.add_argument("--num-calib", type=int, default=32, help="calibration images (same for edgeseg and NNCF)")
-    p.add_argument("--method", default="percentile")
+    p.add_argument("--method", default="percentile", choices=CALIB_METHODS)
     p.add_argument("--size", default="360x480")
-    p.add_argument("--strides", type=int, nargs="+", default=[8, 16, 32])
+    p.add_argument("--strides", type=int, nargs="+", default=list(OUTPUT_STRIDES), choices=OUTPUT_STRIDES)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)

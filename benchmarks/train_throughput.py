@@ -26,10 +26,8 @@ import torch
 from edgeseg.config import Recipe, load_recipe
 from edgeseg.data import classes as C
 from edgeseg.models import build_model
-from edgeseg.models.info import parse_size
-from edgeseg.train.evaluate import amp_dtype, autocast
-from edgeseg.train.loop import freeze_backbone_bn
-from edgeseg.train.losses import build_loss, total_loss
+from edgeseg.sizes import parse_size
+from edgeseg.train import amp_dtype, autocast, build_loss, freeze_backbone_bn, total_loss
 
 REPO = Path(__file__).resolve().parents[1]
 KNOWN_CLASSES = {"camvid": C.CAMVID, "voc": C.VOC, "cityscapes": C.CITYSCAPES, "synthetic": C.SYNTHETIC}

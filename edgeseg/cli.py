@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -15,7 +14,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from edgeseg.constants import OUTPUT_STRIDES
 from edgeseg.errors import EdgesegError, Interrupted, Terminated
+from edgeseg.export.base import TARGETS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Segmentation from training to a fast INT8 model on an edge device.")
 console = Console(stderr=True)
@@ -66,30 +67,14 @@ def train(
     """Train FP32, then QAT when the recipe (or --qat) asks for it."""
     from edgeseg.config import load_recipe
 
-    r = load_recipe(recipe, set_)
+    r = load_recipe(recipe, set_)  # a bad recipe fails here, before torch is imported
     run_dir = out or Path("runs") / r.name
-    if nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
-        import subprocess
-
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc-per-node={nproc_per_node}",
-            "-m",
-            "edgeseg",
-            "train",
-            str(recipe),
-            "--out",
-            str(run_dir),
-        ]
-        cmd += [a for s in (set_ or []) for a in ("--set", s)] + (["--resume"] if resume else [])
-        cmd += [] if qat is None else (["--qat"] if qat else ["--no-qat"])
-        cmd += ["--init", str(init)] if init else []
-        raise typer.Exit(subprocess.call(cmd))
     from edgeseg.train import fit
+    from edgeseg.train.launch import launch
 
+    code = launch(recipe, run_dir, nproc_per_node=nproc_per_node, overrides=set_, resume=resume, qat=qat, init=init)
+    if code is not None:  # torchrun ran the training in nproc_per_node processes
+        raise typer.Exit(code)
     with _progress() as bar:
         tasks: dict[str, Any] = {}
 
@@ -159,7 +144,7 @@ def info(
     input_size: Annotated[str | None, typer.Option("--input-size", help="HxW (default: the recipe's eval/crop size)")] = None,
 ) -> None:
     """Parameters and GMACs at each output stride."""
-    from edgeseg.models.info import model_info
+    from edgeseg.train.info import model_info
 
     rows = model_info(source, input_size)
     table = Table(title=f"{source}")
@@ -183,7 +168,7 @@ def calibrate(
     num_images: Annotated[int | None, typer.Option("--num-images", help="Use the first N images of the list")] = None,
 ) -> None:
     """Post-training quantization: calibrate INT8 ranges into a checkpoint that exports to INT8."""
-    from edgeseg.quant.ptq import calibrate_checkpoint
+    from edgeseg.train.ptq import calibrate_checkpoint
 
     with _progress() as bar:
         task = bar.add_task("calibrate", total=None, info="")
@@ -211,7 +196,7 @@ def calibrate(
 @app.command()
 def export(
     ckpt: Annotated[Path, typer.Argument(help="Checkpoint (.pt): FP32, calibrated (PTQ) or QAT")],
-    target: Annotated[str, typer.Option("--target", help="onnx, openvino, jetson, coreml")] = "onnx",
+    target: Annotated[str, typer.Option("--target", help=f"{', '.join(TARGETS)} or all")] = "onnx",
     precision: Annotated[str, typer.Option("--precision", help="fp32 or int8 (fp16 where the target has it)")] = "int8",
     output_stride: Annotated[int | None, typer.Option("--output-stride", help="Export at output stride 8/16/32")] = None,
     input_size: Annotated[str | None, typer.Option("--input-size", help="HxW (default: the recipe's export/eval size)")] = None,
@@ -234,7 +219,7 @@ def export(
     """Export a checkpoint to a target's artifact folder (model + meta.json), verified on export."""
     from edgeseg.export.artifacts import describe, export_targets
     from edgeseg.export.base import ExportRequest
-    from edgeseg.models.info import parse_size
+    from edgeseg.sizes import parse_size
 
     request = ExportRequest(
         checkpoint=ckpt,
@@ -294,12 +279,9 @@ def bench(
 ) -> None:
     """Latency, memory and mIoU of artifacts, each with its own runtime; rows go to --json."""
     from edgeseg.bench import BenchOptions, bench_into
+    from edgeseg.sizes import parse_size  # torch-free, like bench itself
 
-    size = None
-    if input_size:
-        from edgeseg.models.info import parse_size  # torch: only with a .pt, which needs it anyway
-
-        size = parse_size(input_size)
+    size = parse_size(input_size) if input_size else None
     options = BenchOptions(
         runs=runs,
         warmup=warmup,
@@ -365,15 +347,17 @@ def pipeline(
     recipe: Annotated[Path, typer.Argument(help="YAML recipe, e.g. recipes/smoke.yaml")],
     out: Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/<recipe name>)")] = None,
     targets: Annotated[str, typer.Option("--targets", help="Comma-separated: onnx,openvino,coreml,jetson")] = "onnx,openvino,coreml,jetson",
-    output_strides: Annotated[str, typer.Option("--output-strides", help="Comma-separated output strides")] = "8,16,32",
+    output_strides: Annotated[str, typer.Option("--output-strides", help="Comma-separated output strides")] = ",".join(
+        map(str, OUTPUT_STRIDES)
+    ),
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a recipe key: section.key=value")] = None,
     runs: Annotated[int | None, typer.Option("--runs", help="Timed runs per bench row (default: the recipe's)")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Score accuracy on the first N images only")] = None,
 ) -> None:
     """Train -> QAT/calibrate -> export every target at each OS -> bench -> report (resumable)."""
     from edgeseg.config import load_recipe
-    from edgeseg.models.info import parse_strides
     from edgeseg.pipeline import Pipeline
+    from edgeseg.sizes import parse_strides
 
     r = load_recipe(recipe, set_)
     started = time.perf_counter()

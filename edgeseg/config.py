@@ -18,10 +18,10 @@ from typing import Any
 
 import yaml
 
+from edgeseg.constants import OUTPUT_STRIDES as OUTPUT_STRIDES  # re-exported: owned by edgeseg.constants
+from edgeseg.constants import check_calib_method, check_output_stride, check_percentile, invalid
 from edgeseg.errors import ConfigError, did_you_mean
 
-OUTPUT_STRIDES = (8, 16, 32)
-CALIB_METHODS = ("max", "percentile", "entropy", "mse")
 BASE_LOSSES = ("ce", "ohem", "balanced", "lovasz")
 LOSSES = BASE_LOSSES + tuple(f"{b}+lovasz" for b in BASE_LOSSES if b != "lovasz")
 
@@ -185,61 +185,51 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
 
 
 def _validate(r: Recipe) -> None:
-    def bad(key: str, value: Any, fix: str) -> ConfigError:
-        return ConfigError(f"recipe key '{key}' = {value!r} is invalid: {fix}")
-
-    if r.model.output_stride not in OUTPUT_STRIDES:
-        raise bad("model.output_stride", r.model.output_stride, "use 8, 16 or 32")
+    check_output_stride(r.model.output_stride, "model.output_stride")
     if r.model.head not in ("deeplabv3plus", "deeplabv3"):
-        raise bad("model.head", r.model.head, "use deeplabv3plus or deeplabv3")
+        raise invalid("model.head", r.model.head, "use deeplabv3plus or deeplabv3")
     if not 0.1 <= r.model.width_mult <= 2.0:
-        raise bad("model.width_mult", r.model.width_mult, "use a value in [0.1, 2.0]")
+        raise invalid("model.width_mult", r.model.width_mult, "use a value in [0.1, 2.0]")
     for key in ("lr", "weight_decay", "momentum"):
         value = getattr(r.train, key)
         if value < 0 or (key == "lr" and value == 0):
-            raise bad(f"train.{key}", value, "must be positive")
+            raise invalid(f"train.{key}", value, "must be positive")
     if r.train.device not in ("auto", "cpu", "cuda"):
-        raise bad("train.device", r.train.device, "use auto, cpu or cuda")
+        raise invalid("train.device", r.train.device, "use auto, cpu or cuda")
     if r.train.epochs < 1 or r.train.batch_size < 1:
-        raise bad("train.epochs/batch_size", (r.train.epochs, r.train.batch_size), "use >= 1")
+        raise invalid("train.epochs/batch_size", (r.train.epochs, r.train.batch_size), "use >= 1")
     for key in ("crop_size", "synthetic_size"):
         size = getattr(r.data, key)
         if len(size) != 2 or min(size) < 32 or any(s % 8 for s in size):
-            raise bad(f"data.{key}", size, "give [height, width], each >= 32 and a multiple of 8")
+            raise invalid(f"data.{key}", size, "give [height, width], each >= 32 and a multiple of 8")
     lo, hi = (r.data.scale_range + [0, 0])[:2]
     if len(r.data.scale_range) != 2 or not 0 < lo <= hi:
-        raise bad("data.scale_range", r.data.scale_range, "give [min, max] with 0 < min <= max")
-    if r.quant.calib_method not in CALIB_METHODS:
-        raise bad(
-            "quant.calib_method",
-            r.quant.calib_method,
-            f"use one of {', '.join(CALIB_METHODS)}{did_you_mean(r.quant.calib_method, CALIB_METHODS)}",
-        )
-    if not 50.0 < r.quant.percentile <= 100.0:
-        raise bad("quant.percentile", r.quant.percentile, "use a value in (50, 100]")
+        raise invalid("data.scale_range", r.data.scale_range, "give [min, max] with 0 < min <= max")
+    check_calib_method(r.quant.calib_method, "quant.calib_method")
+    check_percentile(r.quant.percentile, "quant.percentile")
     if r.quant.lr <= 0:
-        raise bad("quant.lr", r.quant.lr, "must be positive")
-    _validate_loss(r, bad)
+        raise invalid("quant.lr", r.quant.lr, "must be positive")
+    _validate_loss(r)
     if r.data.train_splits is not None and (not r.data.train_splits or len(set(r.data.train_splits)) != len(r.data.train_splits)):
-        raise bad("data.train_splits", r.data.train_splits, "give a non-empty list of distinct split names, e.g. [train, val]")
+        raise invalid("data.train_splits", r.data.train_splits, "give a non-empty list of distinct split names, e.g. [train, val]")
 
 
-def _validate_loss(r: Recipe, bad: Any) -> None:
+def _validate_loss(r: Recipe) -> None:
     t = r.train
     if t.loss not in LOSSES:
-        raise bad("train.loss", t.loss, f"use one of {', '.join(LOSSES)}{did_you_mean(t.loss, LOSSES)}")
+        raise invalid("train.loss", t.loss, f"use one of {', '.join(LOSSES)}{did_you_mean(t.loss, LOSSES)}")
     if not 0.0 < t.ohem_thresh <= 1.0:
-        raise bad("train.ohem_thresh", t.ohem_thresh, "use a probability in (0, 1], e.g. 0.7")
+        raise invalid("train.ohem_thresh", t.ohem_thresh, "use a probability in (0, 1], e.g. 0.7")
     if t.ohem_min_kept < 0:
-        raise bad("train.ohem_min_kept", t.ohem_min_kept, "use a pixel count >= 0, e.g. 100000")
+        raise invalid("train.ohem_min_kept", t.ohem_min_kept, "use a pixel count >= 0, e.g. 100000")
     if not 0.0 <= t.lovasz_weight <= 100.0:
-        raise bad("train.lovasz_weight", t.lovasz_weight, "use a weight in [0, 100]")
+        raise invalid("train.lovasz_weight", t.lovasz_weight, "use a weight in [0, 100]")
     if not 0.0 <= t.class_weight_power <= 2.0:
-        raise bad("train.class_weight_power", t.class_weight_power, "use a value in [0, 2] (1: median frequency, 0.5: its square root)")
+        raise invalid("train.class_weight_power", t.class_weight_power, "use a value in [0, 2] (1: median frequency, 0.5: its square root)")
     if not 0.0 <= t.class_weight_max <= 1000.0:
-        raise bad("train.class_weight_max", t.class_weight_max, "use 0 (no clip) or a maximum weight up to 1000")
+        raise invalid("train.class_weight_max", t.class_weight_max, "use 0 (no clip) or a maximum weight up to 1000")
     if not 0.0 <= t.ema < 1.0:
-        raise bad("train.ema", t.ema, "use 0 (off) or a decay in (0, 1), e.g. 0.999")
+        raise invalid("train.ema", t.ema, "use 0 (off) or a decay in (0, 1), e.g. 0.999")
 
 
 def _set_dotted(raw: dict[str, Any], override: str) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from edgeseg.config import Recipe
+from edgeseg.constants import check_output_stride
 from edgeseg.errors import ConfigError, EdgesegError
+from edgeseg.export.base import TARGETS, all_targets, get_target
 from edgeseg.fsutil import atomic_dir, check_writable, write_json
 
 log = logging.getLogger(__name__)
@@ -37,27 +38,14 @@ class Variant:
         return self.precision == "int8" and self.ptq is None
 
 
-VARIANTS = (
-    Variant("onnx", "fp32"),
-    Variant("openvino", "fp32"),
-    Variant("openvino", "fp16"),
-    Variant("openvino", "int8"),
-    Variant("openvino", "int8", "nncf"),
-    Variant("coreml", "fp16"),
-    Variant("coreml", "int8"),
-    Variant("jetson", "int8"),
-)
+def variants() -> list[Variant]:
+    """Every artifact the pipeline makes per output stride: each target's own variants."""
+    return [Variant(t.name, precision, ptq) for t in all_targets() for precision, ptq in t.variants]
 
 
 def runs_here(target: str) -> tuple[bool, str]:
     """Whether bench can run a target's artifact on this machine (and why not)."""
-    if target in ("onnx", "openvino"):
-        return True, ""
-    if target == "coreml":
-        return (platform.system() == "Darwin", "CoreML prediction needs macOS")
-    import importlib.util
-
-    return (importlib.util.find_spec("tensorrt") is not None, "TensorRT needs an NVIDIA GPU with tensorrt installed")
+    return get_target(target).can_run_here()
 
 
 class Pipeline:
@@ -75,16 +63,13 @@ class Pipeline:
         limit: int | None = None,
     ) -> None:
         self.recipe, self.out = recipe, check_writable(out)
-        unknown = [t for t in targets if t not in {v.target for v in VARIANTS}]
+        unknown = [t for t in targets if t not in TARGETS]
         if unknown:
             from edgeseg.errors import did_you_mean
 
-            raise ConfigError(
-                f"unknown target '{unknown[0]}'{did_you_mean(unknown[0], [v.target for v in VARIANTS])}; use onnx, openvino, coreml or jetson"
-            )
-        bad = [s for s in output_strides if s not in (8, 16, 32)]
-        if bad:
-            raise ConfigError(f"--output-strides has {bad[0]}; use values among 8, 16, 32")
+            raise ConfigError(f"unknown target '{unknown[0]}'{did_you_mean(unknown[0], TARGETS)}; use one of {', '.join(TARGETS)}")
+        for stride in output_strides:
+            check_output_stride(stride, "--output-strides")
         self.targets, self.strides = targets, output_strides
         self.event = event or (lambda stage, msg: log.info("%s: %s", stage, msg))
         self.bench_runs, self.limit = bench_runs, limit
@@ -130,7 +115,7 @@ class Pipeline:
             self.event("train", f"{info['stage']} step {info['it']}: val mIoU {info['miou']:.2f}")
 
     def calibrate(self) -> Path:
-        from edgeseg.quant.ptq import calibrate_checkpoint
+        from edgeseg.train import calibrate_checkpoint
         from edgeseg.train.checkpoint import file_hash
 
         src, out = self.out / "fp32.pt", self.out / "ptq.pt"
@@ -146,12 +131,12 @@ class Pipeline:
 
     def export(self, int8_ckpt: Path) -> list[Path]:
         from edgeseg.export.artifacts import artifact_name, export_artifact
-        from edgeseg.export.base import ExportRequest, get_target
+        from edgeseg.export.base import ExportRequest
         from edgeseg.train.checkpoint import file_hash
 
         folders = []
         for os_ in self.strides:
-            for v in (v for v in VARIANTS if v.target in self.targets):
+            for v in (v for v in variants() if v.target in self.targets):
                 ok, why = get_target(v.target).is_available()
                 if not ok:
                     self.event("export", f"{v.target}: skipped ({why})")
@@ -182,7 +167,7 @@ class Pipeline:
     @staticmethod
     def _fresh(folder: Path, source_sha: str) -> bool:
         """Whether `folder` is a whole artifact (valid meta.json, model file present) of this source."""
-        from edgeseg.export.artifacts import read_meta
+        from edgeseg.export.meta import read_meta
 
         try:
             return read_meta(folder).get("source_checkpoint_sha256") == source_sha

@@ -7,28 +7,13 @@ eager baseline: torch is imported only for it.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeseg.errors import CheckpointError, ConfigError, did_you_mean
-from edgeseg.export.base import META_SCHEMA_VERSION, TARGETS
-
-# meta.json keys bench reads (the full list is edgeseg.export.base.ARTIFACT_META_KEYS).
-REQUIRED_META = (
-    "target",
-    "precision",
-    "model_file",
-    "input_name",
-    "output_name",
-    "input_size",
-    "output_stride",
-    "classes",
-    "normalization",
-)
-# Files an artifact may gain on the device (engine cache, build logs): not part of its identity.
-_DERIVED_SUFFIXES = (".engine", ".plan", ".cache", ".log", ".tmp")
+from edgeseg.constants import check_output_stride
+from edgeseg.errors import CheckpointError, ConfigError
+from edgeseg.export.meta import META_FILE, model_files, read_meta
 
 
 @dataclass
@@ -74,9 +59,6 @@ def open_artifact(path: str | Path, *, output_stride: int | None = None, input_s
             f"--output-stride/--input-size apply to .pt checkpoints only; '{path}' was exported at a fixed size: re-export it"
         )
     meta = read_meta(path)
-    model = path / meta["model_file"]
-    if not model.exists():
-        raise CheckpointError(f"artifact '{path}' names model_file '{meta['model_file']}' but it is missing; re-export the artifact")
     files = model_files(path, meta["model_file"])
     return Artifact(
         path=path,
@@ -86,49 +68,8 @@ def open_artifact(path: str | Path, *, output_stride: int | None = None, input_s
         input_size=(int(meta["input_size"][0]), int(meta["input_size"][1])),
         output_stride=meta["output_stride"],
         model_size_mb=sum(f.stat().st_size for f in files) / 1e6,
-        sha256=_hash_files(path, [path / "meta.json", *files]),
+        sha256=_hash_files(path, [path / META_FILE, *files]),
     )
-
-
-def read_meta(folder: Path) -> dict[str, Any]:
-    """Read and check an artifact's meta.json (one-line errors naming the key and the fix)."""
-    meta_path = folder / "meta.json"
-    if not meta_path.is_file():
-        raise CheckpointError(f"artifact folder '{folder}' has no meta.json; pass a folder written by 'edgeseg export' (or re-export it)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"'{meta_path}' is not valid JSON ({exc}); re-export the artifact") from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"'{meta_path}' is not a JSON object; re-export the artifact")
-    missing = [k for k in REQUIRED_META if k not in meta]
-    if missing:
-        raise CheckpointError(f"'{meta_path}' has no '{missing[0]}'; re-export the artifact with this edgeseg")
-    version = meta.get("schema_version", META_SCHEMA_VERSION)
-    if not isinstance(version, int) or version > META_SCHEMA_VERSION:
-        raise CheckpointError(
-            f"'{meta_path}' has schema_version {version!r}, newer than this edgeseg reads ({META_SCHEMA_VERSION}); upgrade edgeseg"
-        )
-    if meta["target"] not in TARGETS:
-        raise CheckpointError(
-            f"'{meta_path}' names unknown target '{meta['target']}'{did_you_mean(str(meta['target']), TARGETS)}; re-export the artifact"
-        )
-    return meta
-
-
-def model_files(folder: Path, model_file: str) -> list[Path]:
-    """The model and its companions (model.xml + model.bin, model.onnx + model.onnx.data), sorted.
-
-    A folder model (.mlpackage) counts with every file under it. Engine caches and logs built on
-    the device are left out: they are derived from the artifact, not part of it.
-    """
-    model = folder / model_file
-    if model.is_dir():
-        found = [p for p in model.rglob("*") if p.is_file()]
-    else:
-        stem = model_file.split(".")[0]
-        found = [p for p in folder.iterdir() if p.is_file() and (p.name == model_file or p.name.startswith(f"{stem}."))]
-    return sorted(p for p in found if not p.name.endswith(_DERIVED_SUFFIXES) and not p.name.startswith("."))
 
 
 def _hash_files(root: Path, files: list[Path]) -> str:
@@ -146,8 +87,8 @@ def _open_checkpoint(path: Path, output_stride: int | None, input_size: tuple[in
 
     ckpt = load_checkpoint(path)
     recipe = checkpoint_recipe(ckpt)
-    if output_stride is not None and output_stride not in (8, 16, 32):
-        raise ConfigError(f"--output-stride {output_stride} is invalid; use 8, 16 or 32")
+    if output_stride is not None:
+        check_output_stride(output_stride, "--output-stride")
     size = input_size or tuple(recipe.export.input_size or recipe.data.eval_size or recipe.data.crop_size)
     d = recipe.data
     synthetic = {

@@ -6,7 +6,6 @@ be found is None, never a guess.
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import platform
 import re
@@ -14,6 +13,8 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+
+from edgeseg.export.base import package_version
 
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")
 DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
@@ -79,14 +80,6 @@ def jetson_versions() -> dict[str, str | None]:
         return {"l4t": None, "jetpack": None}
     jetpack = _run(["dpkg-query", "--showformat=${Version}", "--show", "nvidia-jetpack"])
     return {"l4t": parse_tegra_release(text), "jetpack": jetpack}
-
-
-def package_version(name: str) -> str | None:
-    """Installed distribution version without importing the package (None when absent)."""
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def os_name() -> str:

@@ -26,11 +26,12 @@ from edgeseg.bench.artifact import Artifact, open_artifact
 from edgeseg.bench.device import device_record
 from edgeseg.bench.memory import PeakMemory
 from edgeseg.bench.results import BenchRow, load_results, save_results
-from edgeseg.bench.runners import Loaded, check_hint, load_runner
+from edgeseg.bench.runners import check_hint, load_runner
 from edgeseg.bench.stats import latency_stats, throughput
 from edgeseg.data.preprocess import preprocess
 from edgeseg.data.sources import Source, open_source
 from edgeseg.errors import CheckpointError, ConfigError, DataError, NumericalError
+from edgeseg.export.base import Loaded
 
 log = logging.getLogger(__name__)
 

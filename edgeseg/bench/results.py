@@ -97,10 +97,14 @@ class BenchRow:
     @property
     def label(self) -> str:
         """'INT8 OpenVINO' style name of the row's precision and runtime."""
-        return f"{self.precision.upper()} {RUNTIME_NAMES.get(self.runtime, self.runtime)}"
+        return f"{self.precision.upper()} {runtime_label(self.runtime)}"
 
 
-RUNTIME_NAMES = {"onnxruntime": "onnxruntime", "openvino": "OpenVINO", "tensorrt": "TensorRT", "coreml": "Core ML", "torch": "torch"}
+def runtime_label(runtime: str) -> str:
+    """How reports name a runtime: the label its target gives (the raw name when unknown)."""
+    from edgeseg.export.base import runtime_labels
+
+    return runtime_labels().get(runtime, runtime)
 
 
 def load_results(path: str | Path) -> list[BenchRow]:

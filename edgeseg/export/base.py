@@ -1,6 +1,14 @@
 """The small interface every target implements, and the explicit table of targets.
 
-An artifact is a folder: the model files plus `meta.json` (see ARTIFACT_META_KEYS), written
+A target is one module that owns everything about its runtime: its name, the runtime's name and
+label, the pip extra, the precisions and pipeline variants it exports, whether its artifacts run
+here, how an export is described, `export` and `load`. bench, pipeline, results, report and the
+CLI derive what they know from TARGETS, so a new target is one module plus one line below.
+
+The device side (`load`, `describe`, `can_run_here`) of a target module imports only numpy,
+Pillow and the target's own SDK; its export side imports torch lazily, inside functions.
+
+An artifact is a folder: the model files plus `meta.json` (see edgeseg.export.meta), written
 atomically (edgeseg.fsutil.atomic_dir), so bench and predict need nothing else.
 """
 
@@ -24,27 +32,6 @@ TARGETS: dict[str, str] = {
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
-# Keys every artifact's meta.json carries.
-ARTIFACT_META_KEYS = (
-    "schema_version",  # int, META_SCHEMA_VERSION
-    "target",  # onnx | openvino | jetson | coreml
-    "precision",  # fp32 | fp16 | int8
-    "model_file",  # file (or folder) name inside the artifact folder
-    "input_name",
-    "output_name",
-    "input_size",  # [H, W]
-    "output_stride",
-    "classes",  # ClassInfo.to_dict()
-    "normalization",  # {"mean": [...], "std": [...]}
-    "data",  # {"format", "root", "split", "synthetic": {...}} used by bench by default
-    "quant",  # {"method", "calib_list", "num_images", "qat"} or None
-    "source_checkpoint",
-    "source_checkpoint_sha256",
-    "recipe_hash",
-    "tool_versions",  # {"edgeseg", "torch", "onnx", ...}
-)
-META_SCHEMA_VERSION = 1
-
 
 @dataclass
 class ExportRequest:
@@ -65,16 +52,40 @@ class Runner(Protocol):
     def run(self, x: Any) -> Any: ...
 
 
+@dataclass
+class Loaded:
+    """A loaded runner and how it runs: the `runtime`/`provider` columns of a result row."""
+
+    runner: Runner
+    runtime: str
+    runtime_version: str | None
+    provider: str
+    precision_hint: str | None = None
+    static_batch: int | None = None  # the batch size the model was built for, None when dynamic
+
+
 class Target(Protocol):
-    name: str
+    name: str  # the --target name and meta.json's "target"
+    runtime: str  # the runtime bench uses (a result row's "runtime")
+    runtime_label: str  # how reports name that runtime
+    extra: str  # the pip extra that installs the runtime: pip install "edgeseg[<extra>]"
+    precisions: tuple[str, ...]  # what `export --precision` accepts for this target
+    variants: tuple[tuple[str, str | None], ...]  # (precision, ptq) the pipeline exports
+    precision_hints: tuple[str, ...]  # execution precisions `bench --precision-hint` accepts
 
     def is_available(self) -> tuple[bool, str]:
-        """(True, '') or (False, why: the missing SDK with its install command, or the platform)."""
+        """Whether this machine can export: (True, '') or (False, why, with the install command)."""
+
+    def can_run_here(self) -> tuple[bool, str]:
+        """Whether bench can run this target's artifacts on this machine (and why not)."""
+
+    def describe(self, meta: dict[str, Any], folder: Path | None) -> str:
+        """One line on how an exported artifact was verified (for the CLI)."""
 
     def export(self, request: ExportRequest, out: Path) -> dict[str, Any]:
-        """Write the artifact into folder `out`; return its meta.json content."""
+        """Write the artifact's model files into folder `out`; return its meta.json content."""
 
-    def load(self, artifact: Path, meta: dict[str, Any], **options: Any) -> Runner:
+    def load(self, artifact: Path, meta: dict[str, Any], *, threads: int | None = None, precision_hint: str | None = None) -> Loaded:
         """Load an artifact for inference with this target's own runtime."""
 
 
@@ -82,5 +93,32 @@ def get_target(name: str) -> Target:
     """Resolve a target by name from TARGETS (did-you-mean on typos)."""
     if name not in TARGETS:
         raise TargetError(f"unknown target '{name}'{did_you_mean(name, TARGETS)}; use one of {', '.join(TARGETS)}")
-    module = importlib.import_module(TARGETS[name])
+    try:
+        module = importlib.import_module(TARGETS[name])
+    except ModuleNotFoundError as exc:
+        if exc.name == TARGETS[name]:
+            raise TargetError(
+                f"target '{name}' is not part of this edgeseg install ({TARGETS[name]} is missing); upgrade edgeseg"
+            ) from None
+        raise
     return module.TARGET
+
+
+def all_targets() -> list[Target]:
+    """Every target of the table, in its order."""
+    return [get_target(name) for name in TARGETS]
+
+
+def runtime_labels() -> dict[str, str]:
+    """Runtime name -> label, for every target's runtime plus the PyTorch baseline."""
+    return {**{t.runtime: t.runtime_label for t in all_targets()}, "torch": "torch"}
+
+
+def package_version(name: str) -> str | None:
+    """The installed version of a distribution, or None (without importing it)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None

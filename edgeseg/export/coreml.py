@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg.errors import ConfigError, TargetError, missing_dependency
-from edgeseg.export.base import ExportRequest
+from edgeseg.export.base import ExportRequest, Loaded, package_version
 
 MODEL_FILE = "model.mlpackage"
 INPUT_NAME = "image"
@@ -274,6 +274,12 @@ class CoreMLTarget:
     """The Target protocol for Core ML (see edgeseg.export.base)."""
 
     name = "coreml"
+    runtime = "coreml"
+    runtime_label = "Core ML"
+    extra = "coreml"
+    precisions = ("fp32", "fp16", "int8")
+    variants: tuple[tuple[str, str | None], ...] = (("fp16", None), ("int8", None))
+    precision_hints: tuple[str, ...] = ()
 
     def is_available(self) -> tuple[bool, str]:
         try:
@@ -285,15 +291,27 @@ class CoreMLTarget:
     def export(self, request: ExportRequest, out: Path) -> dict[str, Any]:
         return export_coreml(request, out)
 
-    def load(self, artifact: Path, meta: dict[str, Any], **options: Any) -> CoreMLRunner:
+    def can_run_here(self) -> tuple[bool, str]:
+        if not is_macos():
+            return False, "Core ML prediction needs macOS"
+        if package_version("coremltools") is None:
+            return False, str(missing_dependency("coremltools", "coreml"))
+        return True, ""
+
+    def describe(self, meta: dict[str, Any], folder: Path | None) -> str:
+        c = meta.get("coreml", {})
+        return f"Core ML spec checked: {c.get('convs_int8_weights')}/{c.get('convs')} convs with int8 weights; prediction needs macOS"
+
+    def load(self, artifact: Path, meta: dict[str, Any], *, threads: int | None = None, precision_hint: str | None = None) -> Loaded:
         if not is_macos():
             raise TargetError(f"Core ML prediction needs macOS; copy '{artifact}' to a Mac (macOS 14+) and bench it there")
-        return CoreMLRunner(Path(artifact) / meta["model_file"], meta)
+        runner = CoreMLRunner(Path(artifact) / meta["model_file"], meta)
+        return Loaded(runner, self.runtime, package_version("coremltools"), "Core ML (all compute units)", None, runner.static_batch)
 
 
 def export_coreml(request: ExportRequest, out: Path) -> dict[str, Any]:
     """Convert the checkpoint of `request` to out/model.mlpackage, verify it, return meta."""
-    from edgeseg.export.artifacts import float_model_of
+    from edgeseg.export.common import float_model_of
     from edgeseg.export.prepare import load_for_export, tool_versions
     from edgeseg.quant import is_quantized
 

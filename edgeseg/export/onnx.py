@@ -1,281 +1,72 @@
-"""ONNX export (FP32 or Q/DQ INT8), its graph checks, and the "onnx" target (onnxruntime).
+"""The "onnx" target: model.onnx (FP32 or Q/DQ INT8) + meta.json, run with onnxruntime.
 
-Exporter: torch.onnx's TorchScript-based exporter (`dynamo=False`). Both torch 2.14 exporters
-turn the fake quantizers into clean QuantizeLinear/DequantizeLinear pairs (int8 zero points,
-axis 0 for weights), but the torch.export-based one cannot emit opset 17 for these graphs (its
-down-converter fails on ReduceMax and leaves opset 18) and took 2-3x longer here. Should a
-later torch drop the TorchScript exporter, the torch.export-based one is used at opset >= 18.
-onnxsim then folds the weight-scale arithmetic into constants; the graph is checked after it so
-every Conv weight still sits behind a per-channel DequantizeLinear (TensorRT needs it).
+Device side (runner, describe) imports numpy and onnxruntime only; the export side (torch, onnx,
+onnxsim) is edgeseg.export.onnx_export, imported inside `export`.
 """
 
 from __future__ import annotations
 
-import collections
-import json
-import logging
-import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from edgeseg.errors import CheckpointError, NumericalError, TargetError, missing_dependency
-from edgeseg.export.base import ExportRequest
-from edgeseg.fsutil import scratch_dir, write_bytes, write_json
+from edgeseg.errors import CheckpointError, missing_dependency
+from edgeseg.export.base import ExportRequest, Loaded, package_version
 
-log = logging.getLogger(__name__)
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
-FP32_TOLERANCE = 1e-4  # max |onnxruntime - torch| of FP32 logits, relative to max(1, max |logit|)
-
-
-def _import(module: str) -> Any:
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise missing_dependency(module, "onnx") from None
-
-
-def _torch_export(model: torch.nn.Module, x: torch.Tensor, path: Path, opset: int, dynamic_batch: bool) -> int:
-    """Export to `path`; returns the opset written."""
-    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(
-                model,
-                (x,),
-                str(path),
-                dynamo=False,
-                opset_version=opset,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes=axes,
-                do_constant_folding=True,
-            )
-            return opset
-        except TypeError:  # a torch without the TorchScript exporter
-            opset = max(opset, 18)
-            shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
-            torch.onnx.export(
-                model,
-                (x,),
-                str(path),
-                dynamo=True,
-                opset_version=opset,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_shapes=shapes,
-                external_data=False,
-            )
-            return opset
-
-
-def constants(graph: Any) -> dict[str, np.ndarray]:
-    """Every constant tensor of a graph (initializers and Constant nodes) by output name."""
-    from onnx import numpy_helper
-
-    out = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            out[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    return out
-
-
-def check_qdq(proto: Any) -> list[str]:
-    """Graph rules of a Q/DQ INT8 model; returns the violations (empty when it is sound).
-
-    Every Conv weight comes from a DequantizeLinear with axis 0, a per-output-channel scale and
-    int8 zero points (of a QuantizeLinear of a float constant, or of an int8 constant); every
-    Conv input comes from a DequantizeLinear, or from a Concat (or Expand) of DequantizeLinear
-    outputs that share one scale; every zero point is int8 and 0.
-    """
-    graph = proto.graph
-    const = constants(graph)
-    producer = {out: node for node in graph.node for out in node.output}
-    problems: list[str] = []
-    for node in graph.node:
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            zp = const.get(node.input[2]) if len(node.input) > 2 else None
-            if zp is None or zp.dtype != np.int8 or np.any(zp != 0):
-                problems.append(f"{node.op_type} '{node.name}' has a zero point that is not a constant int8 0")
-        if node.op_type != "Conv":
-            continue
-        weight = const.get(node.input[1])
-        dq = producer.get(node.input[1])
-        channels = None if weight is not None else _dq_channels(dq, const, producer)
-        if channels is None:
-            problems.append(f"Conv '{node.name}' weight is not behind a per-channel (axis 0) DequantizeLinear")
-        scales = _dq_scales(node.input[0], const, producer)
-        if not scales:
-            problems.append(f"Conv '{node.name}' input is not behind a DequantizeLinear")
-        elif len(set(scales)) > 1:
-            problems.append(f"Conv '{node.name}' input is a Concat of tensors with different scales {sorted(set(scales))[:3]}")
-    return problems
-
-
-def _dq_scales(name: str, const: dict[str, np.ndarray], producer: dict[str, Any]) -> list[float]:
-    """Scales of the DequantizeLinear(s) a tensor comes from, through Concat and Expand; [] if any path has none.
-
-    A Concat whose inputs are all dequantized with one scale is an INT8 concat for TensorRT
-    and OpenVINO, so a Conv after it is fed INT8.
-    """
-    node = producer.get(name)
-    if node is None:
-        return []
-    if node.op_type == "DequantizeLinear":
-        scale = const.get(node.input[1])
-        return [float(scale)] if scale is not None and scale.size == 1 else []
-    if node.op_type == "Expand":
-        return _dq_scales(node.input[0], const, producer)
-    if node.op_type == "Concat":
-        scales = [_dq_scales(i, const, producer) for i in node.input]
-        return [v for s in scales for v in s] if all(scales) else []
-    return []
-
-
-def _dq_channels(dq: Any, const: dict[str, np.ndarray], producer: dict[str, Any]) -> int | None:
-    """Number of channels of a weight DequantizeLinear with axis 0, else None."""
-    if dq is None or dq.op_type != "DequantizeLinear":
-        return None
-    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
-    scale = const.get(dq.input[1])
-    if axis != 0 or scale is None or scale.ndim != 1:
-        return None
-    src = producer.get(dq.input[0])
-    if src is not None and src.op_type == "QuantizeLinear":
-        weight = const.get(src.input[0])
-        ok = weight is not None and weight.dtype == np.float32
-    else:
-        weight = const.get(dq.input[0])
-        ok = weight is not None and weight.dtype == np.int8
-    return int(scale.shape[0]) if ok and weight is not None and weight.shape[0] == scale.shape[0] else None
-
-
-def _simplify(proto: Any, quantized: bool) -> tuple[Any, bool]:
-    onnxsim = _import("onnxsim")
-    try:
-        simple, ok = onnxsim.simplify(proto)
-    except Exception as exc:  # noqa: BLE001 - onnxsim raises many types; the unsimplified graph is valid
-        log.warning("onnxsim failed (%s); keeping the unsimplified graph", exc)
-        return proto, False
-    if not ok or (quantized and check_qdq(simple)):
-        log.warning("onnxsim output failed its check; keeping the unsimplified graph")
-        return proto, False
-    return simple, True
-
-
-def _reference(model: torch.nn.Module, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 3, *size, generator=g)
-    with torch.no_grad():
-        y = model(x)
-    return x.numpy(), y.float().numpy()
-
-
-def _compare(proto_bytes: bytes, x: np.ndarray, ref: np.ndarray, quantized: bool) -> dict[str, Any]:
-    ort = _import("onnxruntime")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    sess = ort.InferenceSession(proto_bytes, opts, providers=["CPUExecutionProvider"])
-    out = sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
-    if not np.all(np.isfinite(out)):
-        raise NumericalError("onnxruntime produced NaN/inf logits for the exported model; the checkpoint's weights or ranges are broken")
-    diff = float(np.abs(out - ref).max())
-    report: dict[str, Any] = {"max_abs_diff": diff, "argmax_agreement": float((out.argmax(1) == ref.argmax(1)).mean())}
-    if not quantized:
-        tol = FP32_TOLERANCE * max(1.0, float(np.abs(ref).max()))
-        if diff > tol:
-            raise NumericalError(f"FP32 ONNX differs from PyTorch by {diff:.3g} (> {tol:.3g}); report this with the checkpoint")
-    return report
-
-
-def export_onnx(
-    model: torch.nn.Module,
-    path: Path,
-    *,
-    input_size: tuple[int, int],
-    meta: dict[str, Any],
-    opset: int = 17,
-    dynamic_batch: bool = False,
-    check: bool = True,
-) -> dict[str, Any]:
-    """Export a float or fake-quantized model to ONNX, simplify, check and write it atomically.
-
-    Args:
-        model: eval-mode model (a DeepLab, float or from edgeseg.quant.quantize).
-        path: the .onnx file to write.
-        input_size: (H, W) of the static input.
-        meta: stored as metadata_props (values JSON-encoded unless strings).
-        opset: ONNX opset (17 or newer).
-        dynamic_batch: make the batch dimension dynamic.
-        check: run onnx.checker and compare one onnxruntime run with PyTorch (FP32: max abs diff
-            within 1e-4 of the logit scale, else NumericalError; INT8: argmax agreement reported).
-
-    Returns:
-        A report: path, opset, simplified, nodes (count per op), qdq_problems, max_abs_diff,
-        argmax_agreement, size_bytes and seconds per step.
-    """
-    from edgeseg.quant.quantize import is_quantized, quantizers, uncalibrated
-
-    onnx = _import("onnx")
-    quantized = is_quantized(model) and any(q.mode == "quant" for _, q in quantizers(model))
-    if quantized and uncalibrated(model):
-        raise CheckpointError(f"quantizer '{uncalibrated(model)[0]}' has no range; run 'edgeseg calibrate' on the FP32 checkpoint")
-    model.eval()
-    if hasattr(model, "set_input_size"):
-        model.set_input_size(input_size)
-    seconds: dict[str, float] = {}
-    tick = time.perf_counter()
-    x, ref = _reference(model, input_size)
-    with scratch_dir(Path(path).parent) as tmp:
-        opset = _torch_export(model, torch.from_numpy(x), tmp / "model.onnx", opset, dynamic_batch)
-        proto = onnx.load(str(tmp / "model.onnx"))
-    seconds["export"] = time.perf_counter() - tick
-    tick = time.perf_counter()
-    proto, simplified = _simplify(proto, quantized)
-    seconds["simplify"] = time.perf_counter() - tick
-    onnx.helper.set_model_props(proto, {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()})
-    problems = check_qdq(proto) if quantized else []
-    if problems:
-        raise NumericalError(f"the INT8 ONNX breaks the Q/DQ rules: {problems[0]} ({len(problems)} problems)")
-    data = proto.SerializeToString()
-    report: dict[str, Any] = {"path": str(path), "opset": opset, "precision": "int8" if quantized else "fp32", "simplified": simplified}
-    if check:
-        tick = time.perf_counter()
-        onnx.checker.check_model(proto, full_check=True)
-        report.update(_compare(data, x, ref, quantized))
-        seconds["check"] = time.perf_counter() - tick
-    write_bytes(path, data)
-    nodes = collections.Counter(n.op_type for n in proto.graph.node if n.op_type != "Constant")
-    report.update({"nodes": dict(sorted(nodes.items())), "qdq_problems": problems, "size_bytes": len(data), "seconds": seconds})
-    return report
 
 
 class OnnxRunner:
-    """An exported model in onnxruntime: run(x) maps float32 NCHW to float32 logits."""
+    """An ONNX model in onnxruntime (CPU execution provider unless told otherwise): run(x) -> logits."""
 
-    def __init__(self, path: Path, threads: int | None = None, providers: list[str] | None = None) -> None:
-        ort = _import("onnxruntime")
+    def __init__(
+        self,
+        path: Path,
+        threads: int | None = None,
+        providers: list[str] | None = None,
+        *,
+        input_name: str | None = None,
+        output_name: str | None = None,
+    ) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise missing_dependency("onnxruntime", "onnx") from None
         opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise CheckpointError(f"onnxruntime cannot load '{path}' ({str(exc).splitlines()[0][:200]}); re-export the artifact") from None
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        self.input_name = input_name or next(iter(inputs))
+        if self.input_name not in inputs:
+            raise CheckpointError(
+                f"'{path}' has no input '{self.input_name}' (has {', '.join(inputs)}); meta.json does not match: re-export"
+            )
+        self.output_name = output_name or self.session.get_outputs()[0].name
+        batch = inputs[self.input_name].shape[0]
+        self.static_batch = batch if isinstance(batch, int) else None
+        self.version = ort.__version__
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
+        return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
 
 
 class OnnxTarget:
-    """The "onnx" target: model.onnx (FP32 or Q/DQ INT8) + meta.json, run with onnxruntime."""
+    """The Target protocol for ONNX / onnxruntime (see edgeseg.export.base)."""
 
     name = "onnx"
+    runtime = "onnxruntime"
+    runtime_label = "onnxruntime"
+    extra = "onnx"
+    precisions = ("fp32", "int8")
+    variants: tuple[tuple[str, str | None], ...] = (("fp32", None),)
+    precision_hints: tuple[str, ...] = ()
 
     def is_available(self) -> tuple[bool, str]:
         for module in ("onnx", "onnxsim", "onnxruntime"):
@@ -285,9 +76,21 @@ class OnnxTarget:
                 return False, str(missing_dependency(module, "onnx"))
         return True, ""
 
+    def can_run_here(self) -> tuple[bool, str]:
+        if package_version("onnxruntime") is None:
+            return False, str(missing_dependency("onnxruntime", "onnx"))
+        return True, ""
+
+    def describe(self, meta: dict[str, Any], folder: Path | None) -> str:
+        report = meta.get("export_report") or {}
+        if "max_abs_diff" in report:
+            return f"onnxruntime vs PyTorch: max |diff| {report['max_abs_diff']:.2e}"
+        return ""
+
     def export(self, request: ExportRequest, out: Path) -> dict[str, Any]:
-        """Write out/model.onnx and out/meta.json; returns the meta."""
+        """Write out/model.onnx; returns the meta (written by the orchestrator)."""
         from edgeseg.config import recipe_from_dict
+        from edgeseg.export.onnx_export import export_onnx, prepare_model
         from edgeseg.export.prepare import tool_versions
 
         model, ckpt, meta = prepare_model(request)
@@ -307,45 +110,18 @@ class OnnxTarget:
             Path(out) / "model.onnx",
             input_size=tuple(meta["input_size"]),
             meta=meta,
-            opset=opset,  # type: ignore[arg-type]
+            opset=opset,
             dynamic_batch=request.dynamic_batch,
-        )
+        )  # type: ignore[arg-type]
         # `out` is the temporary folder of an atomic build: record the path inside the artifact.
         meta["export_report"] = {**report, "path": meta["model_file"]}
-        write_json(Path(out) / "meta.json", meta)
         return meta
 
-    def load(self, artifact: Path, meta: dict[str, Any], **options: Any) -> OnnxRunner:
-        return OnnxRunner(Path(artifact) / meta.get("model_file", "model.onnx"), options.get("threads"), options.get("providers"))
-
-
-def prepare_model(request: ExportRequest) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
-    """load_for_export, then the model of the asked precision: (model, ckpt, meta).
-
-    FP32 from a quantized checkpoint exports its (BN-folded) float weights with quantization
-    off. INT8 needs a checkpoint with ranges (from `edgeseg calibrate` or QAT).
-
-    Raises:
-        CheckpointError: INT8 asked of a checkpoint without ranges.
-        TargetError: a precision other than fp32 or int8.
-    """
-    from edgeseg.export.prepare import load_for_export
-    from edgeseg.quant.quantize import is_quantized, set_quant_enabled
-
-    if request.precision not in ("fp32", "int8"):
-        raise TargetError(f"--precision {request.precision} is not supported by ONNX export; use fp32 or int8")
-    model, ckpt, meta = load_for_export(request)
-    if request.precision == "int8" and not is_quantized(model):
-        raise CheckpointError(
-            f"checkpoint '{request.checkpoint}' has no INT8 ranges; run 'edgeseg calibrate {request.checkpoint} --calib LIST --out ptq.pt' "
-            "and export ptq.pt, or train with QAT (edgeseg train RECIPE --qat)"
+    def load(self, artifact: Path, meta: dict[str, Any], *, threads: int | None = None, precision_hint: str | None = None) -> Loaded:
+        runner = OnnxRunner(
+            Path(artifact) / meta["model_file"], threads, input_name=meta.get("input_name"), output_name=meta.get("output_name")
         )
-    if is_quantized(model):
-        set_quant_enabled(model, request.precision == "int8")
-    meta["precision"] = request.precision
-    if request.precision == "fp32":
-        meta["quant"] = None
-    return model, ckpt, meta
+        return Loaded(runner, self.runtime, runner.version, "CPUExecutionProvider", None, runner.static_batch)
 
 
 TARGET = OnnxTarget()

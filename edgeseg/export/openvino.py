@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.errors import CheckpointError, ConfigError, NumericalError, TargetError, missing_dependency
-from edgeseg.export.base import ExportRequest
+from edgeseg.errors import ConfigError, NumericalError, TargetError, missing_dependency
+from edgeseg.export.base import ExportRequest, Loaded, package_version
+from edgeseg.export.common import onnx_reference, require_int8_ranges
 
 log = logging.getLogger(__name__)
 
@@ -167,10 +168,13 @@ def precision_hint(precision: str, device: str = "CPU") -> str:
     return str(core.get_property(device, "INFERENCE_PRECISION_HINT").get_type_name())
 
 
-def compile_ir(xml: Path, *, hint: str, device: str = "CPU", threads: int | None = None) -> Any:
-    """Compile an IR with an explicit precision hint (and thread count)."""
+def compile_ir(xml: Path, *, hint: str | None, device: str = "CPU", threads: int | None = None, performance: str | None = None) -> Any:
+    """Compile an IR with a precision hint (None: the runtime's default), thread count and
+    performance mode (bench: LATENCY)."""
     ov = _ov()
-    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint}
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint} if hint else {}
+    if performance:
+        config["PERFORMANCE_HINT"] = performance
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
     try:
@@ -222,19 +226,6 @@ def precision_report(compiled: Any, *, hint: str, int8: bool) -> dict[str, Any]:
     }
 
 
-def onnx_reference(onnx_path: Path, images: list[np.ndarray]) -> np.ndarray:
-    """Logits of the ONNX file in onnxruntime (CPU), the reference every IR is compared with."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise missing_dependency("onnxruntime", "openvino") from None
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    return np.concatenate([sess.run(None, {name: x})[0] for x in images])
-
-
 def run_compiled(compiled: Any, images: list[np.ndarray]) -> np.ndarray:
     req = compiled.create_infer_request()
     outs = []
@@ -262,7 +253,7 @@ def verify_ir(
     """
     compiled = compile_ir(xml, hint=hint)
     got = run_compiled(compiled, images)
-    from edgeseg.export.artifacts import argmax_agreement
+    from edgeseg.export.common import argmax_agreement
 
     agreement = argmax_agreement(got, reference)
     report = precision_report(compiled, hint=hint, int8=int8)
@@ -298,21 +289,36 @@ def nncf_quantize_ir(fp32_onnx: Path, out_dir: Path, calibration: list[np.ndarra
 
 
 class OpenVINORunner:
-    """A compiled IR: `run(x)` maps float32 NCHW to float32 logits."""
+    """A compiled IR with one infer request: `run(x)` maps float32 NCHW to float32 logits.
 
-    def __init__(self, compiled: Any) -> None:
+    With `copy=False` (bench), `run` returns a view of the request's output tensor, valid until
+    the next call, so timing measures inference and not a copy.
+    """
+
+    def __init__(self, compiled: Any, *, copy: bool = True) -> None:
         self.compiled = compiled
         self.request = compiled.create_infer_request()
+        self.copy = copy
+        self.hint = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        shape = compiled.inputs[0].get_partial_shape()
+        self.static_batch = shape[0].get_length() if shape[0].is_static else None
 
     def run(self, x: np.ndarray) -> np.ndarray:
         self.request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
-        return np.array(self.request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+        out = self.request.get_output_tensor(0).data
+        return np.array(out, dtype=np.float32, copy=True) if self.copy else out
 
 
 class OpenVINOTarget:
     """The Target protocol for OpenVINO (see edgeseg.export.base)."""
 
     name = "openvino"
+    runtime = "openvino"
+    runtime_label = "OpenVINO"
+    extra = "openvino"
+    precisions = ("fp32", "fp16", "int8")
+    variants: tuple[tuple[str, str | None], ...] = (("fp32", None), ("fp16", None), ("int8", None), ("int8", "nncf"))
+    precision_hints = ("f32", "bf16", "f16")
 
     def is_available(self) -> tuple[bool, str]:
         try:
@@ -321,13 +327,33 @@ class OpenVINOTarget:
             return False, str(exc)
         return True, ""
 
+    def can_run_here(self) -> tuple[bool, str]:
+        if package_version("openvino") is None:
+            return False, str(missing_dependency("openvino", "openvino"))
+        return True, ""
+
+    def describe(self, meta: dict[str, Any], folder: Path | None) -> str:
+        v = meta.get("verification") or {}
+        layers = f", {v['weighted_layers_int8']}/{v['weighted_layers']} conv/matmul layers run INT8" if meta["precision"] == "int8" else ""
+        deployed = v.get("deployed_hint_agreement")
+        also = f"; at its {meta.get('precision_hint')} hint {deployed:.4%}" if deployed is not None else ""
+        if v.get("exact_grid_agreement") is not None:
+            also += f"; its signed-grid twin {v['exact_grid_agreement']:.4%}"
+        return f"OpenVINO (f32) vs {v.get('reference')}: argmax agreement {v.get('argmax_agreement', 0):.4%}{also}{layers}"
+
     def export(self, request: ExportRequest, out: Path) -> dict[str, Any]:
         return export_openvino(request, out)
 
-    def load(self, artifact: Path, meta: dict[str, Any], **options: Any) -> OpenVINORunner:
-        hint = options.get("precision_hint") or meta.get("precision_hint") or precision_hint(meta["precision"])
-        device = options.get("device") or meta.get("device", "CPU")
-        return OpenVINORunner(compile_ir(Path(artifact) / meta["model_file"], hint=hint, device=device, threads=options.get("threads")))
+    def load(self, artifact: Path, meta: dict[str, Any], *, threads: int | None = None, precision_hint: str | None = None) -> Loaded:
+        """Compile with the LATENCY hint; precision: `precision_hint`, else meta.json's, else f32 for
+        an FP32 artifact (OpenVINO would otherwise run it in bf16 on CPUs that have it), else the
+        runtime's default, read back and recorded."""
+        hint = precision_hint or meta.get("precision_hint") or ("f32" if meta["precision"] == "fp32" else None)
+        device = meta.get("device", "CPU")
+        compiled = compile_ir(Path(artifact) / meta["model_file"], hint=hint, device=device, threads=threads, performance="LATENCY")
+        runner = OpenVINORunner(compiled, copy=False)
+        version = package_version("openvino") or _ov().get_version()
+        return Loaded(runner, self.runtime, version, device, runner.hint, runner.static_batch)
 
 
 def check_request(request: ExportRequest, has_ranges: bool) -> str | None:
@@ -338,9 +364,7 @@ def check_request(request: ExportRequest, has_ranges: bool) -> str | None:
     if ptq and request.precision != "int8":
         raise ConfigError(f"--ptq {ptq} quantizes to INT8; use it with --precision int8, not {request.precision}")
     if request.precision == "int8" and not ptq and not has_ranges:
-        raise CheckpointError(
-            f"checkpoint '{request.checkpoint}' has no INT8 ranges; calibrate it ('edgeseg calibrate'), train with QAT, or pass --ptq nncf"
-        )
+        require_int8_ranges(None, request.checkpoint, also="or pass --ptq nncf for NNCF's own PTQ")
     return ptq
 
 
@@ -372,7 +396,7 @@ def calibration_images(ckpt: dict[str, Any], meta: dict[str, Any], count: int | 
 
 def export_openvino(request: ExportRequest, out: Path) -> dict[str, Any]:
     """Export one OpenVINO artifact into folder `out` and verify it; return its meta."""
-    from edgeseg.export.artifacts import argmax_agreement, source_onnx, verification_images
+    from edgeseg.export.common import argmax_agreement, source_onnx, verification_images
     from edgeseg.export.prepare import load_for_export, tool_versions
     from edgeseg.fsutil import scratch_dir, write_json
 

@@ -9,7 +9,8 @@ import torch
 
 from edgeseg import __version__
 from edgeseg.config import recipe_from_dict
-from edgeseg.export.base import META_SCHEMA_VERSION, ExportRequest
+from edgeseg.export.base import ExportRequest
+from edgeseg.export.meta import META_SCHEMA_VERSION
 from edgeseg.train.checkpoint import file_hash, load_checkpoint, model_from_checkpoint
 
 
@@ -29,7 +30,7 @@ def tool_versions(*modules: str) -> dict[str, str]:
 def load_for_export(request: ExportRequest) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
     """Load the request's checkpoint as an eval-mode model with static resize sizes.
 
-    Returns (model, ckpt, meta) where meta holds every ARTIFACT_META_KEYS entry except target,
+    Returns (model, ckpt, meta) where meta holds every ArtifactMeta field except target,
     precision, model_file, input_name/output_name and tool_versions (the target fills those).
     """
     ckpt = load_checkpoint(request.checkpoint)

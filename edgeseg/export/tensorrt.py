@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg.errors import ConfigError, NumericalError, TargetError, missing_dependency
-from edgeseg.export.base import ExportRequest
+from edgeseg.export.base import ExportRequest, Loaded, package_version
 from edgeseg.fsutil import write_bytes, write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -156,8 +156,7 @@ def fp16_onnx(src: Path, dst: Path) -> bool:
 
 def fp16_agreement(fp32_path: Path, fp16_path: Path, meta: dict[str, Any], count: int = 4) -> dict[str, Any]:
     """Argmax agreement of the FP16 ONNX with the FP32 ONNX in onnxruntime, on the artifact's data."""
-    from edgeseg.export.artifacts import argmax_agreement, verification_images
-    from edgeseg.export.openvino import onnx_reference
+    from edgeseg.export.common import argmax_agreement, onnx_reference, verification_images
 
     images, desc = verification_images(meta, count)
     ref, half = onnx_reference(fp32_path, images), onnx_reference(fp16_path, images)
@@ -173,6 +172,12 @@ class JetsonTarget:
     """The Target protocol for Jetson/TensorRT (see edgeseg.export.base)."""
 
     name = "jetson"
+    runtime = "tensorrt"
+    runtime_label = "TensorRT"
+    extra = "tensorrt"
+    precisions = ("fp32", "fp16", "int8")
+    variants: tuple[tuple[str, str | None], ...] = (("int8", None),)
+    precision_hints: tuple[str, ...] = ()
 
     def is_available(self) -> tuple[bool, str]:
         # The bundle needs onnx only; building and running an engine need tensorrt + a GPU.
@@ -185,13 +190,42 @@ class JetsonTarget:
     def export(self, request: ExportRequest, out: Path) -> dict[str, Any]:
         return export_bundle(request, out)
 
-    def load(self, artifact: Path, meta: dict[str, Any], **options: Any) -> TensorRTRunner:
-        return TensorRTRunner(Path(artifact), **{k: v for k, v in options.items() if k in ("workspace_gb", "dla_core")})
+    def can_run_here(self) -> tuple[bool, str]:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorrt") is None:
+            return (
+                False,
+                'TensorRT needs an NVIDIA GPU with tensorrt installed (JetPack\'s on a Jetson, or pip install "edgeseg[tensorrt]")',
+            )
+        return True, ""
+
+    def describe(self, meta: dict[str, Any], folder: Path | None) -> str:
+        report = (folder / "preflight.txt") if folder is not None else None
+        head = [ln for ln in report.read_text().splitlines() if ln.startswith("#")] if report is not None and report.is_file() else []
+        return "preflight " + "; ".join(h.lstrip("# ") for h in head) + f" (see {report})"
+
+    def load(self, artifact: Path, meta: dict[str, Any], *, threads: int | None = None, precision_hint: str | None = None) -> Loaded:
+        ok, why = self.can_run_here()
+        if not ok:
+            raise TargetError(f"cannot run '{artifact}' here: {why}")
+        runner = TensorRTRunner(Path(artifact))
+        return Loaded(runner, self.runtime, package_version("tensorrt"), _provider(Path(artifact)), None, runner.static_batch)
+
+
+def _provider(bundle: Path) -> str:
+    """GPU, or the DLA core the engine was built for (with GPU fallback), from build.json."""
+    build = bundle / "build.json"
+    try:
+        dla = json.loads(build.read_text()).get("dla_core") if build.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        dla = None
+    return f"DLA{dla} (GPU fallback)" if dla is not None else "GPU"
 
 
 def export_bundle(request: ExportRequest, out: Path) -> dict[str, Any]:
     """Write the Jetson bundle into `out`: ONNX (+ FP16 ONNX), build.json, preflight; return meta."""
-    from edgeseg.export.artifacts import source_onnx
+    from edgeseg.export.common import source_onnx
     from edgeseg.export.prepare import load_for_export, tool_versions
 
     opts = request.options

@@ -12,6 +12,7 @@ from typing import cast
 import torch
 from torch import nn
 
+from edgeseg.constants import OUTPUT_STRIDES, choices
 from edgeseg.errors import CheckpointError
 from edgeseg.models.layers import ConvNormAct, QuantPoint
 
@@ -100,8 +101,8 @@ class MobileNetV2Encoder(nn.Module):
         strided network's features densely (sampled every `stride` pixels they are equal). Multi-grid
         multiplies the dilation of the last `len(multi_grid)` blocks.
         """
-        if output_stride not in (8, 16, 32):
-            raise ValueError(f"output stride must be 8, 16 or 32, got {output_stride}")
+        if output_stride not in OUTPUT_STRIDES:
+            raise ValueError(f"output stride must be {choices(OUTPUT_STRIDES)}, got {output_stride}")
         n = len(self.features)
         grid = {n - len(self.multi_grid) + j: m for j, m in enumerate(self.multi_grid)} if self.multi_grid else {}
         current, dilation = 2, 1

@@ -1,4 +1,8 @@
-"""INT8 quantization: fake quantization, BN folding, calibration, QAT (see quantize()).
+"""INT8 quantization: fake quantization, BN folding, calibration, PTQ (see quantize()).
+
+The layers run one way: train -> quant -> models -> data. quant never imports train: it takes
+models and data, and train/ reads and writes the checkpoints (train.ptq for `edgeseg calibrate`,
+train.qat for the QAT stage, which fine-tunes the quantized model this package builds).
 
 Library choice: a small fake-quant module on `torch.fake_quantize_per_channel_affine` /
 `torch.fake_quantize_per_tensor_affine`. Both export to standard ONNX QuantizeLinear /
@@ -15,9 +19,11 @@ decided by the model code (edgeseg.models.layers.QuantPoint), following TensorRT
 explicit-quantization placement.
 """
 
-from edgeseg.quant.calibrators import METHODS, Calibrator
+from edgeseg.quant.calibrators import Calibrator
+from edgeseg.quant.data import ForwardLoop, Progress, array_loop, file_loop, recipe_forward_loop
 from edgeseg.quant.fake_quant import QuantConv2d, TensorQuantizer, fake_quant_channel, fake_quant_tensor
 from edgeseg.quant.fold import fold_bn
+from edgeseg.quant.ptq import calibrate_recipe, ranges_path, write_ranges
 from edgeseg.quant.quantize import (
     calibrate,
     calibrate_methods,
@@ -33,22 +39,29 @@ from edgeseg.quant.quantize import (
 )
 
 __all__ = [
-    "METHODS",
     "Calibrator",
+    "ForwardLoop",
+    "Progress",
     "QuantConv2d",
     "TensorQuantizer",
+    "array_loop",
     "calibrate",
     "calibrate_methods",
+    "calibrate_recipe",
     "fake_quant_channel",
     "fake_quant_tensor",
+    "file_loop",
     "fold_bn",
     "is_quantized",
     "quant_ranges",
     "quant_state",
     "quantize",
+    "ranges_path",
+    "recipe_forward_loop",
     "restore_quantized",
     "set_quant_enabled",
     "set_ranges",
     "set_range_tracking",
     "uncalibrated",
+    "write_ranges",
 ]

@@ -18,6 +18,7 @@ import math
 import numpy as np
 import torch
 
+from edgeseg.constants import check_calib_method
 from edgeseg.quant.fake_quant import QMAX
 
 NUM_BINS = 2048
@@ -30,9 +31,7 @@ class Calibrator:
     """Collects max |x| and (unless the method is max) a histogram of |x| for one tensor."""
 
     def __init__(self, method: str = "percentile", num_bins: int = NUM_BINS) -> None:
-        if method not in METHODS:
-            raise ValueError(f"unknown calibration method {method!r}; use one of {', '.join(METHODS)}")
-        self.method = method
+        self.method = check_calib_method(method, "calibration method")
         self.num_bins = num_bins
         self.amax = 0.0
         self.count = 0
@@ -156,6 +155,3 @@ def entropy_amax(counts: np.ndarray, width: float, start: int = _LEVELS) -> floa
         if kl <= best_kl:
             best_i, best_kl = int(i), kl
     return best_i * width
-
-
-METHODS = ("max", "percentile", "entropy", "mse")

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from edgeseg.config import Recipe
-from edgeseg.data.calib import read_calib_list
+from edgeseg.data.calib import RECOMMENDED_IMAGES, read_calib_list
 from edgeseg.data.io import read_image
 from edgeseg.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess
 
@@ -84,5 +84,5 @@ def recipe_forward_loop(
     source = open_split(recipe, recipe.data.train_split, str(data_root) if data_root else None)
     n = min(num_images or recipe.quant.calib_num_images, len(source))
     picks = np.linspace(0, len(source) - 1, n).round().astype(int).tolist()
-    info = {"calib_list": f"{recipe.data.format}:{recipe.data.train_split}", "num_images": n, "too_few": n < 300}
+    info = {"calib_list": f"{recipe.data.format}:{recipe.data.train_split}", "num_images": n, "too_few": n < RECOMMENDED_IMAGES}
     return array_loop(lambda i: source.load(picks[i])[0], n, size, device=device, progress=progress), info  # type: ignore[arg-type]

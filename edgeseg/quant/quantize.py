@@ -18,9 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgeseg.constants import CALIB_METHODS, check_calib_method
 from edgeseg.errors import CheckpointError
 from edgeseg.models.layers import QuantPoint
-from edgeseg.quant.calibrators import METHODS, Calibrator
+from edgeseg.quant.calibrators import Calibrator
 from edgeseg.quant.fake_quant import QuantConv2d, TensorQuantizer
 from edgeseg.quant.fold import fold_bn
 
@@ -38,9 +39,7 @@ def _settings(cfg: Any) -> tuple[str, float]:
     get = cfg.get if isinstance(cfg, Mapping) else lambda k, d=None: getattr(cfg, k, d)
     method = get("calib_method") or get("method") or "percentile"
     percentile = float(get("percentile") or 99.99)
-    if method not in METHODS:
-        raise ValueError(f"unknown calibration method {method!r}; use one of {', '.join(METHODS)}")
-    return str(method), percentile
+    return check_calib_method(str(method), "calibration method"), percentile
 
 
 def _swap(model: nn.Module) -> None:
@@ -144,7 +143,7 @@ def calibrate(model: nn.Module, forward_loop: ForwardLoop, method: str = "percen
 
 
 def calibrate_methods(
-    model: nn.Module, forward_loop: ForwardLoop, methods: tuple[str, ...] = METHODS, percentile: float = 99.99
+    model: nn.Module, forward_loop: ForwardLoop, methods: tuple[str, ...] = CALIB_METHODS, percentile: float = 99.99
 ) -> dict[str, dict[str, float]]:
     """Ranges of several methods from one pass over the data: {method: {quantizer: amax}}.
 

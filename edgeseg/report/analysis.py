@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgeseg.bench.device import device_label
-from edgeseg.bench.results import RUNTIME_NAMES, BenchRow
+from edgeseg.bench.results import BenchRow, runtime_label
 
 # Execution precision of each artifact precision when no hint lowers it.
 _NATIVE_HINT = {"fp32": "f32", "fp16": "f16"}
@@ -36,7 +36,7 @@ class Entry:
 
 def row_label(row: BenchRow) -> str:
     """'INT8 (qat) OpenVINO', 'FP32 (bf16 exec) OpenVINO', 'FP32 torch'."""
-    return f"{precision_label(row)} {RUNTIME_NAMES.get(row.runtime, row.runtime)}"
+    return f"{precision_label(row)} {runtime_label(row.runtime)}"
 
 
 def precision_label(row: BenchRow) -> str:

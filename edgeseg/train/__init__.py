@@ -1,4 +1,9 @@
-"""Training: `fit` runs the FP32 stage, then QAT when the recipe's quant section enables it."""
+"""Training: `fit` runs the FP32 stage, then QAT when the recipe's quant section enables it.
+
+train/ is the top layer (train -> quant -> models -> data): it owns checkpoints, so whatever
+reads or writes them lives here: the QAT stage (qat), `edgeseg calibrate` (ptq) and `edgeseg
+info` (info); launch runs a data-parallel training under torchrun.
+"""
 
 from __future__ import annotations
 
@@ -18,8 +23,27 @@ from edgeseg.errors import CheckpointError, ConfigError
 from edgeseg.fsutil import check_writable, copy_file, write_json
 from edgeseg.models import build_model
 from edgeseg.train.checkpoint import apply_atrous_rule, check_compatible, load_checkpoint, model_from_checkpoint, read_payload
-from edgeseg.train.loop import Callback, Stage, Trainer
-from edgeseg.train.losses import class_weights_for
+from edgeseg.train.evaluate import amp_dtype, autocast
+from edgeseg.train.info import model_info
+from edgeseg.train.loop import Callback, Stage, Trainer, freeze_backbone_bn
+from edgeseg.train.losses import build_loss, class_weights_for, total_loss
+from edgeseg.train.ptq import calibrate_checkpoint
+from edgeseg.train.qat import qat_stage
+
+__all__ = [
+    "Callback",
+    "Stage",
+    "Trainer",
+    "amp_dtype",
+    "autocast",
+    "build_loss",
+    "calibrate_checkpoint",
+    "fit",
+    "freeze_backbone_bn",
+    "model_info",
+    "qat_stage",
+    "total_loss",
+]
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +168,6 @@ def _fit(
         if trainer.rank == 0:
             _finish_stage(out, "fp32")
     if do_qat:
-        from edgeseg.quant.qat import qat_stage
-
         fp32 = load_checkpoint(init or out / "fp32.pt")
         stage, qat_resume = qat_stage(recipe, fp32, last, train_set, device)
         results["qat"] = trainer.run(stage, resume=qat_resume)

@@ -12,11 +12,13 @@ import torch
 
 from edgeseg import __version__
 from edgeseg.config import Recipe, recipe_from_dict
+from edgeseg.constants import check_output_stride
 from edgeseg.data.classes import ClassInfo
 from edgeseg.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from edgeseg.errors import CheckpointError
 from edgeseg.fsutil import write_bytes
 from edgeseg.models import DeepLab, build_model
+from edgeseg.quant import restore_quantized
 
 FORMAT_VERSION = 1
 
@@ -121,8 +123,6 @@ def model_from_checkpoint(ckpt: dict[str, Any], output_stride: int | None = None
     )
     apply_atrous_rule(model, arch)
     if ckpt.get("quant"):
-        from edgeseg.quant import restore_quantized
-
         model = restore_quantized(model, ckpt["quant"])
     try:
         model.load_state_dict(ckpt["model"], strict=True)
@@ -144,8 +144,7 @@ def apply_atrous_rule(model: DeepLab, arch: dict[str, Any]) -> None:
 
 
 def set_output_stride(model: torch.nn.Module, output_stride: int) -> None:
-    if output_stride not in (8, 16, 32):
-        raise CheckpointError(f"--output-stride {output_stride} is invalid; use 8, 16 or 32")
+    check_output_stride(output_stride, "--output-stride")
     base = getattr(model, "float_model", model)
     base.set_output_stride(output_stride)
 

@@ -18,7 +18,7 @@ import torch
 
 from edgeseg.config import Recipe, load_recipe
 from edgeseg.data.dataset import eval_dataset
-from edgeseg.export.onnx import export_onnx
+from edgeseg.export.onnx_export import export_onnx
 from edgeseg.quant import fake_quant_channel, fake_quant_tensor
 from edgeseg.train import fit
 from edgeseg.train.checkpoint import load_checkpoint, model_from_checkpoint

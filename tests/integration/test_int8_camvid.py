@@ -39,7 +39,7 @@ from onnx import TensorProto, helper
 from edgeseg.data.calib import read_calib_list
 from edgeseg.data.preprocess import preprocess
 from edgeseg.data.sources import open_source
-from edgeseg.export.onnx import check_qdq, export_onnx
+from edgeseg.export.onnx_export import check_qdq, export_onnx
 from edgeseg.models import build_model
 from edgeseg.quant import quantize
 from edgeseg.quant.data import file_loop

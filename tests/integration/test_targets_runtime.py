@@ -21,8 +21,10 @@ from edgeseg.data import open_source
 from edgeseg.data.classes import CAMVID, SYNTHETIC
 from edgeseg.data.preprocess import preprocess
 from edgeseg.errors import TargetError
-from edgeseg.export.artifacts import argmax_agreement, export_artifact, read_meta
+from edgeseg.export.artifacts import export_artifact
 from edgeseg.export.base import ARTIFACT_META_KEYS, ExportRequest
+from edgeseg.export.common import argmax_agreement
+from edgeseg.export.meta import read_meta
 from edgeseg.models import build_model
 from edgeseg.quant import quant_state, quantize
 from edgeseg.quant.data import array_loop
@@ -90,7 +92,7 @@ def _val_images(n: int = 2) -> list[np.ndarray]:
 
 
 def _torch_logits(ckpt: Path, images: list[np.ndarray], quantized: bool) -> np.ndarray:
-    from edgeseg.export.artifacts import float_model_of
+    from edgeseg.export.common import float_model_of
 
     model = model_from_checkpoint(load_checkpoint(ckpt)).eval()
     model.set_input_size(SIZE)

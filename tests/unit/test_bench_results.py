@@ -117,8 +117,12 @@ def _artifact(tmp_path: Path, **meta: Any) -> Path:
         "output_stride": 16,
         "classes": SYNTHETIC.to_dict(),
         "normalization": {"mean": [0.5] * 3, "std": [0.5] * 3},
-        "data": None,
+        "data": {"format": "synthetic", "root": None, "split": "val"},
         "quant": {"method": "qat"},
+        "source_checkpoint": "x.pt",
+        "source_checkpoint_sha256": None,
+        "recipe_hash": None,
+        "tool_versions": {"edgeseg": "0.1.0"},
     }
     (folder / "meta.json").write_text(json.dumps({**base, **meta}))
     return folder
@@ -140,10 +144,17 @@ def test_artifact_size_hash_and_companions(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("meta", "message"),
     [
-        ({"schema_version": 9}, "newer than this edgeseg reads"),
+        ({"schema_version": 9}, "schema_version 9, this edgeseg reads 1: upgrade edgeseg"),
+        ({"schema_version": None}, "no schema_version: it was written by an older edgeseg; re-export"),
         ({"target": "openvnio"}, "did you mean 'openvino'"),
-        ({"model_file": "other.xml"}, "names model_file 'other.xml' but it is missing"),
-        ({"input_name": None, "__drop__": "input_name"}, "has no 'input_name'"),
+        ({"model_file": "other.xml"}, "lacks its model file 'other.xml'"),
+        ({"model_file": "../model.xml"}, "'model_file' = '../model.xml' is invalid .*not a path"),
+        ({"input_name": None, "__drop__": "input_name"}, "lacks 'input_name'"),
+        ({"input_size": [64, 0]}, "'input_size' = \\[64, 0\\] is invalid"),
+        ({"output_stride": 12}, "'output_stride' = 12 is invalid"),
+        ({"normalization": {"mean": [0.5] * 3, "std": [0.5, 0.0, 0.5]}}, "'normalization.std' = .* each > 0"),
+        ({"normalization": {"mean": [float("nan")] * 3, "std": [0.5] * 3}}, "'normalization.mean'"),
+        ({"classes": {"names": ["a"], "colors": [[0, 0]], "ignore_index": 255}}, "'classes' .*one \\[r, g, b\\]"),
     ],
 )
 def test_bad_artifacts(tmp_path: Path, meta: dict[str, Any], message: str) -> None:

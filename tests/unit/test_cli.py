@@ -57,6 +57,19 @@ def test_train_writes_a_usable_checkpoint(run_dir: Path) -> None:
     assert not (run_dir / "qat.pt").exists()
 
 
+def test_train_nproc_per_node_reruns_itself_under_torchrun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+    monkeypatch.setattr(subprocess, "call", lambda cmd: calls.append(cmd) or 3)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    args = ["train", str(SMOKE), "--out", str(tmp_path), "--nproc-per-node", "2", "--set", "train.epochs=1", "--resume", "--no-qat"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 3 and not (tmp_path / "last.pt").exists()  # torchrun's exit code; nothing trained here
+    assert calls == [
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "edgeseg", "train", str(SMOKE)]
+        + ["--out", str(tmp_path), "--set", "train.epochs=1", "--resume", "--no-qat"]
+    ]
+
+
 @pytest.mark.parametrize("output_stride", [None, 8])
 def test_eval_json_matches_a_hand_computed_miou(run_dir: Path, tmp_path: Path, output_stride: int | None) -> None:
     out = tmp_path / "eval.json"

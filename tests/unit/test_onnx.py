@@ -22,7 +22,7 @@ from edgeseg.config import recipe_from_dict  # noqa: E402
 from edgeseg.data.classes import SYNTHETIC  # noqa: E402
 from edgeseg.errors import CheckpointError  # noqa: E402
 from edgeseg.export.base import ExportRequest, get_target  # noqa: E402
-from edgeseg.export.onnx import check_qdq, constants, export_onnx  # noqa: E402
+from edgeseg.export.onnx_export import check_qdq, constants, export_onnx  # noqa: E402
 from edgeseg.quant import quant_state, quantize  # noqa: E402
 from edgeseg.train.checkpoint import save_checkpoint  # noqa: E402
 
@@ -184,7 +184,9 @@ def test_export_command_int8_dynamic_batch_and_runner(tmp_path) -> None:  # noqa
     folder = next((tmp_path / "export").iterdir())
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["precision"] == "int8" and meta["quant"]["method"] == "max" and meta["input_size"] == [64, 64]
-    runner = get_target("onnx").load(folder, meta)
+    loaded = get_target("onnx").load(folder, meta)
+    assert loaded.runtime == "onnxruntime" and loaded.static_batch is None  # dynamic batch
+    runner = loaded.runner
     x = torch.cat(batches(1, seed=31)).numpy()  # batch 2 through a dynamic-batch model
     got, ref = runner.run(x), torch_run(q.eval(), x)
     assert got.shape == (2, 5, 64, 64)

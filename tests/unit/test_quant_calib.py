@@ -18,8 +18,7 @@ from edgeseg.data.classes import SYNTHETIC
 from edgeseg.data.synthetic import make_scene
 from edgeseg.errors import DataError
 from edgeseg.models import build_model
-from edgeseg.quant import Calibrator
-from edgeseg.quant.ptq import ranges_path
+from edgeseg.quant import Calibrator, ranges_path
 from edgeseg.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 
 N = 1_000_000

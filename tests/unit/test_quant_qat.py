@@ -14,7 +14,7 @@ from test_quant import tiny_model  # noqa: E402
 from edgeseg.config import recipe_from_dict  # noqa: E402
 from edgeseg.data.classes import SYNTHETIC  # noqa: E402
 from edgeseg.quant import is_quantized, quant_ranges  # noqa: E402
-from edgeseg.quant.qat import qat_stage  # noqa: E402
+from edgeseg.train import qat_stage  # noqa: E402
 from edgeseg.train.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 
 

@@ -15,8 +15,11 @@ import torch
 
 from edgeseg.errors import CheckpointError, ConfigError, TargetError
 from edgeseg.export import artifacts as A
+from edgeseg.export import common as C
+from edgeseg.export import meta as M
 from edgeseg.export import tensorrt as T
-from edgeseg.export.base import ARTIFACT_META_KEYS, META_SCHEMA_VERSION, ExportRequest
+from edgeseg.export.base import ExportRequest
+from edgeseg.export.meta import META_SCHEMA_VERSION
 from edgeseg.models import build_model
 
 SHAPE = [1, 3, 64, 64]
@@ -24,8 +27,24 @@ STATIC = {"input": {"min": SHAPE, "opt": SHAPE, "max": SHAPE}}
 
 
 def _meta(**over: Any) -> dict[str, Any]:
-    meta = {k: None for k in ARTIFACT_META_KEYS}
-    meta.update(schema_version=META_SCHEMA_VERSION, target="openvino", precision="int8", model_file="model.xml", input_size=[64, 64])
+    meta: dict[str, Any] = {
+        "schema_version": META_SCHEMA_VERSION,
+        "target": "openvino",
+        "precision": "int8",
+        "model_file": "model.xml",
+        "input_name": "input",
+        "output_name": "logits",
+        "input_size": [64, 64],
+        "output_stride": 16,
+        "classes": {"names": ["a", "b", "c"], "colors": [[0, 0, 0], [1, 1, 1], [2, 2, 2]], "ignore_index": 255},
+        "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        "data": {"format": "synthetic", "root": None, "split": "val"},
+        "quant": None,
+        "source_checkpoint": "x.pt",
+        "source_checkpoint_sha256": "0" * 64,
+        "recipe_hash": "abc",
+        "tool_versions": {"edgeseg": "0.1.0"},
+    }
     meta.update(over)
     return meta
 
@@ -49,8 +68,8 @@ def test_write_artifact_adds_meta_and_readme(tmp_path: Path) -> None:
     assert json.loads((folder / "meta.json").read_text()) == meta
     readme = (folder / "README.md").read_text().strip()
     assert readme.count("\n") == 0 and f"edgeseg bench {folder} --json results.json" in readme
-    assert A.read_meta(folder, target="openvino", input_size=(64, 64)) == meta
-    assert A.artifact_size(folder, "model.xml") == len("<xml/>") + 100  # model.xml + model.bin, not meta/README
+    assert M.read_meta(folder, target="openvino", input_size=(64, 64)) == meta
+    assert M.model_size(folder, "model.xml") == len("<xml/>") + 100  # model.xml + model.bin, not meta/README
 
 
 def test_failed_build_leaves_old_artifact(tmp_path: Path) -> None:
@@ -75,7 +94,7 @@ def test_meta_missing_a_key_is_refused(tmp_path: Path) -> None:
         del meta["classes"]
         return meta
 
-    with pytest.raises(CheckpointError, match="lacks classes"):
+    with pytest.raises(CheckpointError, match="lacks 'classes'"):
         A.write_artifact(tmp_path / "a", build)
     assert not (tmp_path / "a").exists()
 
@@ -87,32 +106,32 @@ def test_model_file_must_be_written(tmp_path: Path) -> None:
 
 def test_read_meta_errors(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
-        A.read_meta(tmp_path / "nope")
+        M.read_meta(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="no meta.json"):
-        A.read_meta(tmp_path / "empty")
+        M.read_meta(tmp_path / "empty")
     folder = tmp_path / "art"
     _write(folder)
     with pytest.raises(TargetError, match="exported for input 64x64, not 96x128; .*--input-size 96x128"):
-        A.read_meta(folder, input_size=(96, 128))
+        M.read_meta(folder, input_size=(96, 128))
     with pytest.raises(TargetError, match="openvino artifact, not coreml"):
-        A.read_meta(folder, target="coreml")
+        M.read_meta(folder, target="coreml")
     meta = json.loads((folder / "meta.json").read_text())
     (folder / "meta.json").write_text(json.dumps({**meta, "schema_version": META_SCHEMA_VERSION + 1}))
     with pytest.raises(CheckpointError, match="schema_version"):
-        A.read_meta(folder)
+        M.read_meta(folder)
     (folder / "meta.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not readable JSON"):
-        A.read_meta(folder)
+        M.read_meta(folder)
     (folder / "meta.json").write_text(json.dumps(meta))
     (folder / "model.xml").unlink()
     with pytest.raises(CheckpointError, match="lacks its model file"):
-        A.read_meta(folder)
+        M.read_meta(folder)
 
 
 def test_every_error_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError) as info:
-        A.read_meta(tmp_path)
+        M.read_meta(tmp_path)
     assert "\n" not in str(info.value)
 
 
@@ -121,7 +140,7 @@ def test_artifact_size_counts_folder_models(tmp_path: Path) -> None:
     pkg.mkdir(parents=True)
     (pkg / "weights.bin").write_bytes(b"\1" * 50)
     (tmp_path / "model.mlpackage" / "Manifest.json").write_text("{}")
-    assert A.artifact_size(tmp_path, "model.mlpackage") == 52
+    assert M.model_size(tmp_path, "model.mlpackage") == 52
 
 
 def test_argmax_agreement() -> None:
@@ -130,9 +149,9 @@ def test_argmax_agreement() -> None:
     a[0, 1] = 1.0  # class 1 everywhere
     b[0, 1] = 1.0
     b[0, 2, 0, 0] = 2.0  # one pixel of four differs
-    assert A.argmax_agreement(a, b) == 0.75
+    assert C.argmax_agreement(a, b) == 0.75
     with pytest.raises(TargetError, match="output shapes differ"):
-        A.argmax_agreement(a, b[:, :2])
+        C.argmax_agreement(a, b[:, :2])
 
 
 def test_export_all_skips_missing_sdks_and_reports_failures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -196,3 +196,15 @@ def test_checkpoints_from_before_the_atrous_fix_keep_their_dilation(reference_ru
 def test_deterministic_mode_ends_with_the_run(reference_run: tuple[Path, dict[str, Any]]) -> None:
     """torch's deterministic switch is process-wide: a deterministic run must not leave it on."""
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_launch_leaves_one_process_and_torchrun_workers_to_train_themselves(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import subprocess
+
+    from edgeseg.train.launch import launch
+
+    monkeypatch.setattr(subprocess, "call", lambda cmd: pytest.fail(f"launched {cmd}"))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert launch(REPO / "recipes" / "smoke.yaml", tmp_path, nproc_per_node=1) is None
+    monkeypatch.setenv("WORLD_SIZE", "2")  # a torchrun worker: it trains, it does not launch again
+    assert launch(REPO / "recipes" / "smoke.yaml", tmp_path, nproc_per_node=2, init=tmp_path / "fp32.pt") is None

@@ -15,8 +15,7 @@ from typing import Any
 import torch
 
 from edgeseg.config import Recipe
-from edgeseg.quant.data import recipe_forward_loop
-from edgeseg.quant.quantize import quant_state, quantize, set_range_tracking
+from edgeseg.quant import calibrate_recipe, quant_state, set_range_tracking
 from edgeseg.train.checkpoint import model_from_checkpoint
 from edgeseg.train.loop import Stage
 
@@ -30,12 +29,7 @@ def _calibrated(recipe: Recipe, fp32_ckpt: dict[str, Any], device: torch.device)
         meta = dict(fp32_ckpt.get("quant_meta") or {})
         return model_from_checkpoint(fp32_ckpt), meta
     model = model_from_checkpoint(fp32_ckpt).to(device)
-    loop, info = recipe_forward_loop(recipe, device=device)
-    log.info("calibrating %s on %d images (%s)", recipe.quant.calib_method, info["num_images"], info["calib_list"])
-    qmodel = quantize(model, recipe.quant, loop)
-    meta = {"method": recipe.quant.calib_method, "calib_list": info["calib_list"], "num_images": info["num_images"]}
-    if recipe.quant.calib_method == "percentile":
-        meta["percentile"] = recipe.quant.percentile
+    qmodel, meta, _ = calibrate_recipe(model, recipe, device=device)  # the recipe's method, list and images
     return qmodel, meta
 
 

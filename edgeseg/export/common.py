@@ -1,0 +1,117 @@
+"""Helpers the targets share: verification images, argmax agreement, the INT8-ranges check and
+the source ONNX every target starts from. Targets import these; no target imports another.
+
+numpy only at import time; torch, onnx and the data loaders are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeseg.errors import CheckpointError, DataError, TargetError, missing_dependency
+
+log = logging.getLogger(__name__)
+
+
+def require_int8_ranges(model: Any, checkpoint: Any, also: str = "") -> None:
+    """Raise the one error for an INT8 export of a checkpoint that has no quantization ranges.
+
+    Args:
+        model: the loaded model (None: the caller already knows it has no ranges).
+        checkpoint: its path, for the message.
+        also: a target's extra way out (e.g. OpenVINO's --ptq nncf), appended to the fix.
+    """
+    if model is not None:
+        from edgeseg.quant import is_quantized
+
+        if is_quantized(model):
+            return
+    raise CheckpointError(
+        f"checkpoint '{checkpoint}' has no INT8 ranges; run 'edgeseg calibrate {checkpoint} --calib LIST --out ptq.pt' "
+        f"and export ptq.pt, or train with QAT (edgeseg train RECIPE --qat){', ' + also if also else ''}"
+    )
+
+
+def verification_images(meta: dict[str, Any], count: int, split: str | None = None) -> tuple[list[np.ndarray], str]:
+    """Up to `count` preprocessed images (float32 1x3xHxW) from the artifact's data set.
+
+    Returns (images, description). Uses the data set meta names (CamVid val, synthetic scenes,
+    ...); when its root is absent here, falls back to the built-in synthetic scenes and says so
+    in the description, which exporters record in meta.json.
+    """
+    from edgeseg.data import open_source
+    from edgeseg.data.preprocess import preprocess
+
+    d = meta["data"]
+    split = split or d.get("split") or "val"
+    try:
+        source = open_source(d["format"], d.get("root"), split, d.get("synthetic"))
+        desc = f"{d['format']} {split}"
+    except DataError as exc:
+        log.warning("verification data unavailable (%s); using synthetic scenes", exc)
+        source = open_source("synthetic", None, "val", {"num_val": count, "size": meta["input_size"]})
+        desc = f"synthetic val (fallback: {d['format']} data not found)"
+    norm = meta["normalization"]
+    size = tuple(meta["input_size"])
+    n = min(count, len(source))
+    # Spread the picks over the split rather than taking its first (often similar) frames.
+    picks = np.unique(np.linspace(0, len(source) - 1, n).round().astype(int))
+    images = [preprocess(source.load(int(i))[0], size, norm["mean"], norm["std"]) for i in picks]
+    return images, f"{desc}, {len(images)} images"
+
+
+def argmax_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Fraction of pixels whose argmax class matches between two logits arrays (N, C, H, W)."""
+    if a.shape != b.shape:
+        raise TargetError(f"output shapes differ: {a.shape} vs {b.shape}; the artifact does not match its source")
+    return float((a.argmax(1) == b.argmax(1)).mean())
+
+
+def float_model_of(model: Any) -> Any:
+    """The float model of a quantized (fake-quant) model: a copy with quantization switched off.
+
+    A quantized model has BatchNorm folded into its convolutions, so its float copy computes
+    the same function as the FP32 checkpoint it came from (QAT: the fine-tuned weights).
+    """
+    from edgeseg.quant import is_quantized, set_quant_enabled
+
+    if not is_quantized(model):
+        return model
+    import copy
+
+    clean = copy.deepcopy(model)
+    set_quant_enabled(clean, False)
+    return clean
+
+
+def source_onnx(
+    model: Any, path: Path, *, meta: dict[str, Any], int8: bool, dynamic_batch: bool = False, opset: int = 17
+) -> dict[str, Any]:
+    """Write the ONNX every target starts from: Q/DQ for int8, float otherwise (simplified, checked).
+
+    Raises:
+        CheckpointError: int8 asked from a model without quantizers.
+    """
+    from edgeseg.export.onnx_export import export_onnx
+
+    if int8:
+        require_int8_ranges(model, meta.get("source_checkpoint"))
+    source = model if int8 else float_model_of(model)
+    return export_onnx(source, path, input_size=tuple(meta["input_size"]), meta=meta, opset=opset, dynamic_batch=dynamic_batch, check=True)
+
+
+def onnx_reference(onnx_path: Path, images: list[np.ndarray], extra: str = "onnx") -> np.ndarray:
+    """Logits of an ONNX file in onnxruntime (CPU): the reference converted models are compared with."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise missing_dependency("onnxruntime", extra) from None
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: x})[0] for x in images])

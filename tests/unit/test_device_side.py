@@ -1,0 +1,123 @@
+"""The device side runs without PyTorch: every target module imports, and `edgeseg bench` measures
+an ONNX artifact end to end (latency and mIoU), with torch made unimportable."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeseg.export.base import TARGETS
+from edgeseg.export.meta import META_SCHEMA_VERSION
+
+BLOCK_TORCH = "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
+
+
+def _python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", BLOCK_TORCH + code], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_torch_is_really_blocked(tmp_path: Path) -> None:
+    result = _python("import torch", tmp_path)
+    assert result.returncode != 0 and "ModuleNotFoundError" in result.stderr
+
+
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_target_device_side_imports_without_torch(name: str, tmp_path: Path) -> None:
+    code = (
+        "from edgeseg.export.base import get_target\n"
+        f"t = get_target({name!r})\n"
+        "print(t.name, t.runtime, t.can_run_here()[0])\n"
+        "import edgeseg.export.meta, edgeseg.bench.runners, edgeseg.bench.measure, edgeseg.report\n"
+    )
+    result = _python(code, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[0] == name
+
+
+def _identity_onnx(path: Path, classes: int = 3) -> None:
+    """A 1x1 convolution that copies its 3 input channels to 3 logits (no torch involved)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.eye(classes, 3, dtype=np.float32).reshape(classes, 3, 1, 1)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["logits"])],
+        "identity",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, classes, 32, 32])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(path))
+
+
+def test_bench_runs_an_onnx_artifact_without_torch(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from PIL import Image
+
+    art = tmp_path / "onnx_fp32_os16"
+    art.mkdir()
+    _identity_onnx(art / "model.onnx")
+    # Data whose mask is the argmax of the normalised image: the identity model scores 100 mIoU.
+    data = tmp_path / "data"
+    for sub in ("images", "masks"):
+        (data / sub).mkdir(parents=True)
+    (data / "classes.txt").write_text("r\ng\nb\n")
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        label = rng.integers(0, 3, (32, 32))
+        image = np.zeros((32, 32, 3), np.uint8)
+        image[np.arange(32)[:, None], np.arange(32)[None], label] = 255
+        Image.fromarray(image).save(data / "images" / f"f{i}.png")
+        Image.fromarray(label.astype(np.uint8)).save(data / "masks" / f"f{i}.png")
+    meta = {
+        "schema_version": META_SCHEMA_VERSION,
+        "target": "onnx",
+        "precision": "fp32",
+        "model_file": "model.onnx",
+        "input_name": "input",
+        "output_name": "logits",
+        "input_size": [32, 32],
+        "output_stride": 16,
+        "classes": {"names": ["r", "g", "b"], "colors": [[255, 0, 0], [0, 255, 0], [0, 0, 255]], "ignore_index": 255},
+        "normalization": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+        "data": {"format": "folder", "root": str(data), "split": "all"},
+        "quant": None,
+        "source_checkpoint": None,
+        "source_checkpoint_sha256": None,
+        "recipe_hash": None,
+        "tool_versions": {},
+    }
+    (art / "meta.json").write_text(json.dumps(meta))
+    out = tmp_path / "results.json"
+    argv = ["edgeseg", "bench", str(art), "--json", str(out), "--runs", "3", "--warmup", "1", "--data", str(data), "--format", "folder"]
+    result = _python(f"from edgeseg.cli import main; sys.argv = {argv!r}; main()", tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["runtime"] == "onnxruntime" and row["target"] == "onnx"
+    assert row["miou"] == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_target_declares_what_the_rest_derives(name: str) -> None:
+    """bench, pipeline, report and the CLI read these from the target: each must be coherent."""
+    import tomllib
+
+    from edgeseg.export.base import PRECISIONS, get_target, runtime_labels
+    from edgeseg.pipeline import variants
+
+    t = get_target(name)
+    assert t.name == name
+    assert t.precisions and set(t.precisions) <= set(PRECISIONS)
+    assert t.variants and all(p in t.precisions for p, _ in t.variants)
+    assert {v.target for v in variants()} >= {name}
+    extras = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert t.extra in extras, f"pyproject.toml has no extra '{t.extra}' for target {name}"
+    assert runtime_labels()[t.runtime] == t.runtime_label
+    ok, why = t.can_run_here()
+    assert isinstance(ok, bool) and (ok or why)
