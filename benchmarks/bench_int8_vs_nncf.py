@@ -53,7 +53,7 @@ from edgeseg.data.calib import read_calib_list  # noqa: E402
 from edgeseg.data.io import read_image  # noqa: E402
 from edgeseg.data.preprocess import preprocess  # noqa: E402
 from edgeseg.export.onnx_export import export_onnx  # noqa: E402
-from edgeseg.export.openvino import ir_from_onnx  # noqa: E402
+from edgeseg.export.openvino_ir import ir_from_onnx  # noqa: E402
 from edgeseg.models import build_model  # noqa: E402
 from edgeseg.quant import quantize  # noqa: E402
 from edgeseg.sizes import parse_size  # noqa: E402

@@ -6,21 +6,19 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
+from edgeseg import cli_render as render
+from edgeseg.cli_render import console, out_console
 from edgeseg.constants import OUTPUT_STRIDES
 from edgeseg.errors import EdgesegError, Interrupted, Terminated
 from edgeseg.export.base import TARGETS
+from edgeseg.fsutil import spare_inputs
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Segmentation from training to a fast INT8 model on an edge device.")
-console = Console(stderr=True)
-out_console = Console()
 STATE: dict[str, bool] = {"verbose": False, "terminated": False}
 
 
@@ -28,30 +26,6 @@ STATE: dict[str, bool] = {"verbose": False, "terminated": False}
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks and debug logs.")] = False) -> None:
     STATE["verbose"] = verbose
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
-
-
-def _iou_table(title: str, summary: dict[str, Any]) -> Table:
-    table = Table(title=title)
-    table.add_column("class")
-    table.add_column("IoU %", justify="right")
-    for name, value in summary["per_class_iou"].items():
-        table.add_row(name, "-" if value is None else f"{value:.2f}")
-    table.add_row("[bold]mIoU", f"[bold]{summary['miou']:.2f}")
-    table.add_row("pixel acc", f"{summary['pixel_acc']:.2f}")
-    return table
 
 
 @app.command()
@@ -75,24 +49,9 @@ def train(
     code = launch(recipe, run_dir, nproc_per_node=nproc_per_node, overrides=set_, resume=resume, qat=qat, init=init)
     if code is not None:  # torchrun ran the training in nproc_per_node processes
         raise typer.Exit(code)
-    with _progress() as bar:
-        tasks: dict[str, Any] = {}
-
-        def callback(event: str, **info: Any) -> None:
-            stage = info.get("stage", "")
-            if event == "start":
-                tasks[stage] = bar.add_task(f"train {stage}", total=info["total"], completed=info["done"], info="")
-            elif event == "step":
-                bar.update(
-                    tasks[stage], completed=info["it"], info=f"loss {info['loss']:.3f} lr {info['lr']:.2e} {info['img_s']:.1f} img/s"
-                )
-            elif event == "eval":
-                console.print(f"{stage} step {info['it']}: val mIoU {info['miou']:.2f}")
-
-        results = fit(r, run_dir, resume=resume, qat=qat, init=init, callback=callback)
-    for stage, res in results.items():
-        out_console.print(f"{stage}: best val mIoU {res['best_miou']:.2f}")
-    out_console.print(f"wrote {run_dir / 'best.pt'}")
+    with render.progress() as bar:
+        results = fit(r, run_dir, resume=resume, qat=qat, init=init, callback=render.train_callback(bar))
+    render.print_train_results(results, run_dir)
 
 
 @app.command("eval")
@@ -110,16 +69,17 @@ def eval_(
     from edgeseg.train.checkpoint import checkpoint_recipe, load_checkpoint, model_from_checkpoint
     from edgeseg.train.evaluate import evaluate
 
+    spare_inputs({"--json": json_out}, [ckpt])
     c = load_checkpoint(ckpt)
     recipe = checkpoint_recipe(c)
     model = model_from_checkpoint(c, output_stride)
     ds = eval_dataset(recipe, split, data, fmt)
-    with _progress() as bar:
+    with render.progress() as bar:
         task = bar.add_task("eval", total=len(ds), info="")
         summary = evaluate(model, ds, progress=lambda i, n: bar.update(task, completed=i))
     summary["output_stride"] = output_stride or c["arch"]["output_stride"]
     summary["checkpoint"] = str(ckpt)
-    out_console.print(_iou_table(f"{ckpt} @ OS{summary['output_stride']}", summary))
+    out_console.print(render.iou_table(f"{ckpt} @ OS{summary['output_stride']}", summary))
     if json_out:
         write_json(json_out, summary)
 
@@ -134,6 +94,7 @@ def predict(
     """Write a coloured mask PNG and an overlay per image."""
     from edgeseg.predict import predict_files
 
+    spare_inputs({"--out": out}, [ckpt, *images])
     written = predict_files(ckpt, images, out, output_stride)
     out_console.print(f"wrote {len(written)} masks and overlays to {out}")
 
@@ -146,13 +107,7 @@ def info(
     """Parameters and GMACs at each output stride."""
     from edgeseg.train.info import model_info
 
-    rows = model_info(source, input_size)
-    table = Table(title=f"{source}")
-    for col in ("head", "OS", "input", "params (M)", "GMACs"):
-        table.add_column(col, justify="right")
-    for r in rows:
-        table.add_row(r["head"], str(r["output_stride"]), r["input"], f"{r['params'] / 1e6:.3f}", f"{r['gmacs']:.3f}")
-    out_console.print(table)
+    render.print_model_info(source, model_info(source, input_size))
 
 
 @app.command()
@@ -168,9 +123,11 @@ def calibrate(
     num_images: Annotated[int | None, typer.Option("--num-images", help="Use the first N images of the list")] = None,
 ) -> None:
     """Post-training quantization: calibrate INT8 ranges into a checkpoint that exports to INT8."""
+    from edgeseg.quant import ranges_path
     from edgeseg.train.ptq import calibrate_checkpoint
 
-    with _progress() as bar:
+    spare_inputs({"--out": out, "--out (ranges)": ranges_path(out)}, [ckpt, *([calib] if calib else [])])
+    with render.progress() as bar:
         task = bar.add_task("calibrate", total=None, info="")
         summary = calibrate_checkpoint(
             ckpt,
@@ -182,15 +139,7 @@ def calibrate(
             num_images=num_images,
             progress=lambda i, n: bar.update(task, completed=i, total=n),
         )
-    if summary["too_few"]:
-        console.print(
-            f"[yellow]warning:[/yellow] calibrated on {summary['num_images']} images, fewer than the recommended 300; ranges may be noisy"
-        )
-    out_console.print(
-        f"{summary['method']} ranges of {summary['quantizers']} tensors from {summary['num_images']} images "
-        f"({summary['calib_list']}) in {summary['seconds']:.1f}s"
-    )
-    out_console.print(f"wrote {summary['out']} and {summary['ranges']}")
+    render.print_calibration(summary)
 
 
 @app.command()
@@ -217,7 +166,7 @@ def export(
     ] = 10,
 ) -> None:
     """Export a checkpoint to a target's artifact folder (model + meta.json), verified on export."""
-    from edgeseg.export.artifacts import describe, export_targets
+    from edgeseg.export.artifacts import export_targets
     from edgeseg.export.base import ExportRequest
     from edgeseg.sizes import parse_size
 
@@ -239,21 +188,7 @@ def export(
     )
     with console.status(f"exporting {target} {precision}"):
         results = export_targets(request, [target])
-    for r in results:
-        if r.skipped:
-            console.print(f"[yellow]skipped {r.target}:[/yellow] {r.skipped}")
-            continue
-        if r.error:
-            console.print(f"[red]failed {r.target}:[/red] {r.error}", highlight=False, soft_wrap=True)
-            continue
-        report = r.meta.get("export_report", {})
-        check = report.get("max_abs_diff")
-        detail = (
-            f", onnxruntime vs torch max |diff| {check:.2e}, argmax agreement {report['argmax_agreement']:.4f}" if check is not None else ""
-        )
-        out_console.print(f"wrote {r.folder} ({r.size_bytes / 1e6:.1f} MB) in {r.seconds:.1f}s{detail}")
-        if describe(r):
-            out_console.print(f"  {describe(r)}", highlight=False, markup=False)
+    render.print_export_results(results)
     if any(r.error for r in results):
         raise typer.Exit(2)
 
@@ -282,6 +217,7 @@ def bench(
     from edgeseg.sizes import parse_size  # torch-free, like bench itself
 
     size = parse_size(input_size) if input_size else None
+    spare_inputs({"--json": json_out}, artifacts)
     options = BenchOptions(
         runs=runs,
         warmup=warmup,
@@ -296,37 +232,12 @@ def bench(
         output_stride=output_stride,
         input_size=size,
     )
-    bar = _progress()  # started with the first artifact: checks that fail first print only their line
-
-    def progress_for(path: Path) -> Any:
-        bar.start()
-        task = bar.add_task(f"bench {path.name}", total=None, info="loading")
-        return lambda stage, done, total: bar.update(task, completed=done, total=total, info=stage)
-
+    bar = render.progress()  # started with the first artifact: checks that fail first print only their line
     try:
-        rows = bench_into(json_out, artifacts, options, progress_for)
+        rows = bench_into(json_out, artifacts, options, render.bench_progress(bar))
     finally:
         bar.stop()
-    table = Table(title=f"bench -> {json_out}")
-    for col in ("artifact", "runtime", "precision", "OS", "mIoU", "p50 ms", "p90 ms", "FPS", "first s", "peak MiB"):
-        table.add_column(col, justify="right")
-    for r in rows:
-        miou = "-" if r.miou is None else f"{r.miou:.2f}"
-        mem = "-" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.0f}"
-        table.add_row(
-            Path(r.artifact).name,
-            r.runtime,
-            f"{r.precision} {r.precision_hint or ''}".strip(),
-            str(r.output_stride),
-            miou,
-            f"{r.latency['p50']:.2f}",
-            f"{r.latency['p90']:.2f}",
-            f"{r.throughput:.1f}",
-            f"{r.first_inference_s:.2f}",
-            mem,
-        )
-    out_console.print(table)
-    out_console.print(f"wrote {len(rows)} rows to {json_out}")
+    render.print_bench_rows(rows, json_out)
 
 
 @app.command()
@@ -337,6 +248,7 @@ def report(
     """mIoU vs latency report per output stride, with the Pareto front, summary lines and plots."""
     from edgeseg.report import build_report
 
+    spare_inputs({"--out": out}, results)
     with console.status("writing report"):
         written = build_report(results, out)
     out_console.print(f"wrote {out / 'report.md'}, report.html, results.csv and {sum(n.endswith('.png') for n in written)} plots to {out}")
@@ -360,11 +272,7 @@ def pipeline(
     from edgeseg.sizes import parse_strides
 
     r = load_recipe(recipe, set_)
-    started = time.perf_counter()
-
-    def event(stage: str, message: str) -> None:
-        console.print(f"[bold cyan]{stage:>9}[/] [dim]{time.perf_counter() - started:6.0f}s[/] {message}", highlight=False)
-
+    event = render.pipeline_event(time.perf_counter())
     result = Pipeline(
         r,
         out or Path("runs") / r.name,
@@ -389,14 +297,7 @@ def check(
     from edgeseg.export.preflight import check_onnx
 
     found = check_onnx(onnx_file, target, trt_version=trt_version, dla=dla)
-    for v in found:
-        out_console.print(f"[{'red' if v.severity == 'error' else 'yellow'}]{escape(str(v))}[/]", highlight=False, soft_wrap=True)
-    errors = sum(v.severity == "error" for v in found)
-    out_console.print(
-        f"{onnx_file}: {errors} errors, {len(found) - errors} warnings (TensorRT {trt_version}.x{f', DLA {dla}' if dla is not None else ''})",
-        soft_wrap=True,
-    )
-    if errors:
+    if render.print_violations(found, onnx_file, trt_version, dla):
         raise typer.Exit(1)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -249,11 +250,42 @@ def _set_dotted(raw: dict[str, Any], override: str) -> None:
     node[parts[-1]] = value
 
 
+MAX_RECIPE_BYTES = 1 << 20
+MAX_ALIASES = 100  # YAML anchors reused more than this: not a recipe
+MAX_VALUES = 10_000  # values in a recipe once aliases are expanded (an alias bomb expands to billions)
+
+
+def _plain(value: Any, where: str, depth: int = 0, seen: list[int] | None = None) -> Any:
+    """A deep copy of YAML/JSON data with only JSON types; anything else is named with its key.
+
+    Bounded: at most 20 levels and MAX_VALUES values, so recursive aliases and alias bombs end
+    in one error line instead of a hang.
+    """
+    seen = [0] if seen is None else seen
+    seen[0] += 1
+    if seen[0] > MAX_VALUES:
+        raise ConfigError(f"the recipe expands to more than {MAX_VALUES} values (YAML aliases?); write the values out")
+    if depth > 20:
+        raise ConfigError(f"recipe key '{where or '(top)'}' nests more than 20 levels (a recursive alias?); write plain values")
+    if isinstance(value, dict):
+        return {str(k): _plain(v, f"{where}.{k}" if where else str(k), depth + 1, seen) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v, f"{where}[{i}]", depth + 1, seen) for i, v in enumerate(value)]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"recipe key '{where}' = {value} is invalid: use a finite number")
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise ConfigError(
+        f"recipe key '{where}' is a {type(value).__name__} ({value!r:.40}); recipes hold numbers, strings and lists: quote it"
+    )
+
+
 def recipe_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> Recipe:
     """Validate a raw mapping (plus `key=value` overrides) into a Recipe."""
-    raw = json.loads(json.dumps(raw))  # deep copy, plain types
+    raw = _plain(raw, "")  # deep copy, plain types only
     for override in overrides or []:
         _set_dotted(raw, override)
+    raw = _plain(raw, "")  # overrides are YAML too: the same rules
     recipe = _build(Recipe, raw, "")
     _validate(recipe)
     return recipe
@@ -270,16 +302,27 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         ConfigError: missing file, YAML syntax error (with line), unknown key, bad type or range.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"recipe '{path}' is a folder; pass a YAML file such as recipes/smoke.yaml")
     if not path.is_file():
         raise ConfigError(f"recipe '{path}' does not exist; pass a YAML file such as recipes/smoke.yaml")
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise ConfigError(f"recipe '{path}' is {path.stat().st_size} bytes, over the 1 MiB a recipe may be; pass the YAML recipe")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"recipe '{path}' is not UTF-8 text; save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"recipe '{path}' cannot be read ({exc.strerror}); check its permissions") from None
+    try:
+        aliases = sum(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader))
+        if aliases > MAX_ALIASES:
+            raise ConfigError(f"recipe '{path}' reuses YAML anchors {aliases} times (over {MAX_ALIASES}); write the values out")
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"recipe '{path}' is not valid YAML{line}; fix the syntax there") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"recipe '{path}' cannot be read ({exc}); check its permissions") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"recipe '{path}' must be a mapping of sections (data, model, train, ...)")
     raw.setdefault("name", path.stem)

@@ -326,3 +326,29 @@ def check_writable(folder: str | Path) -> Path:
         raise WriteError(f"output folder '{folder}' is not writable ({exc.strerror}); pass a writable --out") from None
     sweep_stale_temps(folder)  # what killed runs left in it (files of a name written once, too)
     return folder
+
+
+def spare_inputs(outputs: dict[str, Path | None], inputs: list[Path]) -> None:
+    """Refuse a command whose output would overwrite or replace one of its own inputs.
+
+    Args:
+        outputs: option name -> the file or folder that option writes (None: not given).
+        inputs: the command's input files and folders (a folder counts with every file in it).
+
+    Raises:
+        WriteError: an output is an input, lies inside an input folder's files, or is a folder
+            (replaced whole) that holds an input.
+    """
+    held: list[Path] = []
+    for path in inputs:
+        path = Path(path)
+        held.append(path.resolve())
+        if path.is_dir():
+            held += [p.resolve() for p in path.rglob("*") if p.is_file()]
+    for flag, out in outputs.items():
+        if out is None:
+            continue
+        target = Path(out).resolve()
+        for inp in held:
+            if inp == target or target in inp.parents:
+                raise WriteError(f"{flag} '{out}' would overwrite this command's input '{inp}'; write the output somewhere else")

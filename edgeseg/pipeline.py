@@ -48,6 +48,30 @@ def runs_here(target: str) -> tuple[bool, str]:
     return get_target(target).can_run_here()
 
 
+STAGES = ("train", "calibrate", "report")
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """pipeline.json: {stage: {key: sha256 or hash string}}; {} when absent.
+
+    The state only lets stages be skipped, so a damaged one is an error that says how to go on
+    (every output is re-checked by its hash when the file is deleted).
+    """
+    if not path.exists():
+        return {}
+    fix = f"delete '{path}' and run again (finished stages are re-checked by hash, not redone blindly)"
+    try:
+        state = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise ConfigError(f"'{path}' is not readable JSON; {fix}") from None
+    if not isinstance(state, dict):
+        raise ConfigError(f"'{path}' is not a JSON object; {fix}")
+    for stage, entry in state.items():
+        if stage not in STAGES or not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
+            raise ConfigError(f"'{path}' has an unexpected entry '{stage}'; {fix}")
+    return state
+
+
 class Pipeline:
     """Runs and resumes the stages of one recipe in one run folder."""
 
@@ -74,7 +98,7 @@ class Pipeline:
         self.event = event or (lambda stage, msg: log.info("%s: %s", stage, msg))
         self.bench_runs, self.limit = bench_runs, limit
         self.state_path = self.out / "pipeline.json"
-        self.state: dict[str, Any] = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+        self.state: dict[str, Any] = read_state(self.state_path)
 
     def _save_state(self) -> None:
         write_json(self.state_path, self.state)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeseg.constants import OUTPUT_STRIDES
 from edgeseg.errors import EdgesegError
 from edgeseg.fsutil import write_json
 
@@ -92,12 +94,61 @@ class BenchRow:
         unknown = sorted(d.keys() - names)
         if unknown:
             raise ResultsError(f"{where} has unknown field '{unknown[0]}'; it was written by another edgeseg: upgrade edgeseg")
+        _check_row(d, where)
         return cls(**d)
 
     @property
     def label(self) -> str:
         """'INT8 OpenVINO' style name of the row's precision and runtime."""
         return f"{self.precision.upper()} {runtime_label(self.runtime)}"
+
+
+_NON_NEGATIVE = ("throughput", "first_inference_s", "model_size_mb")
+_OPTIONAL_NON_NEGATIVE = ("peak_mem_mb", "preprocess_ms", "postprocess_ms")
+_PERCENT = ("miou", "pixel_acc")
+_COUNTS = {"batch": 1, "runs": 0, "warmup": 0, "num_images": 0}
+_STRINGS = ("runtime", "target", "precision", "provider", "artifact", "artifact_sha256", "timestamp", "edgeseg_version")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_row(d: dict[str, Any], where: str) -> None:
+    """Types and ranges of a row's fields: a NaN, negative or mistyped value is one error naming it."""
+
+    def bad(key: str, why: str) -> ResultsError:
+        return ResultsError(f"{where}: field '{key}' = {d.get(key)!r:.60} {why}; the file is damaged: re-run 'edgeseg bench'")
+
+    for key in _STRINGS:
+        if not isinstance(d[key], str):
+            raise bad(key, "must be a string")
+    for key in _NON_NEGATIVE:
+        if not _number(d[key]) or d[key] < 0:
+            raise bad(key, "must be a finite number >= 0")
+    for key in _OPTIONAL_NON_NEGATIVE:
+        if d[key] is not None and (not _number(d[key]) or d[key] < 0):
+            raise bad(key, "must be null or a finite number >= 0")
+    for key in _PERCENT:
+        if d[key] is not None and (not _number(d[key]) or not 0 <= d[key] <= 100):
+            raise bad(key, "must be null or a percentage in [0, 100]")
+    for key, low in _COUNTS.items():
+        if not isinstance(d[key], int) or isinstance(d[key], bool) or d[key] < low:
+            raise bad(key, f"must be a whole number >= {low}")
+    if not isinstance(d["latency"], dict) or "p50" not in d["latency"] or not all(_number(v) and v >= 0 for v in d["latency"].values()):
+        raise bad("latency", "must map p50, p90, ... to finite milliseconds >= 0")
+    if not isinstance(d["latency_samples_ms"], list) or not all(_number(v) and v >= 0 for v in d["latency_samples_ms"]):
+        raise bad("latency_samples_ms", "must be a list of finite milliseconds >= 0")
+    iou = d["per_class_iou"]
+    if iou is not None and (not isinstance(iou, dict) or not all(v is None or (_number(v) and 0 <= v <= 100) for v in iou.values())):
+        raise bad("per_class_iou", "must map class names to null or percentages in [0, 100]")
+    if d["output_stride"] is not None and d["output_stride"] not in OUTPUT_STRIDES:
+        raise bad("output_stride", f"must be null or one of {', '.join(map(str, OUTPUT_STRIDES))}")
+    shape = d["input_shape"]
+    if not isinstance(shape, list) or len(shape) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
+        raise bad("input_shape", "must be [N, C, H, W] of positive whole numbers")
+    if not isinstance(d["device"], dict):
+        raise bad("device", "must be an object")
 
 
 def runtime_label(runtime: str) -> str:
@@ -113,8 +164,8 @@ def load_results(path: str | Path) -> list[BenchRow]:
     if not path.is_file():
         raise ResultsError(f"results file '{path}' does not exist; pass a JSON written by 'edgeseg bench --json'")
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         line = f" (line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""
         raise ResultsError(f"results file '{path}' is not valid JSON{line}; pass a file written by 'edgeseg bench --json'") from None
     if not isinstance(doc, dict) or "schema_version" not in doc or not isinstance(doc.get("rows"), list):

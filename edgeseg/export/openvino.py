@@ -19,24 +19,31 @@ The hint is recorded in meta.json ("precision_hint") and used again by `load` an
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgeseg.errors import ConfigError, NumericalError, TargetError, missing_dependency
+from edgeseg.errors import ConfigError, missing_dependency
 from edgeseg.export.base import ExportRequest, Loaded, package_version
 from edgeseg.export.common import onnx_reference, require_int8_ranges
+from edgeseg.export.openvino_ir import (
+    DEFAULT_AGREEMENT,
+    MODEL_FILE,
+    _ov,
+    compile_ir,
+    ir_from_onnx,
+    nncf_quantize_ir,
+    precision_hint,
+    precision_report,
+    run_compiled,
+    verify_ir,
+)
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.xml"
 PRECISION_REPORT = "precision_report.json"
-INT8_PRECISIONS = {"u8", "i8"}
-# Layer types that carry weights: in an INT8 IR each must run in u8/i8.
-WEIGHTED_LAYERS = {"Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul"}
-DEFAULT_AGREEMENT = 0.995
 # Two INT8 engines (onnxruntime's and OpenVINO's) accumulate and requantize differently, so
 # near-tied logits flip on a few more pixels than a float conversion allows. Measured on the
 # signed grid: CamVid val, QAT model 99.48% (OS32), PTQ max 99.34% (OS16); the tiny smoke model,
@@ -48,244 +55,6 @@ INT8_AGREEMENT = 0.98
 # smoke model). The conversion itself is checked at INT8_AGREEMENT on the signed grid first.
 LOWERED_AGREEMENT = 0.97
 PTQ_METHODS = ("nncf",)
-
-
-def _ov() -> Any:
-    try:
-        import openvino
-    except ImportError:
-        raise missing_dependency("openvino", "openvino") from None
-    return openvino
-
-
-def ir_from_onnx(onnx_path: Path, out_dir: Path, *, precision: str, exact_grid: bool = False) -> tuple[Path, int]:
-    """Convert an ONNX file to IR in out_dir/model.xml; FP16 compresses weights, others do not.
-
-    An INT8 model's quantizers of non-negative tensors are lowered to u8 (see
-    `unsigned_activations`) unless `exact_grid`. Returns the IR path and the number lowered.
-    """
-    ov = _ov()
-    model = ov.convert_model(str(onnx_path))
-    lowered = unsigned_activations(model) if precision == "int8" and not exact_grid else 0
-    xml = Path(out_dir) / MODEL_FILE
-    ov.save_model(model, str(xml), compress_to_fp16=(precision == "fp16"))
-    return xml, lowered
-
-
-# Ops whose output is non-negative when their first input is: bilinear/nearest resizing is a
-# convex combination of its inputs; pooling and layout ops move values.
-_SIGN_PRESERVING = {"Interpolate", "MaxPool", "AvgPool", "Reshape", "Squeeze", "Unsqueeze", "Broadcast", "Transpose"}
-# Ops between a quantizer and the Concat it feeds (the image-pooling branch broadcasts first).
-_PASS_THROUGH = {"Broadcast", "Reshape", "Squeeze", "Unsqueeze"}
-
-
-def _non_negative(node: Any) -> bool:
-    kind = node.get_type_name()
-    if kind == "Relu":
-        return True
-    if kind == "Clamp":
-        return float(node.get_min()) >= 0.0
-    if kind == "Interpolate" and str(node.get_attributes().get("mode", "")).startswith("cubic"):
-        return False  # cubic weights are negative in places
-    if kind in _SIGN_PRESERVING:
-        return _non_negative(node.input(0).get_source_output().get_node())
-    return False
-
-
-def _scalar_input(node: Any, index: int) -> float | None:
-    src = node.input(index).get_source_output().get_node()
-    if src.get_type_name() != "Constant":
-        return None
-    data = src.get_data()
-    return float(data.ravel()[0]) if data.size == 1 else None
-
-
-def unsigned_activations(model: Any) -> int:
-    """Lower the signed INT8 quantizers of non-negative tensors to u8 over the same range.
-
-    edgeseg's INT8 model is signed and symmetric, the scheme TensorRT requires, so a tensor after
-    ReLU/ReLU6 uses only the codes 0..127 of [-128, 127]. OpenVINO's CPU plugin runs u8
-    activations natively, and NNCF gives such tensors the full 0..255: a FakeQuantize of range
-    [0, amax] (levels 256, zero point 0) runs as u8 and makes the clamp of a preceding ReLU6
-    redundant (OpenVINO drops it, no post-op is left in the convolution). This keeps every
-    calibrated or QAT-trained range; only the step inside it halves (amax/255 instead of amax/127).
-    On CamVid val the mIoU moved by at most 0.06 against the signed grid; `exact_grid` keeps the
-    signed grid bit for bit at ~5% more latency.
-
-    Quantizers feeding a Concat share one scale; they are lowered together or not at all.
-    Returns the number of FakeQuantize nodes lowered.
-    """
-    from openvino import opset13 as ops
-
-    candidates: dict[str, tuple[Any, float]] = {}
-    fqs = [op for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]
-    for fq in fqs:
-        source = fq.input(0).get_source_output().get_node()
-        if source.get_type_name() == "Constant" or int(fq.get_levels()) != 256 or not _non_negative(source):
-            continue
-        lo, hi, out_lo, out_hi = (_scalar_input(fq, i) for i in range(1, 5))
-        if None in (lo, hi, out_lo, out_hi) or lo != out_lo or hi != out_hi or not hi > 0:  # type: ignore[operator]
-            continue
-        if abs(lo + hi * 128.0 / 127.0) > 1e-5 * hi:  # type: ignore[operator]  # not the signed symmetric scheme
-            continue
-        top = hi
-        if source.get_type_name() == "Clamp":  # values above the clamp never occur: spend the codes below it
-            top = min(hi, float(source.get_max()))  # type: ignore[type-var]
-        candidates[fq.get_friendly_name()] = (fq, float(top))
-    # A Concat's inputs share one scale: lowered together over their widest range, or all kept
-    # signed when one of them is not non-negative.
-    for concat in (op for op in model.get_ordered_ops() if op.get_type_name() == "Concat"):
-        feeding = []
-        for inp in concat.inputs():
-            node = inp.get_source_output().get_node()
-            while node.get_type_name() in _PASS_THROUGH:
-                node = node.input(0).get_source_output().get_node()
-            feeding.append(node.get_friendly_name() if node.get_type_name() == "FakeQuantize" else None)
-        names = [n for n in feeding if n is not None]
-        if any(n not in candidates for n in names):
-            for n in names:
-                candidates.pop(n, None)
-        elif names:
-            top = max(candidates[n][1] for n in names)
-            for n in names:
-                candidates[n] = (candidates[n][0], top)
-    for fq, top in candidates.values():
-        zero, high = ops.constant(np.float32(0.0)), ops.constant(np.float32(top))
-        for index, const in ((1, zero), (2, high), (3, zero), (4, high)):
-            fq.input(index).replace_source_output(const.output(0))
-    model.validate_nodes_and_infer_types()
-    return len(candidates)
-
-
-def precision_hint(precision: str, device: str = "CPU") -> str:
-    """The INFERENCE_PRECISION_HINT an artifact of `precision` runs with on `device`."""
-    if precision in ("fp32", "int8"):
-        return "f32"
-    core = _ov().Core()
-    caps = core.get_property(device, "OPTIMIZATION_CAPABILITIES")
-    if "FP16" in caps:
-        return "f16"
-    return str(core.get_property(device, "INFERENCE_PRECISION_HINT").get_type_name())
-
-
-def compile_ir(xml: Path, *, hint: str | None, device: str = "CPU", threads: int | None = None, performance: str | None = None) -> Any:
-    """Compile an IR with a precision hint (None: the runtime's default), thread count and
-    performance mode (bench: LATENCY)."""
-    ov = _ov()
-    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint} if hint else {}
-    if performance:
-        config["PERFORMANCE_HINT"] = performance
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = int(threads)
-    try:
-        return ov.Core().compile_model(str(xml), device, config)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise TargetError(f"OpenVINO cannot compile '{xml}' on {device} ({first}); check the device name and the IR") from None
-
-
-def runtime_layers(compiled: Any) -> list[dict[str, str]]:
-    """Per-layer runtime info of a compiled model: type, runtime/output precision, kernel."""
-    rows = []
-    for op in compiled.get_runtime_model().get_ordered_ops():
-        info = op.get_rt_info()
-
-        def get(key: str, info: Any = info) -> str:
-            return info[key].astype(str) if key in info else ""
-
-        rows.append(
-            {
-                "name": op.get_friendly_name(),
-                "type": get("layerType"),
-                "runtime_precision": get("runtimePrecision"),
-                "output_precisions": get("outputPrecisions"),
-                "primitive": get("primitiveType"),
-                "original": get("originalLayersNames"),
-            }
-        )
-    return rows
-
-
-def precision_report(compiled: Any, *, hint: str, int8: bool) -> dict[str, Any]:
-    """Summarise the runtime precision per layer type; list weighted layers not in u8/i8."""
-    layers = runtime_layers(compiled)
-    summary: dict[str, Counter[str]] = {}
-    for row in layers:
-        if row["type"] in ("Input", "Output", "Const"):
-            continue
-        summary.setdefault(row["type"], Counter())[row["runtime_precision"]] += 1
-    fallbacks = [r for r in layers if int8 and r["type"] in WEIGHTED_LAYERS and r["runtime_precision"] not in INT8_PRECISIONS]
-    weighted = [r for r in layers if r["type"] in WEIGHTED_LAYERS]
-    return {
-        "inference_precision_hint": hint,
-        "weighted_layers": len(weighted),
-        "weighted_layers_int8": sum(r["runtime_precision"] in INT8_PRECISIONS for r in weighted),
-        "summary": {t: dict(c) for t, c in sorted(summary.items())},
-        "fallbacks": [{k: r[k] for k in ("name", "type", "runtime_precision", "primitive", "original")} for r in fallbacks],
-        "layers": layers,
-    }
-
-
-def run_compiled(compiled: Any, images: list[np.ndarray]) -> np.ndarray:
-    req = compiled.create_infer_request()
-    outs = []
-    for x in images:
-        req.infer({0: x})
-        outs.append(np.array(req.get_output_tensor(0).data, dtype=np.float32, copy=True))
-    return np.concatenate(outs)
-
-
-def verify_ir(
-    xml: Path,
-    reference: np.ndarray,
-    images: list[np.ndarray],
-    *,
-    hint: str,
-    int8: bool,
-    allow_fallback: bool = False,
-    min_agreement: float | None = DEFAULT_AGREEMENT,
-) -> dict[str, Any]:
-    """Compile on CPU, compare with reference logits, and check INT8 runtime precision.
-
-    Raises:
-        NumericalError: argmax agreement below `min_agreement` (None: record only).
-        TargetError: an INT8 IR with weighted layers not running in u8/i8, unless allow_fallback.
-    """
-    compiled = compile_ir(xml, hint=hint)
-    got = run_compiled(compiled, images)
-    from edgeseg.export.common import argmax_agreement
-
-    agreement = argmax_agreement(got, reference)
-    report = precision_report(compiled, hint=hint, int8=int8)
-    report["argmax_agreement"] = agreement
-    report["max_abs_diff"] = float(np.abs(got - reference).max())
-    if min_agreement is not None and agreement < min_agreement:
-        raise NumericalError(
-            f"OpenVINO '{xml}' agrees with onnxruntime on only {agreement:.2%} of pixels (< {min_agreement:.1%}): a float IR this far off is a "
-            "conversion bug; an INT8 one means near-tied logits flip between the two runtimes' INT8 kernels, so check the checkpoint's accuracy"
-        )
-    if report["fallbacks"] and not allow_fallback:
-        names = ", ".join(f"{f['name']} ({f['runtime_precision']})" for f in report["fallbacks"][:4])
-        more = f" and {len(report['fallbacks']) - 4} more" if len(report["fallbacks"]) > 4 else ""
-        raise TargetError(
-            f"{len(report['fallbacks'])} weighted layers do not run in INT8 on OpenVINO: {names}{more}; fix the Q/DQ placement or pass --allow-fallback"
-        )
-    return report
-
-
-def nncf_quantize_ir(fp32_onnx: Path, out_dir: Path, calibration: list[np.ndarray]) -> Path:
-    """NNCF post-training quantization of the float model (symmetric 'performance' preset)."""
-    ov = _ov()
-    try:
-        import nncf
-    except ImportError:
-        raise missing_dependency("nncf", "nncf") from None
-    model = ov.convert_model(str(fp32_onnx))
-    dataset = nncf.Dataset(calibration)
-    quantized = nncf.quantize(model, dataset, preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(calibration))
-    xml = Path(out_dir) / MODEL_FILE
-    ov.save_model(quantized, str(xml), compress_to_fp16=False)
-    return xml
 
 
 class OpenVINORunner:
@@ -394,10 +163,19 @@ def calibration_images(ckpt: dict[str, Any], meta: dict[str, Any], count: int | 
     return images, {"calib_list": f"{recipe.data.format}:{recipe.data.train_split}", "num_images": len(images)}
 
 
+@dataclass
+class _Reference:
+    """What an IR is verified against: onnxruntime's logits of the source ONNX on the artifact's images."""
+
+    onnx_path: Path
+    images: list[np.ndarray]
+    logits: np.ndarray
+
+
 def export_openvino(request: ExportRequest, out: Path) -> dict[str, Any]:
     """Export one OpenVINO artifact into folder `out` and verify it; return its meta."""
-    from edgeseg.export.common import argmax_agreement, source_onnx, verification_images
-    from edgeseg.export.prepare import load_for_export, tool_versions
+    from edgeseg.export.common import source_onnx, verification_images
+    from edgeseg.export.prepare import load_for_export
     from edgeseg.fsutil import scratch_dir, write_json
 
     model, ckpt, meta = load_for_export(request)
@@ -408,44 +186,86 @@ def export_openvino(request: ExportRequest, out: Path) -> dict[str, Any]:
     with scratch_dir(out) as tmp:  # inside the artifact's own temporary folder (atomic_dir)
         onnx_path = tmp / "model.onnx"
         source_onnx(model, onnx_path, meta=meta, int8=int8_source, dynamic_batch=request.dynamic_batch)
-        reference = onnx_reference(onnx_path, images)
-        lowered = 0
-        if ptq:
-            calib, calib_info = calibration_images(ckpt, meta, opts.get("calib_images"))
-            xml = nncf_quantize_ir(onnx_path, out, calib)
-            meta["quant"] = {"method": "nncf", **calib_info, "qat": False}
-        else:
-            xml, lowered = ir_from_onnx(onnx_path, out, precision=request.precision, exact_grid=bool(opts.get("exact_grid")))
-            if int8_source:
-                meta["openvino_lowering"] = {"unsigned_activations": lowered, "exact_grid": bool(opts.get("exact_grid"))}
+        ref = _Reference(onnx_path, images, onnx_reference(onnx_path, images))
+        xml, lowered = _build_ir(request, ref.onnx_path, out, ckpt, meta, ptq=ptq)
         hint = opts.get("precision_hint") or precision_hint(request.precision)
-        # An NNCF IR has no identical reference (its ranges are its own): record its agreement with FP32.
-        default = INT8_AGREEMENT if int8_source else DEFAULT_AGREEMENT
-        min_agree = None if ptq else float(opts.get("min_agreement", default))
-        fallback_ok = bool(opts.get("allow_fallback"))
-        # Verify at f32 execution: the check measures the conversion (weights, Q/DQ, layout), not
-        # the bf16 rounding this CPU's default hint adds to the layers left in floating point.
-        exact_agreement = None
-        if lowered and min_agree is not None:
-            # First the conversion, on the signed grid (the numbers onnxruntime computes), then the
-            # shipped u8 IR, which only has to stay near it.
-            (tmp / "exact").mkdir()
-            exact_xml, _ = ir_from_onnx(onnx_path, tmp / "exact", precision="int8", exact_grid=True)
-            exact = verify_ir(exact_xml, reference, images, hint="f32", int8=True, allow_fallback=fallback_ok, min_agreement=min_agree)
-            exact_agreement = exact["argmax_agreement"]
-            min_agree = min(min_agree, LOWERED_AGREEMENT)
-        report = verify_ir(
-            xml, reference, images, hint="f32", int8=request.precision == "int8", allow_fallback=fallback_ok, min_agreement=min_agree
-        )
-        report["exact_grid_agreement"] = exact_agreement
-        report["verified_with_hint"] = "f32"
-        report["deployed_hint"] = hint
-        if hint != "f32":  # also record what the deployed hint (bf16 here for FP16) runs and costs
-            deployed = compile_ir(xml, hint=hint)
-            summary = precision_report(deployed, hint=hint, int8=request.precision == "int8")["summary"]
-            got = run_compiled(deployed, images)
-            report["deployed"] = {"hint": hint, "argmax_agreement": argmax_agreement(got, reference), "summary": summary}
+        report = _verify(request, xml, ref, tmp, hint=hint, ptq=ptq, lowered=lowered)
     write_json(out / PRECISION_REPORT, report)
+    _describe_artifact(meta, request, xml, report, hint=hint, ptq=ptq, lowered=lowered, data_desc=data_desc)
+    if request.precision != "int8":
+        meta["quant"] = None
+    return meta
+
+
+def _build_ir(
+    request: ExportRequest, onnx_path: Path, out: Path, ckpt: dict[str, Any], meta: dict[str, Any], *, ptq: str | None
+) -> tuple[Path, int]:
+    """Write the shipped IR into `out`: NNCF's PTQ of the float ONNX, else the converted ONNX (an
+    INT8 one with non-negative tensors lowered to u8); record how in `meta`. Returns (IR, lowered)."""
+    opts = request.options
+    if ptq:
+        calib, calib_info = calibration_images(ckpt, meta, opts.get("calib_images"))
+        xml = nncf_quantize_ir(onnx_path, out, calib)
+        meta["quant"] = {"method": "nncf", **calib_info, "qat": False}
+        return xml, 0
+    xml, lowered = ir_from_onnx(onnx_path, out, precision=request.precision, exact_grid=bool(opts.get("exact_grid")))
+    if request.precision == "int8":  # an INT8 source ONNX (no PTQ here)
+        meta["openvino_lowering"] = {"unsigned_activations": lowered, "exact_grid": bool(opts.get("exact_grid"))}
+    return xml, lowered
+
+
+def _verify(request: ExportRequest, xml: Path, ref: _Reference, tmp: Path, *, hint: str, ptq: str | None, lowered: int) -> dict[str, Any]:
+    """Verify the shipped IR against onnxruntime (a lowered one after its signed-grid twin) and
+    record what the deployed hint runs; return the precision report."""
+    opts, int8 = request.options, request.precision == "int8"
+    # An NNCF IR has no identical reference (its ranges are its own): record its agreement with FP32.
+    default = INT8_AGREEMENT if int8 and not ptq else DEFAULT_AGREEMENT
+    min_agree = None if ptq else float(opts.get("min_agreement", default))
+    fallback_ok = bool(opts.get("allow_fallback"))
+    # Verify at f32 execution: the check measures the conversion (weights, Q/DQ, layout), not
+    # the bf16 rounding this CPU's default hint adds to the layers left in floating point.
+    exact_agreement = None
+    if lowered and min_agree is not None:
+        # First the conversion, on the signed grid (the numbers onnxruntime computes), then the
+        # shipped u8 IR, which only has to stay near it.
+        (tmp / "exact").mkdir()
+        exact_xml, _ = ir_from_onnx(ref.onnx_path, tmp / "exact", precision="int8", exact_grid=True)
+        exact = verify_ir(exact_xml, ref.logits, ref.images, hint="f32", int8=True, allow_fallback=fallback_ok, min_agreement=min_agree)
+        exact_agreement = exact["argmax_agreement"]
+        min_agree = min(min_agree, LOWERED_AGREEMENT)
+    report = verify_ir(xml, ref.logits, ref.images, hint="f32", int8=int8, allow_fallback=fallback_ok, min_agreement=min_agree)
+    report["exact_grid_agreement"] = exact_agreement
+    report["verified_with_hint"] = "f32"
+    report["deployed_hint"] = hint
+    if hint != "f32":  # also record what the deployed hint (bf16 here for FP16) runs and costs
+        report["deployed"] = _deployed(xml, ref, hint=hint, int8=int8)
+    return report
+
+
+def _deployed(xml: Path, ref: _Reference, *, hint: str, int8: bool) -> dict[str, Any]:
+    """Agreement and per-layer-type precision of the IR compiled with its deployed hint."""
+    from edgeseg.export.common import argmax_agreement
+
+    deployed = compile_ir(xml, hint=hint)
+    summary = precision_report(deployed, hint=hint, int8=int8)["summary"]
+    got = run_compiled(deployed, ref.images)
+    return {"hint": hint, "argmax_agreement": argmax_agreement(got, ref.logits), "summary": summary}
+
+
+def _describe_artifact(
+    meta: dict[str, Any],
+    request: ExportRequest,
+    xml: Path,
+    report: dict[str, Any],
+    *,
+    hint: str,
+    ptq: str | None,
+    lowered: int,
+    data_desc: str,
+) -> None:
+    """Fill the artifact's meta: model file and I/O names, tools, the precision hint, verification."""
+    from edgeseg.export.prepare import tool_versions
+
     ir = _ov().Core().read_model(str(xml))
     meta.update({
         "target": "openvino", "precision": request.precision, "model_file": MODEL_FILE,
@@ -458,13 +278,10 @@ def export_openvino(request: ExportRequest, out: Path) -> dict[str, Any]:
                 " (signed grid; the IR runs tensors after ReLU in u8)" if lowered else ""
             ), "data": data_desc,
             **{k: report[k] for k in ("argmax_agreement", "max_abs_diff", "weighted_layers", "weighted_layers_int8")},
-            "fallbacks": len(report["fallbacks"]), "exact_grid_agreement": exact_agreement,
+            "fallbacks": len(report["fallbacks"]), "exact_grid_agreement": report["exact_grid_agreement"],
             "verified_with_hint": "f32", "deployed_hint_agreement": report.get("deployed", {}).get("argmax_agreement"),
         },
     })  # fmt: skip
-    if request.precision != "int8":
-        meta["quant"] = None
-    return meta
 
 
 TARGET = OpenVINOTarget()

@@ -6,12 +6,10 @@ its ONNX parser, its explicit-quantization (Q/DQ) rules, static shapes, int64 we
 DLA restrictions when a DLA core is asked for. Each finding is one line naming the node and the
 rule; errors stop an export, warnings (a layer that will fall back from DLA to the GPU) do not.
 
-Sources (kept as data below):
-- onnx/onnx-tensorrt docs/operators.md, the TensorRT 10.15 matrix ("supports operators in the
-  inclusive range of opset 9 to opset 24"); TensorRT 10.0 stated opset 9 to 20, so 20 is the
-  ceiling every 10.x parser accepts.
-- TensorRT 11.x: the same matrix plus the parser additions of the 11.0 release (Swish); the
-  11.x opset guide gives a maximum of 25 from 11.5, 24 before.
+The operator and graph rules live in edgeseg.export.preflight_graph; this module holds the
+Q/DQ and DLA rules and `check_onnx`, which runs them all.
+
+Sources (kept as data below; the operator matrix's in preflight_graph):
 - TensorRT "DLA Supported Layers and Restrictions" (Jetson/DriveOS DLA), and "Working with DLA"
   for 11.x: DLA returns in 11.4.1 on Jetson AGX Orin with JetPack 7.2.2+; 10.7 is the last 10.x
   release with DLA.
@@ -19,53 +17,24 @@ Sources (kept as data below):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeseg.errors import CheckpointError, ConfigError, missing_dependency
-
-TRT_VERSIONS = (10, 11)
-
-# Opset range of the default ("ai.onnx") domain each TensorRT major accepts in every minor.
-OPSET_RANGE = {10: (9, 20), 11: (9, 24)}
-
-# Operators marked "Y" in onnx-tensorrt docs/operators.md (TensorRT 10.15).
-_TRT10_OPS = frozenset(
-    """
-Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh Attention AveragePool BatchNormalization
-BlackmanWindow Cast CastLike Ceil Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh
-CumSum DeformConv DepthToSpace DequantizeLinear Div Dropout Einsum Elu Equal Erf Exp Expand EyeLike
-Flatten Floor Gather GatherElements GatherND Gelu Gemm GlobalAveragePool GlobalLpPool GlobalMaxPool
-Greater GreaterOrEqual GridSample GroupNormalization GRU HammingWindow HannWindow HardSigmoid HardSwish
-Hardmax Identity If ImageScaler InstanceNormalization IsInf IsNaN LayerNormalization LeakyRelu Less
-LessOrEqual Log LogSoftmax Loop LRN LSTM LpNormalization LpPool MatMul Max MaxPool Mean
-MeanVarianceNormalization Min Mish Mod Mul Neg NonMaxSuppression NonZero Not OneHot Or Pad
-ParametricSoftplus Pow PRelu QuantizeLinear RandomNormal RandomNormalLike RandomUniform
-RandomUniformLike Range Reciprocal ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean
-ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize ReverseSequence RMSNormalization RNN
-RoiAlign RotaryEmbedding Round STFT ScaledTanh Scan Scatter ScatterElements ScatterND Selu Shape Shrink
-Sigmoid Sign Sin Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan
-Tanh TensorScatter ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
-""".split()
+from edgeseg.errors import ConfigError
+from edgeseg.export.preflight_graph import (
+    TRT_VERSIONS,
+    Graph,
+    Violation,
+    check_int64,
+    check_ops,
+    check_opset,
+    check_shapes,
+    is_constant,
+    load_model,
+    node_name,
 )
-SUPPORTED_OPS = {10: _TRT10_OPS, 11: _TRT10_OPS | {"Swish"}}
 
-# Resize restrictions from the same matrix.
-_RESIZE_MODES = {"nearest", "linear"}
-_RESIZE_TRANSFORMS = {"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners"}
-
-# Inputs that only carry shapes, axes or indices: int64 is their natural type and TensorRT
-# treats them as shape tensors, so int64 initializers there are fine.
-_SHAPE_OPERANDS: dict[str, set[int]] = {
-    op: {1}
-    for op in (
-        "Reshape Expand Tile Upsample Squeeze Unsqueeze Split TopK Gather GatherElements GatherND ScatterND ScatterElements OneHot CumSum "
-        "Trilu ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceSumSquare"
-    ).split()
-}
-_SHAPE_OPERANDS.update({"ConstantOfShape": {0}, "Resize": {1, 2, 3}, "Slice": {1, 2, 3, 4}, "Pad": {1, 3}, "Range": {0, 1, 2}})
-_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+__all__ = ["Violation", "check_onnx"]
 
 # DLA (Jetson/DriveOS): ONNX ops whose TensorRT layer DLA can run, and the numeric limits.
 DLA_OPS = frozenset(
@@ -81,19 +50,6 @@ DLA_MAX_DIM = 8192
 DLA_CONV = {"kernel": (1, 32), "stride": (1, 8), "dilation": (1, 32), "pad": (0, 31), "channels": (1, 8192)}
 DLA_POOL = {"window": (1, 8), "stride": (1, 16), "pad": (0, 7)}
 DLA_RESIZE_SCALE = (1, 32)
-
-
-@dataclass(frozen=True)
-class Violation:
-    """One finding: the rule broken, the node (or tensor) and what to do."""
-
-    rule: str
-    node: str
-    message: str
-    severity: str = "error"  # "error" stops an export; "warning" is reported (DLA -> GPU fallback)
-
-    def __str__(self) -> str:
-        return f"{self.severity}: [{self.rule}] {self.node}: {self.message}"
 
 
 def check_onnx(
@@ -116,226 +72,69 @@ def check_onnx(
         raise ConfigError(f"preflight target '{target}' has no rules; use --target jetson")
     if trt_version not in TRT_VERSIONS:
         raise ConfigError(f"--trt-version {trt_version} is not supported; use 10 or 11")
-    model = _load(path)
-    g = _Graph(model)
-    out = _check_opset(model, trt_version) + _check_ops(g, trt_version) + _check_qdq(g) + _check_shapes(g, shapes) + _check_int64(g)
+    model = load_model(path)
+    g = Graph(model)
+    out = check_opset(model, trt_version) + check_ops(g, trt_version) + _check_qdq(g) + check_shapes(g, shapes) + check_int64(g)
     if dla is not None:
         out += _check_dla(g, trt_version, dla, shapes)
     return sorted(out, key=lambda v: v.severity != "error")
 
 
-# --- model access -------------------------------------------------------------------------------
+# --- Q/DQ -----------------------------------------------------------------------------------------
 
 
-def _load(path: str | Path | Any) -> Any:
-    try:
-        import onnx
-    except ImportError:
-        raise missing_dependency("onnx", "onnx") from None
-    if isinstance(path, onnx.ModelProto):
-        return path
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"ONNX file '{path}' does not exist; pass a model written by 'edgeseg export'")
-    try:
-        return onnx.load(str(path))
-    except Exception as exc:  # noqa: BLE001 - protobuf raises several types for a bad file
-        raise CheckpointError(f"'{path}' is not a readable ONNX model ({type(exc).__name__}); export it again") from None
-
-
-class _Graph:
-    """Index of a graph: constants by name, producers and consumers, inferred shapes and types."""
-
-    def __init__(self, model: Any) -> None:
-        import onnx
-        from onnx import numpy_helper, shape_inference
-
-        try:
-            model = shape_inference.infer_shapes(model)
-        except Exception:  # noqa: BLE001 - shapes are a help, not a requirement
-            pass
-        self.onnx, self.graph = onnx, model.graph
-        self.nodes = list(self.graph.node)
-        self.inits = {t.name for t in self.graph.initializer}
-        self.consts: dict[str, Any] = {t.name: numpy_helper.to_array(t) for t in self.graph.initializer}
-        self.producer = {o: n for n in self.nodes for o in n.output}
-        self.consumers: dict[str, list[Any]] = {}
-        for n in self.nodes:
-            for i, name in enumerate(n.input):
-                self.consumers.setdefault(name, []).append((n, i))
-            if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-                self.consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
-        self.shapes: dict[str, list[int | None]] = {}
-        self.elem_type: dict[str, int] = {}
-        for vi in [*self.graph.value_info, *self.graph.input, *self.graph.output]:
-            tt = vi.type.tensor_type
-            self.elem_type[vi.name] = tt.elem_type
-            if tt.HasField("shape"):
-                self.shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
-
-    def const(self, name: str) -> Any:
-        """The constant value of a tensor (initializer or Constant output), else None."""
-        return self.consts.get(name)
-
-    def attr(self, node: Any, name: str, default: Any = None) -> Any:
-        value = next((self.onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
-        return value.decode() if isinstance(value, bytes) else value
-
-    def inputs(self) -> list[Any]:
-        return [i for i in self.graph.input if i.name not in self.inits]
-
-
-def _name(node: Any) -> str:
-    return f"{node.op_type} '{node.name or node.output[0]}'"
-
-
-# --- rules ----------------------------------------------------------------------------------------
-
-
-def _check_opset(model: Any, trt: int) -> list[Violation]:
-    lo, hi = OPSET_RANGE[trt]
-    out = []
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx") and not lo <= imp.version <= hi:
-            out.append(
-                Violation("opset", "model", f"opset {imp.version} is outside TensorRT {trt}.x's range {lo}-{hi}; export with one in it")
-            )
-        elif imp.domain not in ("", "ai.onnx", "ai.onnx.ml"):
-            out.append(Violation("opset", "model", f"custom domain '{imp.domain}' needs a TensorRT plugin; export standard ONNX ops only"))
-    return out
-
-
-def _check_ops(g: _Graph, trt: int) -> list[Violation]:
-    out = []
-    for n in g.nodes:
-        if n.domain not in ("", "ai.onnx") or n.op_type not in SUPPORTED_OPS[trt]:
-            op = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
-            out.append(
-                Violation("op-support", _name(n), f"{op} is not in TensorRT {trt}.x's ONNX operator list (onnx-tensorrt operators.md)")
-            )
-        elif n.op_type == "Resize":
-            out += _check_resize(g, n)
-        elif n.op_type in ("Conv", "ConvTranspose") and len(n.input) > 1 and not _constant(g, n.input[1]):
-            out.append(Violation("op-support", _name(n), "weights are computed at run time; TensorRT needs an initializer (or DQ of one)"))
-    return out
-
-
-def _check_resize(g: _Graph, n: Any) -> list[Violation]:
-    mode, ctm = g.attr(n, "mode", "nearest"), g.attr(n, "coordinate_transformation_mode", "half_pixel")
-    bad = []
-    if mode not in _RESIZE_MODES:
-        bad.append(f"mode '{mode}' (use nearest or linear)")
-    if ctm not in _RESIZE_TRANSFORMS:
-        bad.append(f"coordinate_transformation_mode '{ctm}'")
-    if g.attr(n, "antialias", 0):
-        bad.append("antialias=1")
-    return [Violation("op-restriction", _name(n), f"Resize {b} is not supported by TensorRT") for b in bad]
-
-
-def _constant(g: _Graph, name: str) -> bool:
-    """True when a tensor is a constant, possibly behind Q/DQ or layout ops (a weight)."""
-    if g.const(name) is not None:
-        return True
-    p = g.producer.get(name)
-    return (
-        p is not None
-        and p.op_type in ("DequantizeLinear", "QuantizeLinear", "Identity", "Cast", "Transpose", "Reshape")
-        and _constant(g, p.input[0])
-    )
-
-
-def _check_qdq(g: _Graph) -> list[Violation]:
+def _check_qdq(g: Graph) -> list[Violation]:
     import numpy as np
 
     out = []
     for n in (n for n in g.nodes if n.op_type in ("QuantizeLinear", "DequantizeLinear")):
         scale = g.const(n.input[1]) if len(n.input) > 1 else None
         if scale is None:
-            out.append(Violation("qdq-scale", _name(n), "scale is not a constant; TensorRT needs build-time scales"))
+            out.append(Violation("qdq-scale", node_name(n), "scale is not a constant; TensorRT needs build-time scales"))
             continue
         out += _qdq_zero_point(g, n)
         good = (scale > 0) & np.isfinite(scale)
         if not (scale.size and good.all()):
             found = scale[~good].ravel()[:3].tolist()
-            out.append(Violation("qdq-scale", _name(n), f"scale must be positive and finite, found {found}; recalibrate"))
-        if _constant(g, n.input[0]):
+            out.append(Violation("qdq-scale", node_name(n), f"scale must be positive and finite, found {found}; recalibrate"))
+        if is_constant(g, n.input[0]):
             out += _qdq_weight(g, n, scale)
         elif scale.size != 1:
             out.append(
-                Violation("qdq-activation-per-tensor", _name(n), f"activation has {scale.size} scales; TensorRT needs one per tensor")
+                Violation("qdq-activation-per-tensor", node_name(n), f"activation has {scale.size} scales; TensorRT needs one per tensor")
             )
     return out
 
 
-def _qdq_zero_point(g: _Graph, n: Any) -> list[Violation]:
+def _qdq_zero_point(g: Graph, n: Any) -> list[Violation]:
     import numpy as np
 
     if len(n.input) < 3 or not n.input[2]:
         if n.op_type == "QuantizeLinear" and g.attr(n, "output_dtype", 0) in (0, g.onnx.TensorProto.UINT8):
-            return [Violation("qdq-dtype", _name(n), "no zero point, so ONNX quantizes to uint8; give an int8 zero point of 0")]
+            return [Violation("qdq-dtype", node_name(n), "no zero point, so ONNX quantizes to uint8; give an int8 zero point of 0")]
         return []
     zp = g.const(n.input[2])
     if zp is None:
-        return [Violation("qdq-zero-point", _name(n), "zero point is not a constant")]
+        return [Violation("qdq-zero-point", node_name(n), "zero point is not a constant")]
     out = []
     if zp.dtype != np.int8:
-        out.append(Violation("qdq-dtype", _name(n), f"zero point is {zp.dtype}; TensorRT INT8 needs int8 (symmetric)"))
+        out.append(Violation("qdq-dtype", node_name(n), f"zero point is {zp.dtype}; TensorRT INT8 needs int8 (symmetric)"))
     if np.any(zp != 0):
-        out.append(Violation("qdq-zero-point", _name(n), f"zero point {zp.ravel()[:3].tolist()} is not 0; TensorRT needs symmetric INT8"))
-    return out
-
-
-def _qdq_weight(g: _Graph, n: Any, scale: Any) -> list[Violation]:
-    axis = g.attr(n, "axis", 1)
-    if scale.ndim == 0:
-        return [Violation("qdq-weight-axis", _name(n), "weight is quantized per tensor; quantize it per output channel (axis 0)")]
-    if axis != 0:
-        return [Violation("qdq-weight-axis", _name(n), f"weight is quantized on axis {axis}; TensorRT expects axis 0 (output channels)")]
-    return []
-
-
-def _check_shapes(g: _Graph, shapes: dict[str, Any] | None) -> list[Violation]:
-    out = []
-    for inp in g.inputs():
-        dims = g.shapes.get(inp.name)
-        if dims is not None and all(d is not None and d > 0 for d in dims):
-            continue
-        if shapes and _profile_ok(shapes.get(inp.name), dims):
-            continue
-        shown = "x".join("?" if d is None else str(d) for d in (dims or [])) or "unknown"
         out.append(
-            Violation(
-                "static-shape", f"input '{inp.name}'", f"shape {shown} is dynamic; export a static shape or give a min/opt/max profile"
-            )
+            Violation("qdq-zero-point", node_name(n), f"zero point {zp.ravel()[:3].tolist()} is not 0; TensorRT needs symmetric INT8")
         )
     return out
 
 
-def _profile_ok(profile: Any, dims: list[int | None] | None) -> bool:
-    try:
-        mins, opts, maxs = (list(profile[k]) for k in ("min", "opt", "max"))
-    except (KeyError, TypeError):
-        return False
-    n = len(dims or mins)
-    return all(len(s) == n for s in (mins, opts, maxs)) and all(a <= b <= c for a, b, c in zip(mins, opts, maxs))
-
-
-def _check_int64(g: _Graph) -> list[Violation]:
-    import numpy as np
-
-    out = []
-    for name, arr in g.consts.items():
-        if arr.dtype != np.int64:
-            continue
-        data_uses = [n for n, i in g.consumers.get(name, []) if i not in _SHAPE_OPERANDS.get(n.op_type, set())]
-        where = f"initializer '{name}'"
-        if arr.size and (arr.min() < _INT32_MIN or arr.max() > _INT32_MAX):
-            out.append(Violation("int64-weights", where, "int64 values beyond the int32 range would be clamped by TensorRT; store int32"))
-        elif data_uses:
-            out.append(
-                Violation("int64-weights", where, f"int64 data into {_name(data_uses[0])}; TensorRT casts it to int32 (store float/int32)")
-            )
-    return out
+def _qdq_weight(g: Graph, n: Any, scale: Any) -> list[Violation]:
+    axis = g.attr(n, "axis", 1)
+    if scale.ndim == 0:
+        return [Violation("qdq-weight-axis", node_name(n), "weight is quantized per tensor; quantize it per output channel (axis 0)")]
+    if axis != 0:
+        return [
+            Violation("qdq-weight-axis", node_name(n), f"weight is quantized on axis {axis}; TensorRT expects axis 0 (output channels)")
+        ]
+    return []
 
 
 # --- DLA ------------------------------------------------------------------------------------------
@@ -345,7 +144,7 @@ _DLA_TRT11 = (
 )
 
 
-def _check_dla(g: _Graph, trt: int, core: int, shapes: dict[str, Any] | None) -> list[Violation]:
+def _check_dla(g: Graph, trt: int, core: int, shapes: dict[str, Any] | None) -> list[Violation]:
     out: list[Violation] = []
     if core < 0:
         out.append(Violation("dla", "config", f"DLA core {core} is invalid; Jetson AGX Orin has cores 0 and 1"))
@@ -372,10 +171,10 @@ def _fixed_profile(profile: Any) -> bool:
 
 
 def _dla_warn(n: Any, what: str) -> Violation:
-    return Violation("dla-layer", _name(n), f"{what}; runs on the GPU (GPU fallback)", "warning")
+    return Violation("dla-layer", node_name(n), f"{what}; runs on the GPU (GPU fallback)", "warning")
 
 
-def _dla_node(g: _Graph, n: Any) -> list[Violation]:
+def _dla_node(g: Graph, n: Any) -> list[Violation]:
     if n.op_type not in DLA_OPS:
         # Shape arithmetic (int64) folds into constants at build time; only data ops matter.
         return [] if g.elem_type.get(n.output[0]) == g.onnx.TensorProto.INT64 else [_dla_warn(n, f"{n.op_type} is not a DLA layer")]
@@ -402,7 +201,7 @@ def _outside(checks: list[tuple[str, Any, tuple[int, int]]]) -> list[str]:
     ]
 
 
-def _dla_conv(g: _Graph, n: Any) -> list[Violation]:
+def _dla_conv(g: Graph, n: Any) -> list[Violation]:
     w = g.shapes.get(n.input[1]) or _const_shape(g, n.input[1])
     kernel = g.attr(n, "kernel_shape", None) or (w[2:] if w else [])
     if len(kernel) != 2:
@@ -426,14 +225,14 @@ def _dla_conv(g: _Graph, n: Any) -> list[Violation]:
     return out
 
 
-def _const_shape(g: _Graph, name: str) -> list[int] | None:
+def _const_shape(g: Graph, name: str) -> list[int] | None:
     if g.const(name) is not None:
         return list(g.const(name).shape)
     p = g.producer.get(name)
     return _const_shape(g, p.input[0]) if p is not None and p.op_type in ("DequantizeLinear", "QuantizeLinear") else None
 
 
-def _dla_pool(g: _Graph, n: Any) -> list[Violation]:
+def _dla_pool(g: Graph, n: Any) -> list[Violation]:
     if n.op_type.startswith("Global"):
         window = [d for d in (g.shapes.get(n.input[0]) or [])[2:] if d]
         if len(window) != 2:
@@ -449,7 +248,7 @@ def _dla_pool(g: _Graph, n: Any) -> list[Violation]:
     return [_dla_warn(n, msg) for msg in _outside(checks)]
 
 
-def _dla_resize(g: _Graph, n: Any) -> list[Violation]:
+def _dla_resize(g: Graph, n: Any) -> list[Violation]:
     src, dst = g.shapes.get(n.input[0]), g.shapes.get(n.output[0])
     if not src or not dst or len(src) != 4 or None in src or None in dst:
         return [_dla_warn(n, "DLA needs a 4-D Resize with static shapes")]

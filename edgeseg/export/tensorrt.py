@@ -2,7 +2,8 @@
 
 TensorRT needs an NVIDIA GPU, so the bundle is built here and checked statically (edgeseg.export.
 preflight); the engine is built on the device, by `edgeseg bench` on first use (cached next to
-the bundle) or by `edgeseg export --build-engine` where tensorrt is installed.
+the bundle) or by `edgeseg export --build-engine` where tensorrt is installed. The engine build
+and the runner live in edgeseg.export.tensorrt_engine; this module writes the bundle.
 
 Precision per TensorRT major (both documented in build.json and as trtexec lines):
 - INT8: the Q/DQ ONNX of a calibrated/QAT checkpoint, as a strongly typed network: TensorRT
@@ -20,7 +21,6 @@ DLA (`dla_core`) runs FP16/INT8 only, with GPU fallback for the layers it cannot
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -28,37 +28,24 @@ import numpy as np
 
 from edgeseg.errors import ConfigError, NumericalError, TargetError, missing_dependency
 from edgeseg.export.base import ExportRequest, Loaded, package_version
+from edgeseg.export.tensorrt_engine import (
+    BUILD_FILE,
+    CACHE_FILE,
+    ENGINE_FILE,
+    FP16_FILE,
+    TensorRTRunner,
+    build_engine,
+    strongly_typed,
+)
 from edgeseg.fsutil import write_bytes, write_json, write_text
 
-log = logging.getLogger(__name__)
-
 MODEL_FILE = "model.onnx"
-FP16_FILE = "model_fp16.onnx"
-BUILD_FILE = "build.json"
-ENGINE_FILE = "model.engine"
-CACHE_FILE = "timing.cache"
-LOG_FILE = "build.log"
 PREFLIGHT_FILE = "preflight.txt"
 DEFAULT_WORKSPACE_GB = 2.0
 
 
-def _trt() -> Any:
-    try:
-        import tensorrt
-    except ImportError:
-        raise missing_dependency("tensorrt", "tensorrt") from None
-    return tensorrt
-
-
 def _dims(shape: list[int]) -> str:
     return "x".join(str(d) for d in shape)
-
-
-def strongly_typed(precision: str, trt_major: int, dla_core: int | None) -> bool:
-    """Whether the network is built strongly typed (see the module docstring)."""
-    if trt_major >= 11:
-        return True
-    return precision == "int8" and dla_core is None
 
 
 def trtexec_command(cfg: dict[str, Any], trt_major: int) -> str:
@@ -287,208 +274,6 @@ def _io_names(path: Path) -> tuple[str, str]:
 
     graph = onnx.load(str(path), load_external_data=False).graph
     return graph.input[0].name, graph.output[0].name
-
-
-class _BuildLogger:
-    """A trt.ILogger that keeps every message for build.log (and logs warnings and errors)."""
-
-    def __new__(cls, trt: Any, lines: list[str]) -> Any:
-        class Logger(trt.ILogger):  # type: ignore[misc, name-defined]
-            def __init__(self) -> None:
-                trt.ILogger.__init__(self)
-
-            def log(self, severity: Any, msg: str) -> None:
-                lines.append(f"[{severity.name}] {msg}")
-                if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.WARNING):
-                    log.warning("TensorRT: %s", msg)
-
-        return Logger()
-
-
-def build_engine(
-    bundle_dir: str | Path,
-    *,
-    workspace_gb: float | None = None,
-    dla_core: int | None = None,
-    timing_cache: str | Path | None = None,
-    fp16: bool | None = None,
-) -> tuple[Path, Path]:
-    """Build bundle_dir/model.engine with the TensorRT Python API (10.x or 11.x).
-
-    Args:
-        bundle_dir: a Jetson artifact folder (build.json + ONNX).
-        workspace_gb: workspace memory pool limit (default: build.json's).
-        dla_core: DLA core with GPU fallback (default: build.json's; None: GPU only).
-        timing_cache: timing cache file, loaded when present and saved after the build
-            (default: bundle_dir/timing.cache).
-        fp16: TensorRT 10 only: allow FP16 kernels in a weakly typed network (default: for
-            precision fp16, and for INT8 on DLA).
-
-    Returns:
-        (engine path, build log path).
-    """
-    trt = _trt()
-    bundle = Path(bundle_dir)
-    cfg = json.loads((bundle / BUILD_FILE).read_text())
-    major = int(trt.__version__.split(".")[0])
-    if major not in (10, 11):
-        raise TargetError(f"tensorrt {trt.__version__} is not supported; install TensorRT 10.x or 11.x")
-    dla = cfg.get("dla_core") if dla_core is None else dla_core
-    precision = cfg["precision"]
-    typed = strongly_typed(precision, major, dla) and not (major < 11 and fp16)
-    onnx_path = bundle / cfg["onnx"][str(major)]
-    if major >= 11 and precision == "fp16" and cfg["onnx"]["11"] != FP16_FILE:
-        raise TargetError(f"TensorRT 11 builds FP16 from an FP16 ONNX, which '{bundle}' lacks; re-export with onnxruntime installed")
-    lines: list[str] = []
-    logger = _BuildLogger(trt, lines)
-    builder = trt.Builder(logger)
-    # The parser owns the weights it read: keep it alive until the engine is serialized.
-    network, _parser = _parse(trt, builder, logger, onnx_path, typed=typed and major < 11)  # 11.x is always strongly typed
-    config = _builder_config(trt, builder, network, cfg, major=major, typed=typed, dla=dla, workspace_gb=workspace_gb, fp16=fp16)
-    cache_path = Path(timing_cache) if timing_cache else bundle / CACHE_FILE
-    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
-    serialized = builder.build_serialized_network(network, config)
-    log_path = bundle / LOG_FILE
-    write_text(log_path, "\n".join(lines) + "\n")
-    if serialized is None:
-        last = next((ln for ln in reversed(lines) if "ERROR" in ln), "no error message")
-        raise TargetError(f"TensorRT failed to build '{onnx_path}' ({last[:200]}); see {log_path}")
-    engine_path = bundle / ENGINE_FILE
-    write_bytes(engine_path, bytes(serialized))
-    write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
-    return engine_path, log_path
-
-
-def _parse(trt: Any, builder: Any, logger: Any, onnx_path: Path, *, typed: bool) -> tuple[Any, Any]:
-    """(network, parser): a network definition (strongly typed when asked) parsed from the ONNX file."""
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if typed else 0
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not onnx_path.is_file():
-        raise TargetError(f"'{onnx_path}' is missing; re-export the bundle")
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise TargetError(f"TensorRT cannot parse '{onnx_path}': {errors[:300]}; run 'edgeseg check {onnx_path} --target jetson'")
-    return network, parser
-
-
-def _builder_config(
-    trt: Any,
-    builder: Any,
-    network: Any,
-    cfg: dict[str, Any],
-    *,
-    major: int,
-    typed: bool,
-    dla: int | None,
-    workspace_gb: float | None,
-    fp16: bool | None,
-) -> Any:
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int((workspace_gb or cfg["workspace_gb"]) * (1 << 30)))
-    precision = cfg["precision"]
-    if not typed:  # weakly typed: TensorRT 10 only (11.x removed these flags)
-        if precision in ("fp16", "int8") or fp16:
-            config.set_flag(trt.BuilderFlag.FP16)
-        if precision == "int8":
-            config.set_flag(trt.BuilderFlag.INT8)  # explicit Q/DQ: scales come from the graph
-    if dla is not None:
-        if builder.num_DLA_cores <= dla:
-            raise TargetError(
-                f"DLA core {dla} does not exist here ({builder.num_DLA_cores} DLA cores); use --dla 0..{max(builder.num_DLA_cores - 1, 0)} or leave it out"
-            )
-        config.default_device_type = trt.DeviceType.DLA
-        config.DLA_core = int(dla)
-        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-    dynamic = {n: p for n, p in cfg["inputs"].items() if not (p["min"] == p["opt"] == p["max"])}
-    if dynamic:
-        profile = builder.create_optimization_profile()
-        for name, p in dynamic.items():
-            profile.set_shape(name, p["min"], p["opt"], p["max"])
-        config.add_optimization_profile(profile)
-    return config
-
-
-def _cudart() -> Any:
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.8
-    except ImportError:
-        try:
-            from cuda import cudart  # type: ignore[no-redef]  # older cuda-python
-        except ImportError:
-            raise missing_dependency("cuda-python", "tensorrt") from None
-    return cudart
-
-
-def _check(cudart: Any, result: Any) -> Any:
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if err != cudart.cudaError_t.cudaSuccess:
-        raise TargetError(f"CUDA call failed ({err.name}); this needs an NVIDIA GPU with a working driver")
-    return values[0] if len(values) == 1 else values
-
-
-class TensorRTRunner:
-    """A TensorRT engine (built from the bundle on first use and cached): `run(x)` -> logits.
-
-    Uses TensorRT's name-based tensor API (set_input_shape / set_tensor_address /
-    execute_async_v3) with device buffers from cuda-python.
-    """
-
-    def __init__(self, bundle: Path, workspace_gb: float | None = None, dla_core: int | None = None) -> None:
-        trt = _trt()
-        self.cudart = cudart = _cudart()
-        if _check(cudart, cudart.cudaGetDeviceCount()) < 1:
-            raise TargetError("no NVIDIA GPU found; TensorRT engines run on a Jetson or a machine with an NVIDIA GPU")
-        engine_path = bundle / ENGINE_FILE
-        if not engine_path.is_file():
-            build_engine(bundle, workspace_gb=workspace_gb, dla_core=dla_core)
-        self.logger = trt.Logger(trt.Logger.WARNING)
-        self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(engine_path.read_bytes())
-        if self.engine is None:
-            raise TargetError(f"'{engine_path}' was built by another TensorRT or GPU; delete it and it is rebuilt")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.outputs = [n for n in names if n not in self.inputs]
-        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
-        self.stream = _check(cudart, cudart.cudaStreamCreate())
-        self.buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
-        batch = self.engine.get_tensor_shape(self.inputs[0])[0]
-        self.static_batch = int(batch) if batch > 0 else None
-
-    def _buffer(self, name: str, nbytes: int) -> int:
-        ptr, size = self.buffers.get(name, (0, 0))
-        if size < nbytes:
-            if ptr:
-                _check(self.cudart, self.cudart.cudaFree(ptr))
-            ptr = _check(self.cudart, self.cudart.cudaMalloc(nbytes))
-            self.buffers[name] = (ptr, nbytes)
-        self.context.set_tensor_address(name, ptr)
-        return ptr
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        cudart, kind = self.cudart, self.cudart.cudaMemcpyKind
-        x = np.ascontiguousarray(x, dtype=self.dtypes[self.inputs[0]])
-        self.context.set_input_shape(self.inputs[0], tuple(x.shape))
-        ptr = self._buffer(self.inputs[0], x.nbytes)
-        _check(cudart, cudart.cudaMemcpyAsync(ptr, x.ctypes.data, x.nbytes, kind.cudaMemcpyHostToDevice, self.stream))
-        out = np.empty(tuple(self.context.get_tensor_shape(self.outputs[0])), dtype=self.dtypes[self.outputs[0]])
-        optr = self._buffer(self.outputs[0], out.nbytes)
-        for extra in self.outputs[1:]:
-            shape = tuple(self.context.get_tensor_shape(extra))
-            self._buffer(extra, int(np.prod(shape)) * self.dtypes[extra].itemsize)
-        if not self.context.execute_async_v3(self.stream):
-            raise TargetError("TensorRT inference failed (execute_async_v3 returned False); see the TensorRT log")
-        _check(cudart, cudart.cudaMemcpyAsync(out.ctypes.data, optr, out.nbytes, kind.cudaMemcpyDeviceToHost, self.stream))
-        _check(cudart, cudart.cudaStreamSynchronize(self.stream))
-        return out.astype(np.float32, copy=False)
-
-    def __del__(self) -> None:
-        cudart = getattr(self, "cudart", None)
-        for ptr, _ in getattr(self, "buffers", {}).values():
-            if cudart is not None:
-                cudart.cudaFree(ptr)
 
 
 TARGET = JetsonTarget()

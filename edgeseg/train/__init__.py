@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from edgeseg.config import Recipe
 from edgeseg.data.dataset import eval_dataset, train_dataset, val_is_held_out
@@ -125,19 +126,7 @@ def _fit(
 ) -> dict[str, Any]:
     torch.manual_seed(recipe.train.seed)
     train_set, val_set = train_dataset(recipe), eval_dataset(recipe)
-    model = build_model(
-        num_classes=train_set.classes.num_classes,
-        output_stride=recipe.model.output_stride,
-        width_mult=recipe.model.width_mult,
-        head=recipe.model.head,
-        aux_loss=recipe.model.aux_loss,
-        multi_grid=recipe.model.multi_grid,
-        backbone_weights=recipe.model.backbone_weights,
-    )
-    if recipe.num_classes is not None and recipe.num_classes != train_set.classes.num_classes:
-        raise CheckpointError(
-            f"recipe num_classes={recipe.num_classes} but the data has {train_set.classes.num_classes} classes; fix num_classes"
-        )
+    model = _build(recipe, train_set.classes.num_classes)
     trainer = Trainer(recipe, out, train_set, val_set, device, callback, class_weights_for(recipe.train, train_set.source))
     if not val_is_held_out(recipe):
         log.warning(
@@ -147,18 +136,7 @@ def _fit(
         )
     do_qat = recipe.quant.enabled if qat is None else qat
     results: dict[str, Any] = {}
-    last = load_checkpoint(out / "last.pt") if resume and (out / "last.pt").exists() else None
-    if resume and last is None:
-        raise CheckpointError(f"--resume: '{out / 'last.pt'}' does not exist; run without --resume to start")
-    if last is not None:
-        check_compatible(last, model, recipe)
-        apply_atrous_rule(model, last["arch"])
-    fp32_done = last is not None and (last.get("stage") == "qat" or last.get("stage_done"))
-    if init is not None:
-        src = load_checkpoint(init)
-        check_compatible(src, model, recipe)
-        model = model_from_checkpoint(src)
-        fp32_done = True
+    model, last, fp32_done = _starting_point(recipe, out, model, resume=resume, init=init)
     if not fp32_done:
         if last is not None:
             model.load_state_dict(last["model"])
@@ -171,14 +149,53 @@ def _fit(
         fp32 = load_checkpoint(init or out / "fp32.pt")
         stage, qat_resume = qat_stage(recipe, fp32, last, train_set, device)
         results["qat"] = trainer.run(stage, resume=qat_resume)
-    final = "qat.pt" if do_qat else "fp32.pt"
     if trainer.rank == 0:
-        copy_file(out / final, out / "best.pt")
-        honest = val_is_held_out(recipe)
-        write_json(out / "summary.json", {"recipe": recipe.name, "best": final, "val_held_out": honest, **results})
+        _write_summary(recipe, out, "qat.pt" if do_qat else "fp32.pt", results)
     if dist.is_initialized():
         dist.barrier()
     return results
+
+
+def _build(recipe: Recipe, num_classes: int) -> nn.Module:
+    """The recipe's float model for the data's classes (which must match recipe num_classes)."""
+    model = build_model(
+        num_classes=num_classes,
+        output_stride=recipe.model.output_stride,
+        width_mult=recipe.model.width_mult,
+        head=recipe.model.head,
+        aux_loss=recipe.model.aux_loss,
+        multi_grid=recipe.model.multi_grid,
+        backbone_weights=recipe.model.backbone_weights,
+    )
+    if recipe.num_classes is not None and recipe.num_classes != num_classes:
+        raise CheckpointError(f"recipe num_classes={recipe.num_classes} but the data has {num_classes} classes; fix num_classes")
+    return model
+
+
+def _starting_point(
+    recipe: Recipe, out: Path, model: nn.Module, *, resume: bool, init: str | Path | None
+) -> tuple[nn.Module, dict[str, Any] | None, bool]:
+    """(model, last.pt to resume from or None, whether the FP32 stage is already done)."""
+    last = load_checkpoint(out / "last.pt") if resume and (out / "last.pt").exists() else None
+    if resume and last is None:
+        raise CheckpointError(f"--resume: '{out / 'last.pt'}' does not exist; run without --resume to start")
+    if last is not None:
+        check_compatible(last, model, recipe)
+        apply_atrous_rule(model, last["arch"])
+    fp32_done = last is not None and (last.get("stage") == "qat" or last.get("stage_done"))
+    if init is not None:
+        src = load_checkpoint(init)
+        check_compatible(src, model, recipe)
+        model = model_from_checkpoint(src)
+        fp32_done = True
+    return model, last, bool(fp32_done)
+
+
+def _write_summary(recipe: Recipe, out: Path, final: str, results: dict[str, Any]) -> None:
+    """best.pt (a copy of the final stage's checkpoint) and summary.json."""
+    copy_file(out / final, out / "best.pt")
+    honest = val_is_held_out(recipe)
+    write_json(out / "summary.json", {"recipe": recipe.name, "best": final, "val_held_out": honest, **results})
 
 
 def _finish_stage(out: Path, name: str) -> None:

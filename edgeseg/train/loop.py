@@ -8,83 +8,34 @@ as an uninterrupted one (in deterministic mode).
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import logging
 import math
-import random
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from edgeseg.config import Recipe
 from edgeseg.data.dataset import val_is_held_out
-from edgeseg.errors import EdgesegError, Interrupted, NumericalError
+from edgeseg.errors import Interrupted, NumericalError
 from edgeseg.fsutil import append_text
 from edgeseg.train.checkpoint import save_checkpoint
 from edgeseg.train.ema import WeightEMA
 from edgeseg.train.evaluate import amp_dtype, autocast, evaluate, recalibrate_bn
+from edgeseg.train.guards import Buffers, non_finite, weights_digest
 from edgeseg.train.losses import build_loss, total_loss
+from edgeseg.train.sampling import SeededDataset, SeededSampler, mix_seeds
 
 log = logging.getLogger(__name__)
 Callback = Callable[..., None]
-
-
-def _mix(*values: int) -> int:
-    return int(np.random.SeedSequence(list(values)).generate_state(1)[0])
-
-
-class SeededSampler(Sampler):
-    """Shuffled indices per epoch, sharded by rank, each paired with its own augmentation seed."""
-
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> None:
-        self.n, self.batch, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
-        self.epoch, self.skip_batches = 0, 0
-        per_rank = n // world
-        self.num_batches = per_rank // batch_size
-        if self.num_batches == 0:
-            raise EdgesegError(
-                f"the training split has {n} images, fewer than one batch of {batch_size} per process; lower train.batch_size"
-            )
-
-    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
-        self.epoch, self.skip_batches = epoch, skip_batches
-
-    def __len__(self) -> int:
-        return (self.num_batches - self.skip_batches) * self.batch
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        g = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
-        order = torch.randperm(self.n, generator=g).tolist()[self.rank :: self.world]
-        order = order[: self.num_batches * self.batch]
-        for pos in range(self.skip_batches * self.batch, len(order)):
-            yield order[pos], _mix(self.seed, self.epoch, pos, self.rank)
-
-
-class SeededDataset(torch.utils.data.Dataset):
-    """Seeds python/numpy/torch RNGs from the sampler's per-sample seed before the transform."""
-
-    def __init__(self, dataset) -> None:  # noqa: ANN001
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, item: tuple[int, int]):  # noqa: ANN204
-        index, seed = item
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
-        return self.dataset[index]
 
 
 @dataclass
@@ -98,7 +49,7 @@ class _RunState:
     ipe: int
     total: int
     ddp: nn.Module  # the model as called in training (DistributedDataParallel across processes)
-    buffers: _Buffers
+    buffers: Buffers
     ema: WeightEMA | None = None
     resumed: bool = False
     start_it: int = 0
@@ -265,7 +216,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp and amp_dtype(self.device) == torch.float16)
         # EMA in the float stage only: QAT fine-tunes the averaged weights for a few epochs.
         ema = WeightEMA(model, t.ema) if t.ema > 0 and stage.name == "fp32" else None
-        st = _RunState(stage, model, opt, sampler, ipe, total, model, _Buffers(model), ema=ema, resumed=resume is not None)
+        st = _RunState(stage, model, opt, sampler, ipe, total, model, Buffers(model), ema=ema, resumed=resume is not None)
         if resume is not None:
             opt.load_state_dict(resume["optimizer"])
             st.start_it = st.it = resume["iteration"]
@@ -326,7 +277,7 @@ class Trainer:
         lr = poly_lr(st.stage.lr, st.it, st.total, t.warmup_iters if st.stage.name == "fp32" else 0, t.poly_power)
         for g in st.opt.param_groups:
             g["lr"] = lr * g["lr_mult"]
-        torch.manual_seed(_mix(t.seed, st.it, 7))  # dropout of this iteration
+        torch.manual_seed(mix_seeds(t.seed, st.it, 7))  # dropout of this iteration
         x = x.to(self.device, memory_format=torch.channels_last if t.channels_last else torch.contiguous_format)
         y = y.to(self.device)
         st.buffers.save()
@@ -339,7 +290,7 @@ class Trainer:
         # and data-parallel ranks (whose gradients are averaged) stop together. With fp16 loss
         # scaling, overflowing gradients are expected while the scale settles: the scaler skips
         # those steps, so only the loss is checked.
-        bad = _non_finite(loss, None if self.scaler.is_enabled() else st.model)
+        bad = non_finite(loss, None if self.scaler.is_enabled() else st.model)
         if bad:
             st.buffers.restore()  # the forward of this step already moved BN statistics
             kept = self._keep_last_good(st)
@@ -428,45 +379,6 @@ class Trainer:
             **stage.extra_state(),
             **extra,
         )
-
-
-class _Buffers:
-    """A model's buffers (BatchNorm statistics, quantizer ranges) as they were before a step's
-    forward, so that a step found non-finite is undone whole. One fused copy a step."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.live = list(model.buffers())
-        self.saved = [b.detach().clone() for b in self.live]
-
-    def save(self) -> None:
-        if self.live:
-            torch._foreach_copy_(self.saved, self.live)
-
-    def restore(self) -> None:
-        if self.live:
-            with torch.no_grad():
-                torch._foreach_copy_(self.live, self.saved)
-
-
-def _non_finite(loss: torch.Tensor, model: nn.Module | None) -> str:
-    """'' when the loss and every gradient (of `model`, when given) are finite, else what is not."""
-    if not torch.isfinite(loss):
-        return f"loss is {loss.item()}"
-    if model is None:
-        return ""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
-        return "a gradient is not finite"
-    return ""
-
-
-def weights_digest(model: nn.Module) -> str:
-    """SHA-256 of a model's parameters (names and exact bytes, layout independent)."""
-    h = hashlib.sha256()
-    for name, p in sorted(getattr(model, "module", model).named_parameters()):
-        h.update(name.encode())
-        h.update(p.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 class _EvalOnTrain(torch.utils.data.Dataset):

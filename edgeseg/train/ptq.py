@@ -6,6 +6,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
+from edgeseg.config import Recipe
 from edgeseg.constants import check_calib_method, check_percentile
 from edgeseg.data.classes import ClassInfo
 from edgeseg.errors import CheckpointError
@@ -41,12 +44,7 @@ def calibrate_checkpoint(
         A summary: out, ranges, method, num_images, too_few, quantizers, seconds.
     """
     start = time.perf_counter()
-    ckpt = load_checkpoint(checkpoint)
-    if ckpt.get("quant"):
-        raise CheckpointError(f"checkpoint '{checkpoint}' is already quantized; calibrate its FP32 checkpoint (e.g. fp32.pt) instead")
-    recipe = checkpoint_recipe(ckpt)
-    method = check_calib_method(method or recipe.quant.calib_method, "--method")
-    percentile = check_percentile(recipe.quant.percentile if percentile is None else percentile, "--percentile")
+    ckpt, recipe, method, percentile = _checked_inputs(checkpoint, method, percentile)
     qmodel, meta, info = calibrate_recipe(
         model_from_checkpoint(ckpt),
         recipe,
@@ -57,17 +55,7 @@ def calibrate_checkpoint(
         num_images=num_images,
         progress=progress,
     )
-    save_checkpoint(
-        out,
-        model=qmodel,
-        recipe=recipe,
-        classes=ClassInfo.from_dict(ckpt["classes"]),
-        stage="ptq",
-        quant=quant_state(qmodel),
-        quant_meta=meta,
-        source_checkpoint=str(checkpoint),
-    )
-    ranges = write_ranges(out, qmodel, meta)
+    ranges = _save(out, qmodel, meta, recipe, ckpt, source=checkpoint)
     return {
         "out": str(out),
         "ranges": str(ranges_path(out)),
@@ -76,3 +64,32 @@ def calibrate_checkpoint(
         "quantizers": sum(v is not None for v in ranges.values()),
         "seconds": time.perf_counter() - start,
     }
+
+
+def _checked_inputs(checkpoint: str | Path, method: str | None, percentile: float | None) -> tuple[dict[str, Any], Recipe, str, float]:
+    """The FP32 checkpoint, its recipe, and the method and percentile (default: the recipe's), all
+    checked before any work starts; a quantized checkpoint is refused."""
+    ckpt = load_checkpoint(checkpoint)
+    if ckpt.get("quant"):
+        raise CheckpointError(f"checkpoint '{checkpoint}' is already quantized; calibrate its FP32 checkpoint (e.g. fp32.pt) instead")
+    recipe = checkpoint_recipe(ckpt)
+    method = check_calib_method(method or recipe.quant.calib_method, "--method")
+    percentile = check_percentile(recipe.quant.percentile if percentile is None else percentile, "--percentile")
+    return ckpt, recipe, method, percentile
+
+
+def _save(
+    out: str | Path, qmodel: nn.Module, meta: dict[str, Any], recipe: Recipe, ckpt: dict[str, Any], *, source: str | Path
+) -> dict[str, float | None]:
+    """Write the PTQ checkpoint `out` and its ranges file; return the ranges per quantizer."""
+    save_checkpoint(
+        out,
+        model=qmodel,
+        recipe=recipe,
+        classes=ClassInfo.from_dict(ckpt["classes"]),
+        stage="ptq",
+        quant=quant_state(qmodel),
+        quant_meta=meta,
+        source_checkpoint=str(source),
+    )
+    return write_ranges(out, qmodel, meta)

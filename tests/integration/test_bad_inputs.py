@@ -138,7 +138,7 @@ def _recipe(case: Path, text: str) -> str:
 W: dict[str, Path] = {}
 CASES = [
     Case("recipe missing", lambda c: ["train", str(c / "nope.yaml")], "does not exist"),
-    Case("recipe unreadable (a folder)", lambda c: ["train", str(c)], "does not exist"),
+    Case("recipe unreadable (a folder)", lambda c: ["train", str(c)], "is a folder"),
     Case("yaml syntax error", lambda c: ["train", _recipe(c, "train:\n  lr: [0.1\n")], "line"),
     Case("unknown key", lambda c: ["train", _recipe(c, "train:\n  lrr: 0.1\n")], "did you mean 'lr'"),
     Case("wrong type", lambda c: ["train", _recipe(c, "train:\n  epochs: many\n")], "train.epochs"),
@@ -353,6 +353,161 @@ CASES += [
     ),
 ]
 
+BOMB = "a: &a [1,1,1,1,1,1,1,1,1]\n" + "".join(f"{c}: &{c} [{','.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefghijk", "bcdefghijkl"))
+
+
+def _artifact_with(case: Path, edit: Callable[[Path], None]) -> list[str]:
+    shutil.copytree(W["w"] / "export/onnx_fp32_os16", case / "a")
+    edit(case / "a")
+    return ["bench", str(case / "a"), "--no-accuracy", "--runs", "1", "--warmup", "0", "--json", str(case / "r.json")]
+
+
+def _row_with(case: Path, **changes: object) -> None:
+    doc = json.loads((REPO / "tests/fixtures/results/x86_cpu_handmade.json").read_text())
+    doc["rows"] = [{**doc["rows"][0], **changes}]
+    _write(case / "r.json", json.dumps(doc))
+
+
+def _smoke_run(case: Path, *extra: str) -> list[str]:
+    return ["train", str(REPO / "recipes/smoke.yaml"), "--out", str(case / "o"), *TINY, *extra]
+
+
+CASES += [
+    Case("YAML alias bomb", lambda c: ["train", _recipe(c, BOMB)], "more than 10000 values"),
+    Case("recursive YAML alias", lambda c: ["train", _recipe(c, "train: &t\n  x: *t\n")], "nests more than 20 levels"),
+    Case("date in a recipe", lambda c: ["train", _recipe(c, "name: 2024-01-01\n")], "'name' is a date"),
+    Case("set in a recipe", lambda c: ["train", _recipe(c, "train: !!set {a, b}\n")], "'train' is a set"),
+    Case("NaN learning rate", lambda c: ["train", _recipe(c, "train:\n  lr: .nan\n")], "'train.lr' = nan"),
+    Case("infinite weight decay", lambda c: ["train", _recipe(c, "train:\n  weight_decay: .inf\n")], "'train.weight_decay' = inf"),
+    Case(
+        "recipe not UTF-8",
+        lambda c: ["train", str(c / "r.yaml")],
+        "not UTF-8",
+        setup=lambda c: _write(c / "r.yaml", "name: caf\xe9\n".encode("latin-1")),
+    ),
+    Case(
+        "recipe over 1 MiB",
+        lambda c: ["train", str(c / "r.yaml")],
+        "over the 1 MiB",
+        setup=lambda c: _write(c / "r.yaml", "# pad\n" * 200_000),
+    ),
+    Case("NaN override", lambda c: _smoke_run(c, "--set", "train.lr=.nan"), "'train.lr' = nan"),
+    Case("unknown loss", lambda c: _smoke_run(c, "--set", "train.loss=lovaz"), "did you mean 'lovasz'"),
+    Case("EMA decay 1", lambda c: _smoke_run(c, "--set", "train.ema=1.0"), "train.ema"),
+    Case("OHEM threshold 0", lambda c: _smoke_run(c, "--set", "train.ohem_thresh=0"), "train.ohem_thresh"),
+    Case("empty train_splits", lambda c: _smoke_run(c, "--set", "data.train_splits=[]"), "data.train_splits"),
+    Case(
+        "meta.json model_file outside the folder",
+        lambda c: _artifact_with(c, lambda a: _edit_json(a / "meta.json", model_file="../../etc/passwd")),
+        "not a path",
+    ),
+    Case(
+        "meta.json normalisation std 0",
+        lambda c: _artifact_with(c, lambda a: _edit_json(a / "meta.json", normalization={"mean": [0.5] * 3, "std": [0.2, 0.0, 0.2]})),
+        "normalization.std",
+    ),
+    Case(
+        "meta.json input size 0",
+        lambda c: _artifact_with(c, lambda a: _edit_json(a / "meta.json", input_size=[0, 64])),
+        "input_size",
+    ),
+    Case(
+        "meta.json huge input size",
+        lambda c: _artifact_with(c, lambda a: _edit_json(a / "meta.json", input_size=[100000, 100000])),
+        "input_size",
+    ),
+    Case(
+        "meta.json classes of the wrong type",
+        lambda c: _artifact_with(c, lambda a: _edit_json(a / "meta.json", classes="road,car")),
+        "classes",
+    ),
+    Case(
+        "meta.json output stride 12",
+        lambda c: _artifact_with(c, lambda a: _edit_json(a / "meta.json", output_stride=12)),
+        "output_stride",
+    ),
+    Case(
+        "meta.json without schema_version",
+        lambda c: _artifact_with(c, lambda a: (a / "meta.json").write_text(json.dumps({"target": "onnx"}))),
+        "older edgeseg",
+    ),
+    Case(
+        "meta.json not UTF-8",
+        lambda c: _artifact_with(c, lambda a: (a / "meta.json").write_bytes(b'{"target": "\xff"}')),
+        "not UTF-8",
+    ),
+    Case(
+        "0-byte model file",
+        lambda c: _artifact_with(c, lambda a: (a / "model.onnx").write_bytes(b"")),
+        "empty (0 bytes)",
+    ),
+    Case(
+        "artifact path is a file",
+        lambda c: ["bench", str(c / "f"), "--json", str(c / "r.json")],
+        "neither an artifact folder",
+        setup=lambda c: _write(c / "f", "x"),
+    ),
+    Case(
+        "results row with NaN mIoU",
+        lambda c: ["report", str(c / "r.json"), "--out", str(c / "rep")],
+        "'miou'",
+        setup=lambda c: _row_with(c, miou=float("nan")),
+    ),
+    Case(
+        "results row with negative latency",
+        lambda c: ["report", str(c / "r.json"), "--out", str(c / "rep")],
+        "'latency'",
+        setup=lambda c: _row_with(c, latency={"p50": -1.0, "p90": 1.0}),
+    ),
+    Case(
+        "results row with text for a number",
+        lambda c: ["report", str(c / "r.json"), "--out", str(c / "rep")],
+        "'model_size_mb'",
+        setup=lambda c: _row_with(c, model_size_mb="big"),
+    ),
+    Case(
+        "garbled pipeline.json",
+        lambda c: ["pipeline", str(REPO / "recipes/smoke.yaml"), "--out", str(c / "o")],
+        "pipeline.json' is not readable JSON",
+        setup=lambda c: _write(c / "o/pipeline.json", '{"train": {"recipe_hash": '),
+        keep=["o/pipeline.json"],
+    ),
+    Case(
+        "pipeline.json of the wrong shape",
+        lambda c: ["pipeline", str(REPO / "recipes/smoke.yaml"), "--out", str(c / "o")],
+        "unexpected entry",
+        setup=lambda c: _write(c / "o/pipeline.json", '{"train": ["not", "a", "mapping"]}'),
+        keep=["o/pipeline.json"],
+    ),
+]
+
+CASES += [
+    Case(
+        "eval --json over its checkpoint",
+        lambda c: ["eval", str(c / "x.pt"), "--json", str(c / "x.pt")],
+        "would overwrite this command's input",
+        setup=lambda c: shutil.copy(W["w"] / "run/best.pt", c / "x.pt"),
+    ),
+    Case(
+        "calibrate --out over its checkpoint",
+        lambda c: ["calibrate", str(c / "x.pt"), "--calib", str(REPO / "calib/camvid_train_300.txt"), "--out", str(c / "x.pt")],
+        "would overwrite this command's input",
+        setup=lambda c: shutil.copy(W["w"] / "run/fp32.pt", c / "x.pt"),
+    ),
+    Case(
+        "bench --json over the artifact's meta.json",
+        lambda c: ["bench", str(c / "a"), "--json", str(c / "a/meta.json")],
+        "would overwrite this command's input",
+        setup=lambda c: shutil.copytree(W["w"] / "export/onnx_fp32_os16", c / "a"),
+    ),
+    Case(
+        "report --out replacing the folder of its results",
+        lambda c: ["report", str(c / "rep/r.json"), "--out", str(c / "rep")],
+        "would overwrite this command's input",
+        setup=lambda c: _write(c / "rep/r.json", (REPO / "tests/fixtures/results/x86_cpu_handmade.json").read_text()),
+    ),
+]
+
 
 def _enospc(fd: int) -> None:
     raise OSError(errno.ENOSPC, "No space left on device")
@@ -369,7 +524,8 @@ def _digest(folder: Path) -> dict[str, str]:
 
 
 def test_catalogue_size() -> None:
-    assert len(CASES) >= 30
+    assert len(CASES) >= 80
+    assert len({c.name for c in CASES}) == len(CASES)  # every case is its own test id
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

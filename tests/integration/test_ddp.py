@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from edgeseg.train.checkpoint import load_checkpoint, model_from_checkpoint
-from edgeseg.train.loop import weights_digest
+from edgeseg.train.guards import weights_digest
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_SET = [

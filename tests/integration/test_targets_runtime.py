@@ -22,9 +22,9 @@ from edgeseg.data.classes import CAMVID, SYNTHETIC
 from edgeseg.data.preprocess import preprocess
 from edgeseg.errors import TargetError
 from edgeseg.export.artifacts import export_artifact
-from edgeseg.export.base import ARTIFACT_META_KEYS, ExportRequest
+from edgeseg.export.base import ExportRequest
 from edgeseg.export.common import argmax_agreement
-from edgeseg.export.meta import read_meta
+from edgeseg.export.meta import ArtifactMeta, read_meta
 from edgeseg.models import build_model
 from edgeseg.quant import quant_state, quantize
 from edgeseg.quant.data import array_loop
@@ -123,7 +123,7 @@ def test_export_all_int8_cli(ckpts: dict, tmp_path: Path) -> None:
     assert folders == ["coreml_int8_os16", "jetson_int8_os16", "onnx_int8_os16", "openvino_int8_os16"]
     for name in folders:
         meta = json.loads((tmp_path / name / "meta.json").read_text())
-        assert set(ARTIFACT_META_KEYS) <= set(meta) and meta["precision"] == "int8" and meta["output_stride"] == 16
+        assert set(ArtifactMeta.model_fields) <= set(meta) and meta["precision"] == "int8" and meta["output_stride"] == 16
         assert meta["quant"]["method"] == "percentile" and meta["classes"]["names"] == list(SYNTHETIC.names)
         assert f"edgeseg bench {tmp_path / name} --json results.json" in (tmp_path / name / "README.md").read_text()
     ov = json.loads((tmp_path / "openvino_int8_os16" / "meta.json").read_text())
@@ -140,8 +140,8 @@ def test_export_all_int8_cli(ckpts: dict, tmp_path: Path) -> None:
     from edgeseg.export.openvino import TARGET
 
     images = _val_images()
-    runner = TARGET.load(tmp_path / "openvino_int8_os16", ov)
-    got = np.concatenate([runner.run(x) for x in images])
+    runner = TARGET.load(tmp_path / "openvino_int8_os16", ov).runner
+    got = np.concatenate([runner.run(x).copy() for x in images])  # bench runners return a view
     assert argmax_agreement(got, _torch_logits(ptq, images, quantized=True)) >= 0.99
 
 
@@ -175,7 +175,8 @@ def test_openvino_fp32_and_fp16(ckpts: dict, tmp_path: Path) -> None:
     from edgeseg.export.openvino import TARGET
 
     images = _val_images()
-    got = np.concatenate([TARGET.load(folder, meta).run(x) for x in images])
+    runner = TARGET.load(folder, meta).runner
+    got = np.concatenate([runner.run(x).copy() for x in images])  # bench runners return a view
     ref = _torch_logits(fp32, images, quantized=False)
     assert np.abs(got - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
     folder16, meta16 = _export(fp32, "openvino", "fp16", tmp_path)
@@ -202,7 +203,8 @@ def test_openvino_fallback_is_detected(tmp_path: Path) -> None:
     """A Q/DQ model with one convolution left float: listed, and fatal without allow_fallback."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from edgeseg.export.openvino import ir_from_onnx, onnx_reference, verify_ir
+    from edgeseg.export.common import onnx_reference
+    from edgeseg.export.openvino_ir import ir_from_onnx, verify_ir
 
     model = build_model(num_classes=3, output_stride=16, width_mult=0.35).eval()
     model.set_input_size(SIZE)
@@ -275,7 +277,8 @@ def test_coreml_prediction_matches_onnxruntime(ckpts: dict, tmp_path: Path) -> N
 
     folder, meta = _export(ckpts[16][0], "coreml", "fp16", tmp_path)
     images = _val_images()
-    got = np.concatenate([TARGET.load(folder, meta).run(x) for x in images])
+    runner = TARGET.load(folder, meta).runner
+    got = np.concatenate([runner.run(x).copy() for x in images])  # bench runners return a view
     assert argmax_agreement(got, _torch_logits(ckpts[16][0], images, quantized=False)) >= 0.99
 
 
@@ -298,7 +301,8 @@ def test_tensorrt_engine_build_and_run(ckpts: dict, tmp_path: Path) -> None:
     folder, meta = _export(ckpts[16][1], "jetson", "int8", tmp_path, build_engine=True)
     assert (folder / "model.engine").is_file() and (folder / "build.log").is_file()
     images = _val_images()
-    got = np.concatenate([TARGET.load(folder, meta).run(x) for x in images])
+    runner = TARGET.load(folder, meta).runner
+    got = np.concatenate([runner.run(x).copy() for x in images])  # bench runners return a view
     assert argmax_agreement(got, _torch_logits(ckpts[16][1], images, quantized=True)) >= 0.99
 
 

@@ -56,14 +56,10 @@ def _identity_onnx(path: Path, classes: int = 3) -> None:
     onnx.save(model, str(path))
 
 
-def test_bench_runs_an_onnx_artifact_without_torch(tmp_path: Path) -> None:
-    pytest.importorskip("onnxruntime")
+def _argmax_data(tmp_path: Path) -> Path:
+    """Data whose mask is the argmax of the normalised image: an identity model scores 100 mIoU."""
     from PIL import Image
 
-    art = tmp_path / "onnx_fp32_os16"
-    art.mkdir()
-    _identity_onnx(art / "model.onnx")
-    # Data whose mask is the argmax of the normalised image: the identity model scores 100 mIoU.
     data = tmp_path / "data"
     for sub in ("images", "masks"):
         (data / sub).mkdir(parents=True)
@@ -75,11 +71,15 @@ def test_bench_runs_an_onnx_artifact_without_torch(tmp_path: Path) -> None:
         image[np.arange(32)[:, None], np.arange(32)[None], label] = 255
         Image.fromarray(image).save(data / "images" / f"f{i}.png")
         Image.fromarray(label.astype(np.uint8)).save(data / "masks" / f"f{i}.png")
-    meta = {
+    return data
+
+
+def _meta(target: str, model_file: str, data: Path) -> dict[str, object]:
+    return {
         "schema_version": META_SCHEMA_VERSION,
-        "target": "onnx",
+        "target": target,
         "precision": "fp32",
-        "model_file": "model.onnx",
+        "model_file": model_file,
         "input_name": "input",
         "output_name": "logits",
         "input_size": [32, 32],
@@ -93,7 +93,15 @@ def test_bench_runs_an_onnx_artifact_without_torch(tmp_path: Path) -> None:
         "recipe_hash": None,
         "tool_versions": {},
     }
-    (art / "meta.json").write_text(json.dumps(meta))
+
+
+def test_bench_runs_an_onnx_artifact_without_torch(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    art = tmp_path / "onnx_fp32_os16"
+    art.mkdir()
+    _identity_onnx(art / "model.onnx")
+    data = _argmax_data(tmp_path)
+    (art / "meta.json").write_text(json.dumps(_meta("onnx", "model.onnx", data)))
     out = tmp_path / "results.json"
     argv = ["edgeseg", "bench", str(art), "--json", str(out), "--runs", "3", "--warmup", "1", "--data", str(data), "--format", "folder"]
     result = _python(f"from edgeseg.cli import main; sys.argv = {argv!r}; main()", tmp_path)
@@ -121,3 +129,62 @@ def test_target_declares_what_the_rest_derives(name: str) -> None:
     assert runtime_labels()[t.runtime] == t.runtime_label
     ok, why = t.can_run_here()
     assert isinstance(ok, bool) and (ok or why)
+
+
+class _IdentityRunner:
+    static_batch = None
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return x.copy()
+
+
+class _FakeTarget:
+    """A new runtime, written as a user would add one: this class and one TARGETS line."""
+
+    name, runtime, runtime_label, extra = "fake", "fakert", "Fake RT", "onnx"
+    precisions = ("fp32",)
+    variants: tuple[tuple[str, str | None], ...] = (("fp32", None),)
+    precision_hints = ("fake-f32",)
+
+    def is_available(self) -> tuple[bool, str]:
+        return True, ""
+
+    def can_run_here(self) -> tuple[bool, str]:
+        return True, ""
+
+    def describe(self, meta: dict[str, object], folder: Path | None) -> str:
+        return "checked by hand"
+
+    def export(self, request: object, out: Path) -> dict[str, object]:
+        raise NotImplementedError
+
+    def load(self, artifact: Path, meta: dict[str, object], *, threads: int | None = None, precision_hint: str | None = None) -> object:
+        from edgeseg.export.base import Loaded
+
+        return Loaded(_IdentityRunner(), self.runtime, "1.0", "host", precision_hint, None)
+
+
+def test_a_new_target_is_one_module_and_one_table_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    from edgeseg.bench.measure import BenchOptions, bench_artifact
+    from edgeseg.bench.results import runtime_label
+    from edgeseg.export.base import runtime_labels
+    from edgeseg.pipeline import runs_here, variants
+
+    module = types.ModuleType("edgeseg_fake_target")
+    module.TARGET = _FakeTarget()  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "edgeseg_fake_target", module)
+    monkeypatch.setitem(TARGETS, "fake", "edgeseg_fake_target")  # the one table line
+    # Everything else derives from the table: the pipeline's variants, report labels, bench.
+    assert ("fake", "fp32", None) in {(v.target, v.precision, v.ptq) for v in variants()}
+    assert runtime_labels()["fakert"] == "Fake RT" and runtime_label("fakert") == "Fake RT"
+    assert runs_here("fake") == (True, "")
+    art = tmp_path / "fake_fp32_os16"
+    art.mkdir()
+    (art / "model.bin").write_bytes(b"weights")
+    data = _argmax_data(tmp_path)
+    (art / "meta.json").write_text(json.dumps(_meta("fake", "model.bin", data)))
+    row = bench_artifact(art, BenchOptions(runs=2, warmup=0, precision_hint="fake-f32"))
+    assert (row.target, row.runtime, row.provider, row.precision_hint) == ("fake", "fakert", "host", "fake-f32")
+    assert row.miou == pytest.approx(100.0) and row.label == "FP32 Fake RT"

@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 ov = pytest.importorskip("openvino")
 ort = pytest.importorskip("onnxruntime")
 
-from edgeseg.export.openvino import ir_from_onnx, unsigned_activations  # noqa: E402
+from edgeseg.export.openvino_ir import ir_from_onnx, unsigned_activations  # noqa: E402
 
 C = 4
 

@@ -13,7 +13,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeseg.errors import CheckpointError, ConfigError
-from edgeseg.export.preflight import OPSET_RANGE, SUPPORTED_OPS, Violation, check_onnx
+from edgeseg.export.preflight import Violation, check_onnx
+from edgeseg.export.preflight_graph import OPSET_RANGE, SUPPORTED_OPS
 
 REPO = Path(__file__).resolve().parents[2]
 C_IN, C_OUT, SIZE = 3, 4, 8

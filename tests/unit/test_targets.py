@@ -18,6 +18,7 @@ from edgeseg.export import artifacts as A
 from edgeseg.export import common as C
 from edgeseg.export import meta as M
 from edgeseg.export import tensorrt as T
+from edgeseg.export import tensorrt_engine as TE
 from edgeseg.export.base import ExportRequest
 from edgeseg.export.meta import META_SCHEMA_VERSION
 from edgeseg.models import build_model
@@ -242,7 +243,8 @@ class FakeTensorRT(types.ModuleType):
         flags = ["GPU_FALLBACK"] + ([] if major >= 11 else ["FP16", "INT8"])
         self.ILogger = ILogger
         self.BuilderFlag = types.SimpleNamespace(**{f: f for f in flags})
-        self.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=0)
+        # The real TensorRT 10/11 values: EXPLICIT_BATCH (deprecated, 10.x only) is 0, STRONGLY_TYPED is 1.
+        self.NetworkDefinitionCreationFlag = types.SimpleNamespace(EXPLICIT_BATCH=0, STRONGLY_TYPED=1)
         self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
         self.DeviceType = types.SimpleNamespace(DLA="DLA", GPU="GPU")
 
@@ -319,7 +321,7 @@ def _bundle(tmp_path: Path, precision: str, dla: int | None = None, inputs: dict
 
 def _build(monkeypatch: pytest.MonkeyPatch, trt: FakeTensorRT, bundle: Path, **kw: Any) -> list[tuple]:
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    engine, log = T.build_engine(bundle, **kw)
+    engine, log = TE.build_engine(bundle, **kw)
     assert engine.read_bytes() == b"ENGINE" and "builder created" in log.read_text()
     assert (bundle / "timing.cache").read_bytes() == b"CACHE"
     return trt.calls
@@ -327,7 +329,7 @@ def _build(monkeypatch: pytest.MonkeyPatch, trt: FakeTensorRT, bundle: Path, **k
 
 def test_build_int8_trt10_strongly_typed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _build(monkeypatch, FakeTensorRT("10.7.0"), _bundle(tmp_path, "int8"))
-    assert ("network", 1 << 0) in calls and not [c for c in calls if c[0] == "flag"]
+    assert ("network", 1 << 1) in calls and not [c for c in calls if c[0] == "flag"]  # strongly typed, not explicit batch
     assert ("pool", "WORKSPACE", 2 << 30) in calls and ("parse", "model.onnx") in calls
     assert ("cache_in", b"") in calls and ("set_cache", "cache", False) in calls
 
@@ -362,19 +364,19 @@ def test_build_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bundle = _bundle(tmp_path, "int8", dla=1)
     monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT("10.7.0", dla_cores=1))
     with pytest.raises(TargetError, match="DLA core 1 does not exist"):
-        T.build_engine(bundle)
+        TE.build_engine(bundle)
     monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT("10.7.0", parse_ok=False))
     with pytest.raises(TargetError, match="cannot parse .*Unsupported ONNX op: Foo"):
-        T.build_engine(bundle, dla_core=0)
+        TE.build_engine(bundle, dla_core=0)
     monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT("8.6.1"))
     with pytest.raises(TargetError, match="install TensorRT 10.x or 11.x"):
-        T.build_engine(bundle)
+        TE.build_engine(bundle)
 
 
 def test_build_without_tensorrt_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(Exception, match=r'pip install "edgeseg\[tensorrt\]"'):
-        T.build_engine(_bundle(tmp_path, "int8"))
+        TE.build_engine(_bundle(tmp_path, "int8"))
 
 
 # --- Core ML and OpenVINO option checks -----------------------------------------------------------

@@ -17,7 +17,9 @@ from edgeseg.errors import CheckpointError, NumericalError
 from edgeseg.models import build_model
 from edgeseg.train import fit
 from edgeseg.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from edgeseg.train.loop import Interrupted, SeededSampler, Stage, Trainer, _param_groups, poly_lr, weights_digest
+from edgeseg.train.guards import weights_digest
+from edgeseg.train.loop import Interrupted, Stage, Trainer, _param_groups, poly_lr
+from edgeseg.train.sampling import SeededSampler
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,0 +1,173 @@
+"""What the CLI shows: the consoles, progress bars, tables and result lines of each command.
+
+edgeseg.cli parses the command line and calls the library; everything it prints is shaped here,
+so each command reads as parse -> call -> render. Nothing here decides anything: a renderer gets
+results and prints them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+if TYPE_CHECKING:  # types only: the CLI imports the library lazily, inside each command
+    from edgeseg.bench.results import BenchRow
+    from edgeseg.export.artifacts import ExportResult
+    from edgeseg.export.preflight import Violation
+
+console = Console(stderr=True)  # progress, warnings and errors
+out_console = Console()  # results
+
+
+def progress() -> Progress:
+    """The progress bar of a long step: description, bar, count, live info, elapsed and remaining."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def iou_table(title: str, summary: dict[str, Any]) -> Table:
+    """Per-class IoU, mIoU and pixel accuracy of an evaluation summary."""
+    table = Table(title=title)
+    table.add_column("class")
+    table.add_column("IoU %", justify="right")
+    for name, value in summary["per_class_iou"].items():
+        table.add_row(name, "-" if value is None else f"{value:.2f}")
+    table.add_row("[bold]mIoU", f"[bold]{summary['miou']:.2f}")
+    table.add_row("pixel acc", f"{summary['pixel_acc']:.2f}")
+    return table
+
+
+def train_callback(bar: Progress) -> Callable[..., None]:
+    """fit's progress events as one bar per stage (start/step) and a line per evaluation."""
+    tasks: dict[str, Any] = {}
+
+    def callback(event: str, **info: Any) -> None:
+        stage = info.get("stage", "")
+        if event == "start":
+            tasks[stage] = bar.add_task(f"train {stage}", total=info["total"], completed=info["done"], info="")
+        elif event == "step":
+            bar.update(tasks[stage], completed=info["it"], info=f"loss {info['loss']:.3f} lr {info['lr']:.2e} {info['img_s']:.1f} img/s")
+        elif event == "eval":
+            console.print(f"{stage} step {info['it']}: val mIoU {info['miou']:.2f}")
+
+    return callback
+
+
+def print_train_results(results: dict[str, Any], run_dir: Path) -> None:
+    for stage, res in results.items():
+        out_console.print(f"{stage}: best val mIoU {res['best_miou']:.2f}")
+    out_console.print(f"wrote {run_dir / 'best.pt'}")
+
+
+def print_model_info(source: Path, rows: list[dict[str, Any]]) -> None:
+    """Parameters and GMACs per head and output stride, one row each."""
+    table = Table(title=f"{source}")
+    for col in ("head", "OS", "input", "params (M)", "GMACs"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(r["head"], str(r["output_stride"]), r["input"], f"{r['params'] / 1e6:.3f}", f"{r['gmacs']:.3f}")
+    out_console.print(table)
+
+
+def print_calibration(summary: dict[str, Any]) -> None:
+    if summary["too_few"]:
+        console.print(
+            f"[yellow]warning:[/yellow] calibrated on {summary['num_images']} images, fewer than the recommended 300; ranges may be noisy"
+        )
+    out_console.print(
+        f"{summary['method']} ranges of {summary['quantizers']} tensors from {summary['num_images']} images "
+        f"({summary['calib_list']}) in {summary['seconds']:.1f}s"
+    )
+    out_console.print(f"wrote {summary['out']} and {summary['ranges']}")
+
+
+def print_export_results(results: Iterable[ExportResult]) -> None:
+    """One line per target: skipped (yellow), failed (red), or the folder written and its check."""
+    from edgeseg.export.artifacts import describe
+
+    for r in results:
+        if r.skipped:
+            console.print(f"[yellow]skipped {r.target}:[/yellow] {r.skipped}")
+            continue
+        if r.error:
+            console.print(f"[red]failed {r.target}:[/red] {r.error}", highlight=False, soft_wrap=True)
+            continue
+        report = r.meta.get("export_report", {})
+        check = report.get("max_abs_diff")
+        detail = (
+            f", onnxruntime vs torch max |diff| {check:.2e}, argmax agreement {report['argmax_agreement']:.4f}" if check is not None else ""
+        )
+        out_console.print(f"wrote {r.folder} ({r.size_bytes / 1e6:.1f} MB) in {r.seconds:.1f}s{detail}")
+        if describe(r):
+            out_console.print(f"  {describe(r)}", highlight=False, markup=False)
+
+
+def bench_progress(bar: Progress) -> Callable[[Path], Any]:
+    """bench_into's progress factory: one task per artifact, the bar started with the first one, so
+    checks that fail first print only their line."""
+
+    def progress_for(path: Path) -> Any:
+        bar.start()
+        task = bar.add_task(f"bench {path.name}", total=None, info="loading")
+        return lambda stage, done, total: bar.update(task, completed=done, total=total, info=stage)
+
+    return progress_for
+
+
+def print_bench_rows(rows: list[BenchRow], json_out: Path) -> None:
+    table = Table(title=f"bench -> {json_out}")
+    for col in ("artifact", "runtime", "precision", "OS", "mIoU", "p50 ms", "p90 ms", "FPS", "first s", "peak MiB"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        miou = "-" if r.miou is None else f"{r.miou:.2f}"
+        mem = "-" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.0f}"
+        table.add_row(
+            Path(r.artifact).name,
+            r.runtime,
+            f"{r.precision} {r.precision_hint or ''}".strip(),
+            str(r.output_stride),
+            miou,
+            f"{r.latency['p50']:.2f}",
+            f"{r.latency['p90']:.2f}",
+            f"{r.throughput:.1f}",
+            f"{r.first_inference_s:.2f}",
+            mem,
+        )
+    out_console.print(table)
+    out_console.print(f"wrote {len(rows)} rows to {json_out}")
+
+
+def pipeline_event(started: float) -> Callable[[str, str], None]:
+    """The pipeline's event lines: stage, seconds since `started` (a perf_counter), message."""
+
+    def event(stage: str, message: str) -> None:
+        console.print(f"[bold cyan]{stage:>9}[/] [dim]{time.perf_counter() - started:6.0f}s[/] {message}", highlight=False)
+
+    return event
+
+
+def print_violations(found: list[Violation], onnx_file: Path, trt_version: int, dla: int | None) -> int:
+    """One coloured line per preflight finding and a count line; returns the number of errors."""
+    for v in found:
+        out_console.print(f"[{'red' if v.severity == 'error' else 'yellow'}]{escape(str(v))}[/]", highlight=False, soft_wrap=True)
+    errors = sum(v.severity == "error" for v in found)
+    out_console.print(
+        f"{onnx_file}: {errors} errors, {len(found) - errors} warnings (TensorRT {trt_version}.x{f', DLA {dla}' if dla is not None else ''})",
+        soft_wrap=True,
+    )
+    return errors
