@@ -168,7 +168,9 @@ def export(
     """Export a checkpoint to a target's artifact folder (model + meta.json), verified on export."""
     from edgeseg.export.artifacts import export_targets
     from edgeseg.export.base import ExportRequest
-    from edgeseg.sizes import parse_size
+    from edgeseg.sizes import check_dla_core, parse_size
+
+    check_dla_core(dla)
 
     request = ExportRequest(
         checkpoint=ckpt,
@@ -295,8 +297,9 @@ def check(
     """Preflight an ONNX model against TensorRT's rules: one line per violation; exit 1 on errors."""
 
     from edgeseg.export.preflight import check_onnx
+    from edgeseg.sizes import check_dla_core
 
-    found = check_onnx(onnx_file, target, trt_version=trt_version, dla=dla)
+    found = check_onnx(onnx_file, target, trt_version=trt_version, dla=check_dla_core(dla))
     if render.print_violations(found, onnx_file, trt_version, dla):
         raise typer.Exit(1)
 

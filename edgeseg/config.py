@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
+from edgeseg.constants import MAX_SIDE, check_calib_method, check_output_stride, check_percentile, invalid
 from edgeseg.constants import OUTPUT_STRIDES as OUTPUT_STRIDES  # re-exported: owned by edgeseg.constants
-from edgeseg.constants import check_calib_method, check_output_stride, check_percentile, invalid
-from edgeseg.errors import ConfigError, did_you_mean
+from edgeseg.errors import ConfigError, did_you_mean, printable
 
 BASE_LOSSES = ("ce", "ohem", "balanced", "lovasz")
 LOSSES = BASE_LOSSES + tuple(f"{b}+lovasz" for b in BASE_LOSSES if b != "lovasz")
@@ -176,7 +176,9 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in names:
-            raise ConfigError(f"unknown recipe key '{prefix}{key}'{did_you_mean(str(key), names)}; valid keys here: {', '.join(names)}")
+            raise ConfigError(
+                f"unknown recipe key '{printable(prefix + str(key))}'{did_you_mean(str(key), names)}; valid keys here: {', '.join(names)}"
+            )
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value or {}, f"{prefix}{key}.")
@@ -201,8 +203,19 @@ def _validate(r: Recipe) -> None:
         raise invalid("train.epochs/batch_size", (r.train.epochs, r.train.batch_size), "use >= 1")
     for key in ("crop_size", "synthetic_size"):
         size = getattr(r.data, key)
-        if len(size) != 2 or min(size) < 32 or any(s % 8 for s in size):
-            raise invalid(f"data.{key}", size, "give [height, width], each >= 32 and a multiple of 8")
+        if len(size) != 2 or min(size) < 32 or max(size) > MAX_SIDE or any(s % 8 for s in size):
+            raise invalid(f"data.{key}", size, f"give [height, width], each in 32..{MAX_SIDE} and a multiple of 8")
+    for key, size in (("data.eval_size", r.data.eval_size), ("export.input_size", r.export.input_size)):
+        if size is not None and (len(size) != 2 or min(size) < 32 or max(size) > MAX_SIDE):
+            raise invalid(key, size, f"give [height, width], each in 32..{MAX_SIDE}")
+    for key in ("epochs", "batch_size", "eval_every", "log_every"):
+        if not 1 <= getattr(r.train, key) <= 100_000:
+            raise invalid(f"train.{key}", getattr(r.train, key), "use a whole number in 1..100000")
+    for key in ("warmup_iters", "bn_recalibrate", "ckpt_every", "seed"):
+        if not 0 <= getattr(r.train, key) <= 10_000_000:
+            raise invalid(f"train.{key}", getattr(r.train, key), "use a whole number >= 0")
+    if r.train.max_iters is not None and not 1 <= r.train.max_iters <= 10_000_000:
+        raise invalid("train.max_iters", r.train.max_iters, "use a whole number >= 1, or null")
     lo, hi = (r.data.scale_range + [0, 0])[:2]
     if len(r.data.scale_range) != 2 or not 0 < lo <= hi:
         raise invalid("data.scale_range", r.data.scale_range, "give [min, max] with 0 < min <= max")
@@ -266,13 +279,13 @@ def _plain(value: Any, where: str, depth: int = 0, seen: list[int] | None = None
     if seen[0] > MAX_VALUES:
         raise ConfigError(f"the recipe expands to more than {MAX_VALUES} values (YAML aliases?); write the values out")
     if depth > 20:
-        raise ConfigError(f"recipe key '{where or '(top)'}' nests more than 20 levels (a recursive alias?); write plain values")
+        raise ConfigError(f"recipe key '{printable(where or '(top)')}' nests more than 20 levels (a recursive alias?); write plain values")
     if isinstance(value, dict):
         return {str(k): _plain(v, f"{where}.{k}" if where else str(k), depth + 1, seen) for k, v in value.items()}
     if isinstance(value, list):
         return [_plain(v, f"{where}[{i}]", depth + 1, seen) for i, v in enumerate(value)]
     if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"recipe key '{where}' = {value} is invalid: use a finite number")
+        raise ConfigError(f"recipe key '{printable(where)}' = {value} is invalid: use a finite number")
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     raise ConfigError(

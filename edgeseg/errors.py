@@ -49,6 +49,12 @@ class NumericalError(EdgesegError):
     """Training or export produced NaN/inf or outputs beyond tolerance."""
 
 
+def printable(text: object, limit: int = 80) -> str:
+    """`text` for a one-line message: control characters escaped, at most `limit` characters."""
+    out = str(text).encode("unicode_escape").decode("ascii")
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean 'x'?)' for the closest choice, or '' when none is close."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)

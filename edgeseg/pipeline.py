@@ -68,7 +68,7 @@ def read_state(path: Path) -> dict[str, Any]:
         raise ConfigError(f"'{path}' is not a JSON object; {fix}")
     for stage, entry in state.items():
         if stage not in STAGES or not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
-            raise ConfigError(f"'{path}' has an unexpected entry '{stage}'; {fix}")
+            raise ConfigError(f"'{path}' has an unexpected entry {stage[:40]!r}; {fix}")
     return state
 
 

@@ -5,8 +5,10 @@ Torch-free: `edgeseg bench --input-size` runs where only a runtime is installed.
 
 from __future__ import annotations
 
-from edgeseg.constants import OUTPUT_STRIDES, choices
+from edgeseg.constants import MAX_SIDE, OUTPUT_STRIDES, choices
 from edgeseg.errors import ConfigError
+
+DLA_CORES = (0, 1)  # Jetson AGX Xavier and Orin: two DLA engines
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -17,7 +19,16 @@ def parse_size(text: str) -> tuple[int, int]:
         raise ConfigError(f"input size '{text}' must look like HEIGHTxWIDTH, e.g. 360x480") from None
     if h < 32 or w < 32:
         raise ConfigError(f"input size '{text}' is too small; use at least 32x32")
+    if h > MAX_SIDE or w > MAX_SIDE:
+        raise ConfigError(f"input size '{text}' is over {MAX_SIDE} pixels a side; use a size the device runs, e.g. 720x1280")
     return h, w
+
+
+def check_dla_core(core: int | None) -> int | None:
+    """A Jetson DLA core: 0 or 1 (Xavier and Orin have two); None for the GPU."""
+    if core is not None and core not in DLA_CORES:
+        raise ConfigError(f"--dla {core} is invalid; Jetson DLA cores are {choices(DLA_CORES)} (omit --dla for the GPU)")
+    return core
 
 
 def parse_strides(text: str) -> list[int]:

@@ -93,7 +93,7 @@ class BenchRow:
             raise ResultsError(f"{where} has no field '{missing[0]}'; the file is damaged or not from edgeseg bench: re-run bench")
         unknown = sorted(d.keys() - names)
         if unknown:
-            raise ResultsError(f"{where} has unknown field '{unknown[0]}'; it was written by another edgeseg: upgrade edgeseg")
+            raise ResultsError(f"{where} has unknown field {unknown[0][:40]!r}; it was written by another edgeseg: upgrade edgeseg")
         _check_row(d, where)
         return cls(**d)
 

@@ -7,7 +7,11 @@ kept as they are); blank lines and text after '#' are ignored. See calib/README.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from edgeseg.errors import DataError
 
@@ -77,3 +81,40 @@ def read_calib_list(path: str | Path, root: str | Path | None = None, limit: int
             RECOMMENDED_IMAGES,
         )
     return out
+
+
+def calibration_images(
+    recipe: Any,
+    *,
+    calib_list: str | Path | None = None,
+    data_root: str | Path | None = None,
+    num_images: int | None = None,
+) -> tuple[Callable[[int], np.ndarray], int, dict[str, Any]]:
+    """The calibration images of a recipe, for every calibrator (edgeseg's and NNCF's alike).
+
+    With a calibration list (the argument, else recipe.quant.calib_list) its images are used,
+    relative to `data_root` (else recipe.data.root); `num_images` limits them (default: all of
+    an explicit list, recipe.quant.calib_num_images of the recipe's). Without a list,
+    `num_images` (default recipe.quant.calib_num_images) images spread evenly over the train
+    split are used.
+
+    Returns:
+        (load, n, info): `load(i)` gives uint8 HxWx3 image i of n; info = {"calib_list",
+        "num_images", "too_few"}.
+    """
+    from edgeseg.data.io import read_image
+    from edgeseg.data.sources import open_source, synthetic_params
+
+    listed = calib_list if calib_list is not None else recipe.quant.calib_list
+    if listed is not None:
+        limit = num_images if num_images is not None else (None if calib_list is not None else recipe.quant.calib_num_images)
+        root = data_root if data_root is not None else recipe.data.root
+        paths = read_calib_list(listed, root, limit)
+        info = {"calib_list": str(listed), "num_images": len(paths), "too_few": paths.too_few}
+        return (lambda i: read_image(paths[i])), len(paths), info
+    d = recipe.data
+    source = open_source(d.format, str(data_root) if data_root else d.root, d.train_split, synthetic_params(recipe))
+    n = min(num_images or recipe.quant.calib_num_images, len(source))
+    picks = np.linspace(0, len(source) - 1, n).round().astype(int).tolist()
+    info = {"calib_list": f"{d.format}:{d.train_split}", "num_images": n, "too_few": n < RECOMMENDED_IMAGES}
+    return (lambda i: source.load(picks[i])[0]), n, info

@@ -14,7 +14,7 @@ from torchvision.transforms.v2 import functional as TF
 from edgeseg.config import Recipe
 from edgeseg.data.classes import IGNORE_INDEX
 from edgeseg.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from edgeseg.data.sources import ConcatSource, Source, open_source
+from edgeseg.data.sources import ConcatSource, Source, open_source, synthetic_params
 
 # Pad images with the mean pixel, so padding is zero after normalisation.
 _MEAN_PIXEL = [round(m * 255) for m in IMAGENET_MEAN]
@@ -77,11 +77,6 @@ class SegDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.source.load(i)
         return self.transform(image, mask)
-
-
-def synthetic_params(recipe: Recipe) -> dict:
-    d = recipe.data
-    return {"num_train": d.synthetic_num_train, "num_val": d.synthetic_num_val, "size": list(d.synthetic_size), "seed": d.synthetic_seed}
 
 
 def open_split(recipe: Recipe, split: str, root: str | None = None, fmt: str | None = None) -> Source:

@@ -7,7 +7,7 @@ already mapped to train ids (255 = ignore). `open_source` is the one entry point
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -156,6 +156,12 @@ class ConcatSource:
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         part, j = self._locate(i)
         return part.load(j)
+
+
+def synthetic_params(recipe: Any) -> dict[str, Any]:
+    """The parameters of a recipe's synthetic data set (its data section's synthetic_* keys)."""
+    d = recipe.data
+    return {"num_train": d.synthetic_num_train, "num_val": d.synthetic_num_val, "size": list(d.synthetic_size), "seed": d.synthetic_seed}
 
 
 def open_source(fmt: str, root: str | Path | None, split: str, synthetic: dict | None = None) -> Source:

@@ -58,12 +58,12 @@ def qdq_view(model: Any) -> Any:
     import torch
     from torch import nn
 
-    from edgeseg.quant.fake_quant import AMAX_EPS, QMAX, QuantConv2d, TensorQuantizer
+    from edgeseg.quant import QuantConv2d, TensorQuantizer, int8_scale
 
     class QDQActivation(nn.Module):
-        def __init__(self, amax: float, enabled: bool) -> None:
+        def __init__(self, amax: torch.Tensor, enabled: bool) -> None:
             super().__init__()
-            self.scale = max(float(amax), AMAX_EPS) / QMAX
+            self.scale = float(int8_scale(amax))
             self.enabled = enabled
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -71,16 +71,16 @@ def qdq_view(model: Any) -> Any:
 
     class QDQConv(nn.Conv2d):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            amax = self.weight.detach().abs().amax(dim=(1, 2, 3)).float().clamp_min(AMAX_EPS)
-            zero = torch.zeros(amax.numel(), dtype=torch.int64)
-            w = torch.dequantize(torch.quantize_per_channel(self.weight.detach(), amax / QMAX, zero, 0, torch.qint8))
+            scale = int8_scale(self.weight.detach().abs().amax(dim=(1, 2, 3)))
+            zero = torch.zeros(scale.numel(), dtype=torch.int64)
+            w = torch.dequantize(torch.quantize_per_channel(self.weight.detach(), scale, zero, 0, torch.qint8))
             return self._conv_forward(x, w, self.bias)
 
     out = copy.deepcopy(model)
     for parent in list(out.modules()):
         for name, child in list(parent._modules.items()):
             if isinstance(child, TensorQuantizer):
-                parent._modules[name] = QDQActivation(float(child.amax), child.mode == "quant")
+                parent._modules[name] = QDQActivation(child.amax, child.mode == "quant")
             elif isinstance(child, QuantConv2d):
                 cls = QDQConv if child.quant_weight else nn.Conv2d
                 conv = cls(

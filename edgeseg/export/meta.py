@@ -17,14 +17,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edgeseg.constants import OUTPUT_STRIDES
+from edgeseg.constants import MAX_SIDE, OUTPUT_STRIDES
 from edgeseg.errors import CheckpointError, TargetError, did_you_mean
 from edgeseg.export.base import PRECISIONS, TARGETS
 from edgeseg.fsutil import write_json
 
 META_FILE = "meta.json"
 META_SCHEMA_VERSION = 1
-MAX_SIDE = 8192  # pixels; larger inputs are not a segmentation model for an edge device
 # Files an artifact may gain on the device (engine cache, build logs): not part of its identity.
 DERIVED_SUFFIXES = (".engine", ".plan", ".cache", ".log", ".tmp")
 
@@ -117,7 +116,7 @@ class ArtifactMeta(BaseModel):
 
 def _one_line(exc: ValidationError, where: str) -> CheckpointError:
     err = exc.errors()[0]
-    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    key = ".".join(str(p) for p in err["loc"])[:80].encode("unicode_escape").decode() or "(top level)"
     if err["type"] == "missing":
         return CheckpointError(f"{where} lacks '{key}'; re-export the artifact with this edgeseg")
     value = err.get("input")

@@ -145,22 +145,14 @@ def calibration_images(ckpt: dict[str, Any], meta: dict[str, Any], count: int | 
     preprocessed at the artifact's input size, as the IR expects.
     """
     from edgeseg.config import recipe_from_dict
-    from edgeseg.data.calib import read_calib_list
-    from edgeseg.data.dataset import open_split
-    from edgeseg.data.io import read_image
+    from edgeseg.data.calib import calibration_images as recipe_calibration_images
     from edgeseg.data.preprocess import preprocess
 
     recipe = recipe_from_dict(ckpt["recipe"])
-    n = int(count or recipe.quant.calib_num_images)
     norm, size = meta["normalization"], tuple(meta["input_size"])
-    if recipe.quant.calib_list:
-        paths = read_calib_list(recipe.quant.calib_list, recipe.data.root, n)
-        images = [preprocess(read_image(p), size, norm["mean"], norm["std"]) for p in paths]
-        return images, {"calib_list": recipe.quant.calib_list, "num_images": len(images)}
-    source = open_split(recipe, recipe.data.train_split)
-    picks = np.linspace(0, len(source) - 1, min(n, len(source))).round().astype(int).tolist()
-    images = [preprocess(source.load(i)[0], size, norm["mean"], norm["std"]) for i in picks]
-    return images, {"calib_list": f"{recipe.data.format}:{recipe.data.train_split}", "num_images": len(images)}
+    load, n, info = recipe_calibration_images(recipe, num_images=int(count or recipe.quant.calib_num_images))
+    images = [preprocess(load(i), size, norm["mean"], norm["std"]) for i in range(n)]
+    return images, {"calib_list": info["calib_list"], "num_images": len(images)}
 
 
 @dataclass

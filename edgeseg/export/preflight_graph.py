@@ -89,8 +89,12 @@ def load_model(path: str | Path | Any) -> Any:
     if isinstance(path, onnx.ModelProto):
         return path
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"'{path}' is a folder; pass the .onnx file inside it (e.g. {path / 'model.onnx'})")
     if not path.is_file():
         raise CheckpointError(f"ONNX file '{path}' does not exist; pass a model written by 'edgeseg export'")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"ONNX file '{path}' is empty (0 bytes); export it again")
     try:
         return onnx.load(str(path))
     except Exception as exc:  # noqa: BLE001 - protobuf raises several types for a bad file

@@ -21,7 +21,7 @@ explicit-quantization placement.
 
 from edgeseg.quant.calibrators import Calibrator
 from edgeseg.quant.data import ForwardLoop, Progress, array_loop, file_loop, recipe_forward_loop
-from edgeseg.quant.fake_quant import QuantConv2d, TensorQuantizer, fake_quant_channel, fake_quant_tensor
+from edgeseg.quant.fake_quant import QuantConv2d, TensorQuantizer, fake_quant_channel, fake_quant_tensor, int8_scale
 from edgeseg.quant.fold import fold_bn
 from edgeseg.quant.ptq import calibrate_recipe, ranges_path, write_ranges
 from edgeseg.quant.quantize import (
@@ -50,6 +50,7 @@ __all__ = [
     "calibrate_recipe",
     "fake_quant_channel",
     "fake_quant_tensor",
+    "int8_scale",
     "file_loop",
     "fold_bn",
     "is_quantized",

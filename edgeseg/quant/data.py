@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from edgeseg.config import Recipe
-from edgeseg.data.calib import RECOMMENDED_IMAGES, read_calib_list
+from edgeseg.data.calib import calibration_images
 from edgeseg.data.io import read_image
 from edgeseg.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess
 
@@ -72,17 +72,5 @@ def recipe_forward_loop(
         (forward_loop, info) with info = {"calib_list", "num_images", "too_few"}.
     """
     size = tuple(recipe.data.eval_size) if recipe.data.eval_size else None
-    listed = calib_list if calib_list is not None else recipe.quant.calib_list
-    if listed is not None:
-        limit = num_images if num_images is not None else (None if calib_list is not None else recipe.quant.calib_num_images)
-        root = data_root if data_root is not None else recipe.data.root
-        paths = read_calib_list(listed, root, limit)
-        info = {"calib_list": str(listed), "num_images": len(paths), "too_few": paths.too_few}
-        return file_loop(paths, size, device=device, progress=progress), info  # type: ignore[arg-type]
-    from edgeseg.data.dataset import open_split
-
-    source = open_split(recipe, recipe.data.train_split, str(data_root) if data_root else None)
-    n = min(num_images or recipe.quant.calib_num_images, len(source))
-    picks = np.linspace(0, len(source) - 1, n).round().astype(int).tolist()
-    info = {"calib_list": f"{recipe.data.format}:{recipe.data.train_split}", "num_images": n, "too_few": n < RECOMMENDED_IMAGES}
-    return array_loop(lambda i: source.load(picks[i])[0], n, size, device=device, progress=progress), info  # type: ignore[arg-type]
+    load, n, info = calibration_images(recipe, calib_list=calib_list, data_root=data_root, num_images=num_images)
+    return array_loop(load, n, size, device=device, progress=progress), info  # type: ignore[arg-type]

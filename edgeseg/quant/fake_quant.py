@@ -20,6 +20,14 @@ AMAX_EPS = 1e-6
 MODES = ("calib", "quant", "off")
 
 
+def int8_scale(amax: torch.Tensor) -> torch.Tensor:
+    """The one INT8 scale rule: max(amax, AMAX_EPS) / 127 (symmetric, zero point 0).
+
+    Every path that quantizes (fake quantization, the ONNX Q/DQ, Core ML's quantize ops) uses it.
+    """
+    return amax.detach().float().clamp_min(AMAX_EPS) / QMAX
+
+
 def fake_quant_tensor(x: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
     """Per-tensor symmetric INT8 fake quantization: clamp(round(x / s), -128, 127) * s, s = amax / 127.
 
@@ -27,7 +35,7 @@ def fake_quant_tensor(x: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
         x: any float tensor (computed in float32, returned in x's dtype).
         amax: scalar tensor, the range.
     """
-    scale = (amax.detach().float().clamp_min(AMAX_EPS) / QMAX).reshape(())
+    scale = int8_scale(amax).reshape(())
     zero = torch.zeros((), dtype=torch.int32, device=x.device)
     out = torch.fake_quantize_per_tensor_affine(x.float(), scale, zero, QMIN, QMAX)
     return out.to(x.dtype)
@@ -35,7 +43,7 @@ def fake_quant_tensor(x: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
 
 def fake_quant_channel(w: torch.Tensor, amax: torch.Tensor, axis: int = 0) -> torch.Tensor:
     """Per-channel symmetric INT8 fake quantization along `axis` (one amax per channel)."""
-    scale = amax.detach().float().clamp_min(AMAX_EPS) / QMAX
+    scale = int8_scale(amax)
     zero = torch.zeros(scale.numel(), dtype=torch.int32, device=w.device)
     out = torch.fake_quantize_per_channel_affine(w.float(), scale, zero, axis, QMIN, QMAX)
     return out.to(w.dtype)

@@ -483,6 +483,24 @@ CASES += [
 
 CASES += [
     Case(
+        "check a 0-byte ONNX",
+        lambda c: ["check", str(c / "m.onnx"), "--target", "jetson"],
+        "empty (0 bytes)",
+        setup=lambda c: _write(c / "m.onnx", b""),
+    ),
+    Case("check a folder", lambda c: ["check", str(c), "--target", "jetson"], "is a folder"),
+    Case(
+        "check DLA core 99",
+        lambda c: ["check", str(W["w"] / "export/onnx_fp32_os16/model.onnx"), "--target", "jetson", "--dla", "99"],
+        "--dla 99 is invalid",
+    ),
+    Case(
+        "export DLA core 7",
+        lambda c: ["export", str(W["w"] / "run/best.pt"), "--target", "jetson", "--dla", "7", "--out", str(c / "e")],
+        "--dla 7 is invalid",
+    ),
+    Case("huge --input-size", lambda c: ["info", str(REPO / "recipes/smoke.yaml"), "--input-size", "100000x100000"], "over 8192"),
+    Case(
         "eval --json over its checkpoint",
         lambda c: ["eval", str(c / "x.pt"), "--json", str(c / "x.pt")],
         "would overwrite this command's input",

@@ -54,8 +54,11 @@ def _mutate(doc: Any, data: st.DataObject, times: int = 3) -> Any:
         parent = doc
         for part in path[:-1]:
             parent = parent[part]
-        if isinstance(parent, dict) and data.draw(st.booleans()) and len(parent) > 1:
+        action = data.draw(st.sampled_from(["drop", "rename", "set"]))
+        if isinstance(parent, dict) and action == "drop" and len(parent) > 1:
             parent.pop(path[-1])  # a missing key
+        elif isinstance(parent, dict) and action == "rename":
+            parent[data.draw(st.text(max_size=10))] = parent.pop(path[-1])  # an unknown key, any characters
         else:
             parent[path[-1]] = data.draw(odd)
     return doc
