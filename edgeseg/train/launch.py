@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def torchrun_command(
@@ -42,22 +43,14 @@ def torchrun_command(
     return cmd
 
 
-def launch(
-    recipe: Path,
-    run_dir: Path,
-    *,
-    nproc_per_node: int,
-    overrides: list[str] | None = None,
-    resume: bool = False,
-    qat: bool | None = None,
-    init: Path | None = None,
-) -> int | None:
+def launch(recipe: Path, run_dir: Path, *, nproc_per_node: int, **train_options: Any) -> int | None:
     """Run this training in `nproc_per_node` processes under torchrun and return torchrun's exit code.
 
+    `train_options` are torchrun_command's (overrides, resume, qat, init).
     Returns None, launching nothing, when this process trains itself: one process was asked
     for, or this process is already one of torchrun's (WORLD_SIZE is set).
     """
     if nproc_per_node <= 1 or "WORLD_SIZE" in os.environ:
         return None
-    cmd = torchrun_command(recipe, run_dir, nproc_per_node=nproc_per_node, overrides=overrides, resume=resume, qat=qat, init=init)
+    cmd = torchrun_command(recipe, run_dir, nproc_per_node=nproc_per_node, **train_options)
     return subprocess.call(cmd)
