@@ -37,6 +37,7 @@ def train(
     qat: Annotated[bool | None, typer.Option("--qat/--no-qat", help="Force the QAT stage on or off")] = None,
     init: Annotated[Path | None, typer.Option("--init", help="Skip FP32: start QAT from this FP32 checkpoint")] = None,
     nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", help="Data-parallel processes (torchrun)")] = 1,
+    force: Annotated[bool, typer.Option("--force", help="Train into a run folder that holds another recipe's run")] = False,
 ) -> None:
     """Train FP32, then QAT when the recipe (or --qat) asks for it."""
     from edgeseg.config import load_recipe
@@ -50,7 +51,7 @@ def train(
     if code is not None:  # torchrun ran the training in nproc_per_node processes
         raise typer.Exit(code)
     with render.progress() as bar:
-        results = fit(r, run_dir, resume=resume, qat=qat, init=init, callback=render.train_callback(bar))
+        results = fit(r, run_dir, resume=resume, qat=qat, init=init, callback=render.train_callback(bar), force=force)
     render.print_train_results(results, run_dir)
 
 

@@ -116,12 +116,17 @@ class Pipeline:
         """Train (or resume); return the checkpoint INT8 artifacts come from."""
         from edgeseg.train import fit
         from edgeseg.train.checkpoint import file_hash, load_checkpoint
+        from edgeseg.train.run_folder import run_finished
 
         want = self.recipe.hash()
         done = self.state.get("train", {})
         best = self.out / "best.pt"
         if best.exists() and done.get("recipe_hash") == want and done.get("best_sha256") == file_hash(best):
             self.event("train", f"skipped: {best} matches recipe {want}")
+        elif best.exists() and run_finished(self.out, self.recipe):
+            self.event("train", f"skipped: {best} is the finished run of recipe {want}")
+            self.state["train"] = {"recipe_hash": want, "best_sha256": file_hash(best)}
+            self._save_state()
         else:
             if best.exists() and done.get("recipe_hash") not in (None, want):
                 raise ConfigError(f"'{self.out}' holds a run of another recipe (hash {done.get('recipe_hash')}); use a new --out")

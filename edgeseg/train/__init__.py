@@ -30,6 +30,7 @@ from edgeseg.train.loop import Callback, Stage, Trainer, freeze_backbone_bn
 from edgeseg.train.losses import build_loss, class_weights_for, total_loss
 from edgeseg.train.ptq import calibrate_checkpoint
 from edgeseg.train.qat import qat_stage
+from edgeseg.train.run_folder import claim_run_folder, finish_run_folder, run_lock
 
 __all__ = [
     "Callback",
@@ -75,6 +76,7 @@ def fit(
     qat: bool | None = None,
     init: str | Path | None = None,
     callback: Callback | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Train a recipe into `out_dir`: fp32.pt, qat.pt (with QAT), best.pt (the final model), last.pt.
 
@@ -85,12 +87,21 @@ def fit(
         qat: force QAT on (True) or off (False); None follows recipe.quant.enabled.
         init: start QAT from this FP32 checkpoint instead of training FP32 first.
         callback: progress events for the CLI: start/step/eval/end.
+        force: train into a folder that holds another recipe's run (its files are overwritten).
+
+    Raises:
+        ConfigError: the folder is busy (another edgeseg holds its lock), holds another recipe's
+            run (without `force`), or `resume` of a run that already finished.
     """
     device = _device(recipe.train.device)
     _init_distributed(device)
     out = check_writable(out_dir)
-    with _deterministic(recipe.train.deterministic, device):
-        return _fit(recipe, out, device, resume=resume, qat=qat, init=init, callback=callback)
+    with run_lock(out):
+        claim_run_folder(out, recipe, resume=resume, force=force)
+        with _deterministic(recipe.train.deterministic, device):
+            results = _fit(recipe, out, device, resume=resume, qat=qat, init=init, callback=callback)
+        finish_run_folder(out, recipe)
+    return results
 
 
 @contextmanager

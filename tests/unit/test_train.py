@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import torch
 from edgeseg.config import load_recipe, recipe_from_dict
 from edgeseg.data.classes import SYNTHETIC
 from edgeseg.data.dataset import eval_dataset, train_dataset
-from edgeseg.errors import CheckpointError, NumericalError
+from edgeseg.errors import CheckpointError, ConfigError, NumericalError
 from edgeseg.models import build_model
 from edgeseg.train import fit
 from edgeseg.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
@@ -88,9 +89,30 @@ def test_resume_refuses_missing_or_other_architecture(reference_run: tuple[Path,
     with pytest.raises(CheckpointError, match=r"last\.pt' does not exist; run without --resume"):
         fit(recipe_from_dict(TINY), tmp_path, resume=True)
     ref_dir, _ = reference_run
+    assert not (tmp_path / "run.json").exists()  # a failed --resume leaves no mark on the folder
     (tmp_path / "last.pt").write_bytes((ref_dir / "last.pt").read_bytes())
-    with pytest.raises(CheckpointError, match=r"has width_mult=0\.35 but the recipe builds width_mult=0\.5"):
+    # Another recipe's run: refused by its recipe hash first, with what to do ...
+    with pytest.raises(ConfigError, match=r"holds a run of another recipe .*use --out NEW, or --force"):
         fit(recipe_from_dict(TINY, ["model.width_mult=0.5"]), tmp_path, resume=True)
+    # ... and with --force, by the checkpoint's architecture.
+    with pytest.raises(CheckpointError, match=r"has width_mult=0\.35 but the recipe builds width_mult=0\.5"):
+        fit(recipe_from_dict(TINY, ["model.width_mult=0.5"]), tmp_path, resume=True, force=True)
+
+
+def test_run_folder_is_one_recipes_and_one_process(reference_run: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    from edgeseg.train.run_folder import LOCK_FILE, run_lock
+
+    ref_dir, _ = reference_run
+    for name in ("last.pt", "summary.json", "run.json"):
+        (tmp_path / name).write_bytes((ref_dir / name).read_bytes())
+    before = (tmp_path / "summary.json").read_bytes()
+    with pytest.raises(ConfigError, match=r"already finished .*nothing to resume"):
+        fit(recipe_from_dict(TINY), tmp_path, resume=True)
+    assert (tmp_path / "summary.json").read_bytes() == before  # the finished run's summary is kept
+    with run_lock(tmp_path), pytest.raises(ConfigError, match=rf"'{tmp_path}' is in use by another edgeseg \(pid {os.getpid()}\)"):
+        with run_lock(tmp_path):
+            pass
+    assert (tmp_path / LOCK_FILE).exists() and not (tmp_path / (LOCK_FILE + ".pid")).exists()  # released
 
 
 def test_smoke_recipe_reduces_loss(tmp_path: Path) -> None:
