@@ -152,7 +152,8 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
         mode: a write mode of open(): "wb" or "w".
 
     Raises:
-        WriteError: the folder cannot be written or the disk is full; `path` is untouched.
+        WriteError: the folder cannot be written or the disk is full, or `path` is a file or a
+            folder of someone else's files (it is never replaced); `path` is untouched.
     """
     path = Path(path)
     try:
@@ -260,6 +261,22 @@ def _fsync_tree(folder: Path) -> None:
             os.close(fd)
 
 
+OWNED_MARK = ".edgeseg-folder"
+# What folders written by earlier edgeseg versions hold (before the mark existed).
+_OWNED_BEFORE_MARK = ("meta.json", "report.md")
+
+
+def _check_replaceable(path: Path) -> None:
+    """A folder atomic_dir may replace whole: absent, empty, or one edgeseg wrote; never a user's."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_dir() or path.is_symlink():
+        raise WriteError(f"'{path}' exists and is not a folder edgeseg wrote; move it away or choose another --out")
+    names = {p.name for p in path.iterdir()}
+    if names and OWNED_MARK not in names and not names & set(_OWNED_BEFORE_MARK):
+        raise WriteError(f"'{path}' holds files edgeseg did not write ({sorted(names)[0]}, ...); choose another --out or empty it")
+
+
 def atomic_dir(path: str | Path, build: Callable[[Path], None]) -> None:
     """Build a folder in a temporary sibling, then swap it in: readers see old or new, never a mix.
 
@@ -271,18 +288,21 @@ def atomic_dir(path: str | Path, build: Callable[[Path], None]) -> None:
         build: writes the folder's content into the temporary folder it is given.
 
     Raises:
-        WriteError: the folder cannot be written or the disk is full; `path` is untouched.
+        WriteError: the folder cannot be written or the disk is full, or `path` is a file or a
+            folder of someone else's files (it is never replaced); `path` is untouched.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         recover_dir(path)
+        _check_replaceable(path)
         remove_stale_temps(path)
         tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent))
     except OSError as exc:
         raise _explain(path, exc) from None
     try:
         build(tmp)
+        (tmp / OWNED_MARK).write_text("written by edgeseg; replaced whole when edgeseg writes this folder again\n")
         _fsync_tree(tmp)
         os.chmod(tmp, _mode_for(path, 0o777))
         _swap_in(tmp, path)

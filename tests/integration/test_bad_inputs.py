@@ -526,6 +526,34 @@ CASES += [
     ),
 ]
 
+CASES += [
+    Case(
+        "artifact folder name held by a user's file",
+        lambda c: ["export", str(W["w"] / "run/best.pt"), "--target", "onnx", "--precision", "fp32", "--out", str(c)],
+        "is not a folder edgeseg wrote",
+        setup=lambda c: _write(c / "onnx_fp32_os16", "a user's file with the artifact's name"),
+    ),
+    Case(
+        "--resume of a finished run",
+        lambda c: ["train", str(REPO / "recipes/smoke.yaml"), "--out", str(c / "run"), "--resume", *TINY],
+        "already finished",
+        setup=lambda c: shutil.copytree(W["w"] / "run", c / "run"),
+    ),
+    Case(
+        "another recipe into a run folder",
+        lambda c: ["train", str(REPO / "recipes/smoke.yaml"), "--out", str(c / "run"), *TINY, "--set", "train.lr=0.07"],
+        "holds a run of another recipe",
+        setup=lambda c: shutil.copytree(W["w"] / "run", c / "run"),
+    ),
+    Case(
+        "bench of a code-executing checkpoint",
+        lambda c: ["bench", str(c / "x.pt"), "--no-accuracy", "--json", str(c / "r.json")],
+        "refuses to unpickle",
+        setup=lambda c: _evil_ckpt(W["w"], c / "x.pt"),
+        absent=["PWNED"],
+    ),
+]
+
 
 def _enospc(fd: int) -> None:
     raise OSError(errno.ENOSPC, "No space left on device")

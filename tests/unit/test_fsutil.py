@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 
 from edgeseg import fsutil
-from edgeseg.fsutil import WriteError, append_text, atomic_dir, atomic_open, copy_file, recover_dir, write_bytes, write_json
+from edgeseg.fsutil import OWNED_MARK, WriteError, append_text, atomic_dir, atomic_open, copy_file, recover_dir, write_bytes, write_json
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _listing(folder: Path) -> list[str]:
-    """Every entry under `folder` (hidden ones included), relative, sorted."""
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+    """Every entry under `folder` (hidden ones included, but edgeseg's folder mark), relative, sorted."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.name != OWNED_MARK)
 
 
 def _dead_pid() -> int:
@@ -32,13 +32,15 @@ def _dead_pid() -> int:
 
 
 def _tree(folder: Path, files: dict[str, bytes]) -> None:
+    """A folder as atomic_dir leaves it: the files plus edgeseg's mark (so it may be replaced)."""
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / OWNED_MARK).write_text("")
     for name, data in files.items():
         (folder / name).write_bytes(data)
 
 
 def _read_tree(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != OWNED_MARK}
 
 
 def test_write_replaces_content_and_leaves_nothing_else(tmp_path: Path) -> None:
@@ -312,3 +314,20 @@ def test_scratch_dir_is_removed_and_cleans_what_a_killed_process_left(tmp_path: 
     with pytest.raises(RuntimeError), fsutil.scratch_dir(tmp_path) as scratch:
         raise RuntimeError("boom")
     assert _listing(tmp_path) == []
+
+
+def test_atomic_dir_never_replaces_what_edgeseg_did_not_write(tmp_path: Path) -> None:
+    (tmp_path / "a_file").write_bytes(b"user data")
+    with pytest.raises(WriteError, match="exists and is not a folder edgeseg wrote"):
+        atomic_dir(tmp_path / "a_file", _build({"m": b"new"}))
+    theirs = tmp_path / "documents"
+    theirs.mkdir()
+    (theirs / "thesis.tex").write_bytes(b"years of work")
+    with pytest.raises(WriteError, match=r"holds files edgeseg did not write \(thesis\.tex"):
+        atomic_dir(theirs, _build({"report.md": b"new"}))
+    assert (tmp_path / "a_file").read_bytes() == b"user data" and _read_tree(theirs) == {"thesis.tex": b"years of work"}
+    (tmp_path / "empty").mkdir()
+    atomic_dir(tmp_path / "empty", _build({"m": b"new"}))  # an empty folder is fine, and is marked as edgeseg's
+    assert _read_tree(tmp_path / "empty") == {"m": b"new"} and (tmp_path / "empty" / OWNED_MARK).is_file()
+    atomic_dir(tmp_path / "empty", _build({"m": b"newer"}))
+    assert _read_tree(tmp_path / "empty") == {"m": b"newer"}
