@@ -11,49 +11,21 @@ a plain name inside the folder, and an error is one line naming the file, the ke
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgeseg.constants import MAX_SIDE, OUTPUT_STRIDES
 from edgeseg.errors import CheckpointError, TargetError, did_you_mean
 from edgeseg.export.base import PRECISIONS, TARGETS
 from edgeseg.fsutil import write_json
+from edgeseg.schemas import ClassesMeta, NormalizationMeta, one_line
 
 META_FILE = "meta.json"
 META_SCHEMA_VERSION = 1
 # Files an artifact may gain on the device (engine cache, build logs): not part of its identity.
 DERIVED_SUFFIXES = (".engine", ".plan", ".cache", ".log", ".tmp")
-
-
-class ClassesMeta(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    names: list[str] = Field(min_length=1, max_length=1000)
-    colors: list[list[int]]
-    ignore_index: int = Field(default=255, ge=0, le=255)
-
-    @model_validator(mode="after")
-    def _colors_match(self) -> ClassesMeta:
-        if len(self.colors) != len(self.names) or any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in self.colors):
-            raise ValueError("colors must be one [r, g, b] in 0..255 per class name")
-        return self
-
-
-class NormalizationMeta(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    mean: list[float] = Field(min_length=3, max_length=3)
-    std: list[float] = Field(min_length=3, max_length=3)
-
-    @field_validator("mean", "std")
-    @classmethod
-    def _finite(cls, v: list[float], info: Any) -> list[float]:
-        if not all(math.isfinite(x) for x in v) or (info.field_name == "std" and not all(x > 0 for x in v)):
-            raise ValueError("must be 3 finite numbers" + (", each > 0" if info.field_name == "std" else ""))
-        return v
 
 
 class ArtifactMeta(BaseModel):
@@ -114,16 +86,6 @@ class ArtifactMeta(BaseModel):
         return v
 
 
-def _one_line(exc: ValidationError, where: str) -> CheckpointError:
-    err = exc.errors()[0]
-    key = ".".join(str(p) for p in err["loc"])[:80].encode("unicode_escape").decode() or "(top level)"
-    if err["type"] == "missing":
-        return CheckpointError(f"{where} lacks '{key}'; re-export the artifact with this edgeseg")
-    value = err.get("input")
-    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-    return CheckpointError(f"{where}: '{key}' = {shown} is invalid ({err['msg']}); re-export the artifact with this edgeseg")
-
-
 def validate_meta(meta: Any, where: str) -> ArtifactMeta:
     """Check a meta.json mapping against the contract; CheckpointError (one line) when it fails."""
     if not isinstance(meta, dict):
@@ -137,7 +99,7 @@ def validate_meta(meta: Any, where: str) -> ArtifactMeta:
     try:
         return ArtifactMeta.model_validate(meta)
     except ValidationError as exc:
-        raise _one_line(exc, where) from None
+        raise one_line(exc, where, "re-export the artifact with this edgeseg") from None
 
 
 def read_meta(artifact: str | Path, *, target: str | None = None, input_size: Any = None) -> dict[str, Any]:

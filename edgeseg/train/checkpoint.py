@@ -9,16 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from edgeseg import __version__
 from edgeseg.config import Recipe, recipe_from_dict
 from edgeseg.constants import check_output_stride
 from edgeseg.data.classes import ClassInfo
 from edgeseg.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from edgeseg.errors import CheckpointError
+from edgeseg.errors import CheckpointError, ConfigError
 from edgeseg.fsutil import write_bytes
 from edgeseg.models import DeepLab, build_model
 from edgeseg.quant import restore_quantized
+from edgeseg.schemas import CheckpointMeta, one_line
 
 FORMAT_VERSION = 1
 
@@ -66,14 +68,28 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     ckpt = read_payload(path)
     if not isinstance(ckpt, dict) or "format_version" not in ckpt or "arch" not in ckpt:
         raise CheckpointError(f"'{path}' is not an edgeseg checkpoint (no format_version/arch); pass a .pt written by 'edgeseg train'")
-    if ckpt["format_version"] > FORMAT_VERSION:
+    if not isinstance(ckpt["format_version"], int) or ckpt["format_version"] > FORMAT_VERSION:
         raise CheckpointError(
-            f"'{path}' was written by edgeseg {ckpt.get('edgeseg_version')} (format {ckpt['format_version']}); "
+            f"'{path}' was written by edgeseg {ckpt.get('edgeseg_version')} (format {ckpt['format_version']!r}); "
             f"this is edgeseg {__version__} (format {FORMAT_VERSION}): upgrade edgeseg"
         )
+    check_meta(ckpt, path)
     check_finite(ckpt, path)
     ckpt["path"] = str(path)
     return ckpt
+
+
+def check_meta(ckpt: dict[str, Any], path: str | Path) -> None:
+    """Everything of a checkpoint but its tensors against CheckpointMeta, and its recipe against
+    the recipe schema: one CheckpointError line naming the file and the key."""
+    try:
+        CheckpointMeta.model_validate(ckpt)
+    except ValidationError as exc:
+        raise one_line(exc, f"checkpoint '{path}'", "it is damaged or not from edgeseg: pass another .pt or retrain") from None
+    try:
+        recipe_from_dict(ckpt["recipe"])
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint '{path}' carries a bad recipe ({exc}); pass another .pt or retrain") from None
 
 
 def read_payload(path: Path) -> Any:

@@ -112,3 +112,26 @@ def test_sigint_saves_last_and_exits_with_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in err.decode()
     ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     assert ckpt["iteration"] > 0
+
+
+def test_sigterm_saves_like_ctrl_c_and_resumes(tmp_path: Path) -> None:
+    """SIGTERM (a scheduler's pre-emption) stops at the end of a step: last.pt saved, one line,
+    exit 143, no temporary file left; --resume then finishes the run."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_cmd(out, False), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    deadline = time.monotonic() + 300
+    while not (out / "last.pt").exists():  # wait for training to be under way (the first checkpoint)
+        assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+        assert time.monotonic() < deadline, "training wrote no checkpoint in 300 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    text = err.decode()
+    assert proc.returncode == 143, text[-2000:]  # 32 steps; SIGTERM came after the first
+    assert "Traceback" not in text
+    assert "saved" in text and "--resume" in text
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    torch.load(out / "last.pt", map_location="cpu", weights_only=True)  # a whole checkpoint
+    done = subprocess.run(_cmd(out, True), env=_env(), capture_output=True, cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert (out / "summary.json").is_file()

@@ -148,3 +148,33 @@ def test_results_and_pipeline_files(tmp_path_factory: pytest.TempPathFactory, do
             read(path)
         except error as exc:
             assert "\n" not in str(exc)
+
+
+def _checkpoint_meta() -> dict[str, Any]:
+    from edgeseg.data import classes as C
+
+    return {
+        "format_version": 1,
+        "arch": {"num_classes": 11, "output_stride": 16, "width_mult": 1.0, "head": "deeplabv3plus", "aux_loss": False, "multi_grid": None},
+        "recipe": copy.deepcopy(RECIPE),
+        "classes": C.CAMVID.to_dict(),
+        "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        "model": {},
+    }
+
+
+def test_checkpoint_meta_baseline_is_valid() -> None:
+    from edgeseg.train.checkpoint import check_meta
+
+    check_meta(_checkpoint_meta(), "x.pt")
+
+
+@EXAMPLES
+@given(data=st.data())
+def test_checkpoint_meta_mutations(data: st.DataObject) -> None:
+    from edgeseg.train.checkpoint import check_meta
+
+    try:
+        check_meta(_mutate(_checkpoint_meta(), data), "x.pt")
+    except CheckpointError as exc:
+        assert "\n" not in str(exc)
