@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from edgeseg.constants import MAX_SIDE, check_calib_method, check_output_stride, check_percentile, invalid
+from edgeseg.constants import HEADS, MAX_SIDE, check_calib_method, check_output_stride, check_percentile, invalid
 from edgeseg.constants import OUTPUT_STRIDES as OUTPUT_STRIDES  # re-exported: owned by edgeseg.constants
 from edgeseg.errors import ConfigError, did_you_mean, printable
 
@@ -189,7 +189,7 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
 
 def _validate(r: Recipe) -> None:
     check_output_stride(r.model.output_stride, "model.output_stride")
-    if r.model.head not in ("deeplabv3plus", "deeplabv3"):
+    if r.model.head not in HEADS:
         raise invalid("model.head", r.model.head, "use deeplabv3plus or deeplabv3")
     if not 0.1 <= r.model.width_mult <= 2.0:
         raise invalid("model.width_mult", r.model.width_mult, "use a value in [0.1, 2.0]")

@@ -6,11 +6,22 @@ An error becomes one line naming the file, the key, the value and the fix (`one_
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edgeseg.constants import HEADS, OUTPUT_STRIDES
 from edgeseg.errors import CheckpointError
+
+
+def _output_stride(v: int) -> int:
+    if v not in OUTPUT_STRIDES:
+        raise ValueError(f"use one of {', '.join(map(str, OUTPUT_STRIDES))}")
+    return v
+
+
+# An output stride field of any schema: one of OUTPUT_STRIDES.
+OutputStride = Annotated[int, AfterValidator(_output_stride)]
 
 
 class ClassesMeta(BaseModel):
@@ -60,26 +71,17 @@ class ArchMeta(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     num_classes: int = Field(ge=1, le=1000)
-    output_stride: int
+    output_stride: OutputStride
     width_mult: float = Field(ge=0.1, le=2.0)
     head: str
     aux_loss: bool
     multi_grid: list[int] | None = None
 
-    @field_validator("output_stride")
-    @classmethod
-    def _stride(cls, v: int) -> int:
-        from edgeseg.constants import OUTPUT_STRIDES
-
-        if v not in OUTPUT_STRIDES:
-            raise ValueError(f"use one of {', '.join(map(str, OUTPUT_STRIDES))}")
-        return v
-
     @field_validator("head")
     @classmethod
     def _head(cls, v: str) -> str:
-        if v not in ("deeplabv3plus", "deeplabv3"):
-            raise ValueError("use deeplabv3plus or deeplabv3")
+        if v not in HEADS:
+            raise ValueError(f"use one of {', '.join(HEADS)}")
         return v
 
 

@@ -16,11 +16,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from edgeseg.constants import MAX_SIDE, OUTPUT_STRIDES
+from edgeseg.constants import MAX_SIDE
 from edgeseg.errors import CheckpointError, TargetError, did_you_mean
 from edgeseg.export.base import PRECISIONS, TARGETS
 from edgeseg.fsutil import write_json
-from edgeseg.schemas import ClassesMeta, NormalizationMeta, one_line
+from edgeseg.schemas import ClassesMeta, NormalizationMeta, OutputStride, one_line
 
 META_FILE = "meta.json"
 META_SCHEMA_VERSION = 1
@@ -40,7 +40,7 @@ class ArtifactMeta(BaseModel):
     input_name: str = Field(min_length=1)
     output_name: str = Field(min_length=1)
     input_size: list[int] = Field(min_length=2, max_length=2)
-    output_stride: int
+    output_stride: OutputStride
     classes: ClassesMeta
     normalization: NormalizationMeta
     data: dict[str, Any]
@@ -76,13 +76,6 @@ class ArtifactMeta(BaseModel):
     def _size(cls, v: list[int]) -> list[int]:
         if not all(8 <= s <= MAX_SIDE for s in v):
             raise ValueError(f"must be [height, width], each in 8..{MAX_SIDE}")
-        return v
-
-    @field_validator("output_stride")
-    @classmethod
-    def _stride(cls, v: int) -> int:
-        if v not in OUTPUT_STRIDES:
-            raise ValueError(f"use one of {', '.join(map(str, OUTPUT_STRIDES))}")
         return v
 
 

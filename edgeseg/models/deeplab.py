@@ -7,11 +7,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edgeseg.constants import HEADS
 from edgeseg.models.backbone import MobileNetV2Encoder, load_backbone_weights, torchvision_imagenet_weights
 from edgeseg.models.heads import AuxHead, DeepLabV3Head, DeepLabV3PlusDecoder
 from edgeseg.models.layers import resize
-
-HEADS = ("deeplabv3plus", "deeplabv3")
 
 
 class DeepLab(nn.Module):
