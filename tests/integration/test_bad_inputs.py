@@ -540,6 +540,13 @@ CASES += [
         setup=lambda c: shutil.copytree(W["w"] / "run", c / "run"),
     ),
     Case(
+        "damaged run.json",
+        lambda c: ["train", str(REPO / "recipes/smoke.yaml"), "--out", str(c / "run"), *TINY],
+        "run.json' is damaged",
+        setup=lambda c: _write(c / "run/run.json", '{"recipe_hash": '),
+        keep=["run/run.json"],
+    ),
+    Case(
         "another recipe into a run folder",
         lambda c: ["train", str(REPO / "recipes/smoke.yaml"), "--out", str(c / "run"), *TINY, "--set", "train.lr=0.07"],
         "holds a run of another recipe",
