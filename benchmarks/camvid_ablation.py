@@ -37,6 +37,8 @@ ROWS: dict[str, list[str]] = {
     "lr0.05": ["train.lr=0.05"],
     "batch4": ["train.batch_size=4"],
     "os8": ["model.output_stride=8"],
+    # the long-schedule candidate: the recipe's balanced loss with EMA and wider scale jitter
+    "ema_scale0.5-2": ["train.ema=0.995", "data.scale_range=[0.5,2.0]"],
 }
 
 

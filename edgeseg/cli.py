@@ -214,9 +214,15 @@ def bench(
     precision_hint: Annotated[str | None, typer.Option("--precision-hint", help="OpenVINO execution precision: f32, bf16, f16")] = None,
     output_stride: Annotated[int | None, typer.Option("--output-stride", help=".pt only: run at output stride 8/16/32")] = None,
     input_size: Annotated[str | None, typer.Option("--input-size", help=".pt only: HxW (default: the recipe's export size)")] = None,
+    rounds: Annotated[
+        int,
+        typer.Option(
+            "--rounds", help="Time the artifacts interleaved in this many rounds (ratios hold on a busy machine; 1: one after another)"
+        ),
+    ] = 1,
 ) -> None:
     """Latency, memory and mIoU of artifacts, each with its own runtime; rows go to --json."""
-    from edgeseg.bench import BenchOptions, bench_into
+    from edgeseg.bench import BenchOptions, bench_interleaved, bench_into
     from edgeseg.sizes import parse_size  # torch-free, like bench itself
 
     size = parse_size(input_size) if input_size else None
@@ -237,7 +243,10 @@ def bench(
     )
     bar = render.progress()  # started with the first artifact: checks that fail first print only their line
     try:
-        rows = bench_into(json_out, artifacts, options, render.bench_progress(bar))
+        if rounds == 1:
+            rows = bench_into(json_out, artifacts, options, render.bench_progress(bar))
+        else:
+            rows = bench_interleaved(json_out, artifacts, options, rounds, render.bench_progress(bar))
     finally:
         bar.stop()
     render.print_bench_rows(rows, json_out)
@@ -247,14 +256,41 @@ def bench(
 def report(
     results: Annotated[list[Path], typer.Argument(help="Results files written by 'edgeseg bench --json' (several devices and days merge)")],
     out: Annotated[Path, typer.Option("--out", help="Folder for report.md/.html, results.csv/.json and plots")] = Path("report"),
+    budget: Annotated[
+        list[float] | None, typer.Option("--budget", help="Latency budget in ms for the Pick section (repeat it; default 20, 40, 80)")
+    ] = None,
+    device: Annotated[str | None, typer.Option("--device", help="Pick only for this device (its label or a unique part of it)")] = None,
+    artifacts: Annotated[
+        list[Path] | None,
+        typer.Option("--artifact", help="Artifact folder expected in the report; listed with its bench command when unmeasured"),
+    ] = None,
+    baseline: Annotated[
+        Path | None, typer.Option("--baseline", help="Results file to gate against: exit 1 when mIoU drops or a latency ratio grows")
+    ] = None,
+    tolerance: Annotated[float, typer.Option("--tolerance", help="With --baseline: mIoU points a row may lose")] = 0.0,
+    latency_tolerance: Annotated[
+        float, typer.Option("--latency-tolerance", help="With --baseline: relative growth allowed of p50 / same-device FP32 p50")
+    ] = 0.25,
 ) -> None:
-    """mIoU vs latency report per output stride, with the Pareto front, summary lines and plots."""
+    """mIoU vs latency report: picks per latency budget, Pareto fronts per output stride, plots; --baseline gates regressions."""
+    from edgeseg.bench.results import load_results, merge_rows
     from edgeseg.report import build_report
+    from edgeseg.report.gate import Tolerance, regressions
 
-    spare_inputs({"--out": out}, results)
+    gate = Tolerance(tolerance, latency_tolerance).check() if baseline else None
+    spare_inputs({"--out": out}, [*results, *([baseline] if baseline else [])])
+    base_rows = load_results(baseline) if baseline else []  # a bad baseline fails before any writing
     with console.status("writing report"):
-        written = build_report(results, out)
+        written = build_report(results, out, budgets=budget, device=device, artifacts=artifacts)
     out_console.print(f"wrote {out / 'report.md'}, report.html, results.csv and {sum(n.endswith('.png') for n in written)} plots to {out}")
+    if gate is not None:
+        problems = regressions(base_rows, merge_rows(*(load_results(p) for p in results)), gate)
+        for line in problems:
+            console.print(f"[red]regression[/red] {escape(line)}", soft_wrap=True)
+        if problems:
+            console.print(f"[red]{len(problems)} regression(s) against {baseline}[/red]")
+            raise typer.Exit(1)
+        out_console.print(f"no regression against {baseline} (mIoU tolerance {tolerance:g}, latency ratio +{100 * latency_tolerance:g} %)")
 
 
 @app.command()

@@ -5,6 +5,7 @@ typed `BenchRow`; `save_results` merges rows into a versioned results file that 
 reads.
 """
 
+from edgeseg.bench.interleave import bench_interleaved
 from edgeseg.bench.measure import BenchOptions, bench_artifact, bench_into, preflight
 from edgeseg.bench.results import SCHEMA_VERSION, BenchRow, ResultsError, load_results, merge_rows, save_results
 
@@ -14,6 +15,7 @@ __all__ = [
     "BenchRow",
     "ResultsError",
     "bench_artifact",
+    "bench_interleaved",
     "bench_into",
     "load_results",
     "merge_rows",

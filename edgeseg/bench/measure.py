@@ -73,6 +73,16 @@ class Timing:
     first_inference_s: float
     peak_mem_mb: float | None
     first_output: np.ndarray
+    load_s: float | None = None
+    peak_rss_mb: float | None = None
+    round_p50_ms: list[float] | None = None
+    memory: PeakMemory | None = None
+
+    def close_memory(self) -> None:
+        """Read the memory peaks of the section that began at load (once)."""
+        if self.memory is not None:
+            self.peak_mem_mb, self.peak_rss_mb = self.memory.peak_mb(), self.memory.absolute_peak_mb()
+            self.memory = None
 
 
 def bench_artifact(path: str | Path, options: BenchOptions | None = None, progress: Progress | None = None) -> BenchRow:
@@ -86,8 +96,13 @@ def bench_artifact(path: str | Path, options: BenchOptions | None = None, progre
     options = options or BenchOptions()
     options.check()
     art = open_artifact(path, output_stride=options.output_stride, input_size=options.input_size)
-    source, data = open_data(art, options) if options.accuracy else (None, None)
     timing = measure_latency(art, options, progress)
+    return finish_row(art, options, timing, progress)
+
+
+def finish_row(art: Artifact, options: BenchOptions, timing: Timing, progress: Progress | None = None) -> BenchRow:
+    """Score the loaded artifact (unless --no-accuracy) and assemble its row from `timing`."""
+    source, data = open_data(art, options) if options.accuracy else (None, None)
     acc: AccuracyResult | None = None
     if source is not None:
         norm = art.meta["normalization"]
@@ -138,37 +153,61 @@ def open_data(art: Artifact, options: BenchOptions) -> tuple[Source, dict[str, A
     return source, data
 
 
-def measure_latency(art: Artifact, options: BenchOptions, progress: Progress | None = None) -> Timing:
-    """Load, first run, warm-up, then `runs` timed calls of the model alone; peak memory over all."""
+def load_timed(art: Artifact, options: BenchOptions) -> tuple[Timing, np.ndarray]:
+    """Load the artifact and run it once: load time, first-inference time, memory peaks, and the
+    input (batch of the options) the timed runs use."""
     h, w = art.input_size
     x = np.random.default_rng(0).standard_normal((options.batch, 3, h, w), dtype=np.float32)
     mem = PeakMemory()
     mem.start()
     t0 = time.perf_counter_ns()
     loaded = load_runner(art, threads=options.threads, precision_hint=options.precision_hint)
+    load_s = (time.perf_counter_ns() - t0) / 1e9
     if loaded.static_batch is not None and loaded.static_batch != options.batch:
         raise ConfigError(
             f"'{art.path}' was exported for batch {loaded.static_batch}; pass --batch {loaded.static_batch} or re-export with a dynamic batch"
         )
-    run = loaded.runner.run
-    y = run(x)
+    y = loaded.runner.run(x)
     first_s = (time.perf_counter_ns() - t0) / 1e9
     _check_output(art, loaded, np.asarray(y), options.batch)
     first_output = np.array(y[0], dtype=np.float32)  # a copy: some runners reuse their buffer
     log.info("%s: loaded with %s %s, first inference %.2fs", art.path, loaded.runtime, loaded.runtime_version, first_s)
-    total = options.warmup + options.runs
-    for i in range(options.warmup):
+    timing = Timing(loaded, [], first_s, None, first_output, load_s, None)
+    timing.memory = mem
+    return timing, x
+
+
+def timed_runs(
+    run: Callable[[np.ndarray], Any], x: np.ndarray, warmup: int, runs: int, tick: Callable[[], None] | None = None
+) -> list[float]:
+    """`warmup` untimed calls, then the milliseconds of `runs` calls of run(x) each."""
+    for _ in range(warmup):
         run(x)
-        if progress:
-            progress("latency", i + 1, total)
+        if tick:
+            tick()
     samples = []
-    for i in range(options.runs):
+    for _ in range(runs):
         start = time.perf_counter_ns()
         run(x)
         samples.append((time.perf_counter_ns() - start) / 1e6)
+        if tick:
+            tick()
+    return samples
+
+
+def measure_latency(art: Artifact, options: BenchOptions, progress: Progress | None = None) -> Timing:
+    """Load, first run, warm-up, then `runs` timed calls of the model alone; peak memory over all."""
+    timing, x = load_timed(art, options)
+    total, done = options.warmup + options.runs, [0]
+
+    def tick() -> None:
+        done[0] += 1
         if progress:
-            progress("latency", options.warmup + i + 1, total)
-    return Timing(loaded, samples, first_s, mem.peak_mb(), first_output)
+            progress("latency", done[0], total)
+
+    timing.samples_ms = timed_runs(timing.loaded.runner.run, x, options.warmup, options.runs, tick)
+    timing.close_memory()
+    return timing
 
 
 def _check_output(art: Artifact, loaded: Loaded, y: np.ndarray, batch: int) -> None:
@@ -248,6 +287,9 @@ def _make_row(
         quant_method=art.quant_method,
         timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         edgeseg_version=__version__,
+        load_s=None if timing.load_s is None else round(timing.load_s, 4),
+        peak_rss_mb=None if timing.peak_rss_mb is None else round(timing.peak_rss_mb, 1),
+        round_p50_ms=None if timing.round_p50_ms is None else [round(v, 4) for v in timing.round_p50_ms],
     )
 
 

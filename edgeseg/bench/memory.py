@@ -61,6 +61,13 @@ class PeakMemory:
         self.rss0 = _rss_mb()
         self.peak0 = _status_mb("VmHWM") if self.reset_ok else _rusage_peak_mb()
 
+    def absolute_peak_mb(self) -> float | None:
+        """The process's resident-memory peak (MB) since start(), runtime and Python included."""
+        if self.reset_ok:
+            return _status_mb("VmHWM")
+        peak = _rusage_peak_mb()
+        return peak if peak is not None and self.peak0 is not None and peak > self.peak0 else None
+
     def peak_mb(self) -> float | None:
         """MB of resident memory added at the peak of the section, or None when unknowable."""
         if self.rss0 is None:

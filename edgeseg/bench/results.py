@@ -67,6 +67,10 @@ class BenchRow:
     timestamp: str  # ISO 8601, UTC
     edgeseg_version: str
     notes: str = ""
+    # Added after the first rows were written (older files lack them; None there):
+    load_s: float | None = None  # loading the artifact: parse, compile, engine build where it happens
+    peak_rss_mb: float | None = None  # MiB: the process's absolute resident-memory peak over load + runs
+    round_p50_ms: list[float] | None = None  # p50 of each round when rows were benched interleaved
     row_id: str = field(default="")
 
     def __post_init__(self) -> None:
@@ -104,7 +108,7 @@ class BenchRow:
 
 
 _NON_NEGATIVE = ("throughput", "first_inference_s", "model_size_mb")
-_OPTIONAL_NON_NEGATIVE = ("peak_mem_mb", "preprocess_ms", "postprocess_ms")
+_OPTIONAL_NON_NEGATIVE = ("peak_mem_mb", "preprocess_ms", "postprocess_ms", "load_s", "peak_rss_mb")
 _PERCENT = ("miou", "pixel_acc")
 _COUNTS = {"batch": 1, "runs": 0, "warmup": 0, "num_images": 0}
 _STRINGS = ("runtime", "target", "precision", "provider", "artifact", "artifact_sha256", "timestamp", "edgeseg_version")
@@ -127,7 +131,7 @@ def _check_row(d: dict[str, Any], where: str) -> None:
         if not _number(d[key]) or d[key] < 0:
             raise bad(key, "must be a finite number >= 0")
     for key in _OPTIONAL_NON_NEGATIVE:
-        if d[key] is not None and (not _number(d[key]) or d[key] < 0):
+        if d.get(key) is not None and (not _number(d[key]) or d[key] < 0):
             raise bad(key, "must be null or a finite number >= 0")
     for key in _PERCENT:
         if d[key] is not None and (not _number(d[key]) or not 0 <= d[key] <= 100):
@@ -137,6 +141,9 @@ def _check_row(d: dict[str, Any], where: str) -> None:
             raise bad(key, f"must be a whole number >= {low}")
     if not isinstance(d["latency"], dict) or "p50" not in d["latency"] or not all(_number(v) and v >= 0 for v in d["latency"].values()):
         raise bad("latency", "must map p50, p90, ... to finite milliseconds >= 0")
+    rounds = d.get("round_p50_ms")
+    if rounds is not None and (not isinstance(rounds, list) or not rounds or not all(_number(v) and v >= 0 for v in rounds)):
+        raise bad("round_p50_ms", "must be null or a non-empty list of finite milliseconds >= 0")
     if not isinstance(d["latency_samples_ms"], list) or not all(_number(v) and v >= 0 for v in d["latency_samples_ms"]):
         raise bad("latency_samples_ms", "must be a list of finite milliseconds >= 0")
     iou = d["per_class_iou"]

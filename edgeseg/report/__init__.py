@@ -1,9 +1,11 @@
 """Report: reads bench result files only and writes report.md, report.html, results.csv/json and plots.
 
 Rows from several devices and days merge (exact duplicates once, by row id). The report has a
-table per output stride with the Pareto front of each device marked, a summary line per row
-against its FP32 reference, and PNG plots: mIoU vs p50 latency per device, per-class IoU of FP32
-vs INT8 per output stride, and the latency distribution of every row.
+Pick section (the most accurate row under each latency budget, per device, and the fastest row
+near each output stride's best), a table per output stride with the Pareto front of each device
+at that stride marked, a summary line per row against its FP32 reference, rows for artifacts not
+measured yet, and PNG plots: mIoU vs p50 latency per device and output stride plus an overview,
+per-class IoU of FP32 vs INT8 per output stride, and the latency distribution of every row.
 """
 
 from __future__ import annotations
@@ -17,35 +19,78 @@ from edgeseg.bench.results import SCHEMA_VERSION, BenchRow, ResultsError, load_r
 from edgeseg.fsutil import check_writable, write_bytes, write_json, write_text
 from edgeseg.report import plots
 from edgeseg.report.analysis import Entry, analyse, group_by, is_fp32_reference, precision_label, summary_lines
+from edgeseg.report.pending import pending_lines
+from edgeseg.report.pick import DEFAULT_BUDGETS_MS, budget_lines, check_budgets, resolve_device, stride_lines
 from edgeseg.report.render import Block, Table, html_page, markdown, results_csv
 
 log = logging.getLogger(__name__)
 
-TABLE_HEADER = ["Pareto", "target", "precision", "runtime", "device", "mIoU", "Δ mIoU", "p50 ms", "p90 ms", "FPS", "size MB", "measured"]
+TABLE_HEADER = [
+    "Pareto",
+    "target",
+    "precision",
+    "runtime",
+    "device",
+    "mIoU",
+    "Δ mIoU",
+    "worst class Δ",
+    "p50 ms",
+    "spread ms",
+    "p90 ms",
+    "p99 ms",
+    "end-to-end ms",
+    "vs own FP32",
+    "vs torch",
+    "FPS",
+    "load s",
+    "first s",
+    "peak RSS MB",
+    "size MB",
+    "measured",
+]
 INTRO = (
-    "mIoU and pixel figures are percentages; latency is one call of the model alone (batch as measured). "
+    "mIoU and pixel figures are percentages; p50/p90/p99 are one call of the model alone (batch as measured); "
+    "spread is the range of the p50s of the rounds when rows were benched interleaved; end-to-end adds pre-processing "
+    "(image -> input) and post-processing (logits -> class map) to the p50. "
     "Δ mIoU is against the FP32 reference of the same output stride and data: torch FP32 on the same device, "
-    "else onnxruntime/OpenVINO FP32 there (* marks a reference measured on another device). "
-    "★ marks the Pareto front (highest mIoU, lowest p50) of each device."
+    "else onnxruntime/OpenVINO FP32 there (* marks a reference measured on another device); worst class Δ is the "
+    "class losing the most IoU against it. 'vs own FP32' is the speed-up over the same runtime's FP32 row, "
+    "'vs torch' over torch FP32 eager on the device. load is the artifact's load (compile, engine build); first "
+    "adds the first inference; peak RSS is the process's resident-memory peak. "
+    "★ marks the Pareto front (highest mIoU, lowest p50) of each device at this output stride."
 )
 
 
-def build_report(results: list[Path], out: Path) -> dict[str, Path]:
+def build_report(
+    results: list[Path],
+    out: Path,
+    *,
+    budgets: list[float] | None = None,
+    device: str | None = None,
+    artifacts: list[Path] | None = None,
+) -> dict[str, Path]:
     """Merge result files and write the report into `out`.
 
     Args:
         results: result files written by `edgeseg bench --json` (schema SCHEMA_VERSION).
         out: output folder (created).
+        budgets: latency budgets (ms) of the Pick section (default DEFAULT_BUDGETS_MS).
+        device: limit the Pick section to this device (its label or a unique part of it).
+        artifacts: artifact folders expected in the report; those without a row get a
+            "not measured here" line with the command that measures them.
 
     Returns:
         Name -> path of every file written.
     """
+    budgets = check_budgets(list(budgets) if budgets else list(DEFAULT_BUDGETS_MS))
     rows = merge_rows(*(load_results(p) for p in results))
     if not rows:
         raise ResultsError(f"no result rows in {', '.join(map(str, results))}; run 'edgeseg bench ... --json FILE' first")
     out = check_writable(out)
     entries = analyse(rows)
+    device = resolve_device(device, entries) if device else None
     blocks, images = _document(entries, results)
+    blocks[3:3] = _pick(entries, budgets, device) + pending_lines(rows, artifacts or [])
     written: dict[str, Path] = {}
     for name, png in images.items():
         write_bytes(out / name, png)
@@ -74,12 +119,31 @@ def _fmt(value: float | None, digits: int = 2, sign: bool = False) -> str:
     return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
 
 
+def _pick(entries: list[Entry], budgets: list[float], device: str | None) -> list[Block]:
+    blocks: list[Block] = [
+        ("h2", "Pick"),
+        ("p", "The most accurate row under each latency budget (end-to-end p50: pre-processing + model + post-processing)."),
+    ]
+    for dev, lines in budget_lines(entries, budgets, device).items():
+        blocks += [("h3", dev), ("ul", lines)]
+    blocks.append(("p", "Per output stride, the fastest row within 0.5 mIoU of the stride's best:"))
+    for dev, lines in stride_lines([e for e in entries if device is None or e.device == device]).items():
+        blocks += [("h3", dev), ("ul", lines)]
+    return blocks
+
+
+def _speedup(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
 def _table_row(e: Entry) -> list[str]:
     r = e.row
     delta = _fmt(e.delta_miou, sign=True) + ("" if e.delta_miou is None or e.same_device_reference else "*")
     data = f", {r.num_images} {e.data} images" if r.miou is not None else ", no accuracy"
     threads = "default threads" if not r.threads else f"{r.threads} thread{'s' if r.threads > 1 else ''}"
     measured = f"{r.provider}, {threads}, batch {r.batch}, {r.runs} runs after {r.warmup} warm-up{data}"
+    worst = "-" if e.worst_class is None else f"{e.worst_class[0]} {e.worst_class[1]:+.2f}"
+    spread = "-" if not r.round_p50_ms else f"{min(r.round_p50_ms):.2f}–{max(r.round_p50_ms):.2f}"
     return [
         "★" if e.pareto else "",
         r.target,
@@ -88,9 +152,18 @@ def _table_row(e: Entry) -> list[str]:
         e.device,
         _fmt(r.miou),
         delta,
+        worst,
         _fmt(r.latency["p50"]),
+        spread,
         _fmt(r.latency["p90"]),
+        _fmt(r.latency.get("p99")),
+        _fmt(e.end_to_end_ms),
+        _speedup(e.runtime_speedup) if e.row.precision != "fp32" else "-",
+        _speedup(e.speedup) if e.reference is not None and e.reference.runtime == "torch" and e.reference is not r else "-",
         _fmt(r.throughput, 1),
+        _fmt(r.load_s),
+        _fmt(r.first_inference_s),
+        _fmt(r.peak_rss_mb, 0),
         _fmt(r.model_size_mb),
         measured,
     ]
@@ -111,11 +184,15 @@ def _document(entries: list[Entry], sources: list[Path]) -> tuple[list[Block], d
         blocks += [("h2", f"Output stride {stride}"), ("table", Table(TABLE_HEADER, [_table_row(e) for e in strides[stride]]))]
     images: dict[str, bytes] = {}
     blocks.append(("h2", "Plots"))
-    blocks.append(("h3", "mIoU vs p50 latency (per device and data set)"))
+    blocks.append(("h3", "mIoU vs p50 latency (per device and data set: every output stride, then one plot per stride)"))
     for (device, data), group in group_by([e for e in entries if e.row.miou is not None], lambda e: (e.device, e.data)).items():
         name = f"miou_vs_latency_{_slug(f'{device} {data}')}.png"
-        images[name] = plots.miou_vs_latency(group, f"{device}\n{data}")
-        blocks.append(("img", (name, f"mIoU vs p50 latency on {device}, {data}")))
+        images[name] = plots.miou_vs_latency(group, f"{device}\n{data}, every output stride")
+        blocks.append(("img", (name, f"mIoU vs p50 latency on {device}, {data}, every output stride")))
+        for stride, rows in sorted(group_by(group, lambda e: e.row.output_stride).items(), key=lambda kv: kv[0] or 0):
+            name = f"miou_vs_latency_os{stride}_{_slug(f'{device} {data}')}.png"
+            images[name] = plots.miou_vs_latency(rows, f"{device}\n{data}, OS{stride}")
+            blocks.append(("img", (name, f"mIoU vs p50 latency on {device}, {data}, OS{stride}")))
     blocks.append(("h3", "Per-class IoU, FP32 vs INT8"))
     for stride in sorted(strides, key=lambda s: s or 0):
         blocks += _per_class(strides[stride], stride, images)

@@ -27,7 +27,17 @@ class Entry:
     same_device_reference: bool  # reference measured on the same device (speed ratio valid)
     delta_miou: float | None
     speedup: float | None  # reference p50 / row p50, same device only
-    pareto: bool
+    pareto: bool  # on the front of its (device, data, output stride)
+    runtime_speedup: float | None = None  # the same runtime's FP32 p50 / row p50 (same device, stride)
+    worst_class: tuple[str, float] | None = None  # the class losing most IoU against the reference
+
+    @property
+    def end_to_end_ms(self) -> float | None:
+        """Pre-processing + model p50 + post-processing, per call (None when pre/post are unknown)."""
+        r = self.row
+        if r.preprocess_ms is None or r.postprocess_ms is None:
+            return None
+        return r.latency["p50"] + (r.preprocess_ms + r.postprocess_ms) * r.batch
 
     @property
     def label(self) -> str:
@@ -85,6 +95,30 @@ def _reference(row: BenchRow, rows: list[BenchRow]) -> tuple[BenchRow | None, bo
     return None, False
 
 
+def _runtime_reference(row: BenchRow, rows: list[BenchRow]) -> BenchRow | None:
+    """The FP32 row of the same runtime, device, output stride and input shape (what a user runs otherwise)."""
+    here = device_label(row.device)
+    for r in rows:
+        if (
+            r.precision == "fp32"
+            and r.precision_hint in (None, "f32")
+            and r.runtime == row.runtime
+            and r.output_stride == row.output_stride
+            and r.input_shape == row.input_shape
+            and device_label(r.device) == here
+        ):
+            return r
+    return None
+
+
+def worst_class(row: BenchRow, ref: BenchRow | None) -> tuple[str, float] | None:
+    """(class, Δ IoU) of the class losing most IoU against the reference (None without per-class IoU)."""
+    if ref is None or ref is row or not row.per_class_iou or not ref.per_class_iou:
+        return None
+    deltas = [(n, v - ref.per_class_iou[n]) for n, v in row.per_class_iou.items() if v is not None and ref.per_class_iou.get(n) is not None]
+    return min(deltas, key=lambda d: d[1]) if deltas else None  # type: ignore[operator]
+
+
 def analyse(rows: list[BenchRow]) -> list[Entry]:
     """Entries for every row, in input order, with references and Pareto marks."""
     entries = []
@@ -92,8 +126,14 @@ def analyse(rows: list[BenchRow]) -> list[Entry]:
         ref, same = _reference(row, rows)
         delta = None if ref is None or row.miou is None or ref.miou is None else row.miou - ref.miou
         speed = ref.latency["p50"] / row.latency["p50"] if ref is not None and same and row.latency["p50"] > 0 else None
-        entries.append(Entry(row, device_label(row.device), data_key(row), ref, same, delta, speed, False))
-    for group in group_by(entries, lambda e: (e.device, e.data)).values():
+        entry = Entry(row, device_label(row.device), data_key(row), ref, same, delta, speed, False)
+        own = _runtime_reference(row, rows)
+        if own is not None and row.latency["p50"] > 0:
+            entry.runtime_speedup = own.latency["p50"] / row.latency["p50"]
+        entry.worst_class = worst_class(row, ref)
+        entries.append(entry)
+    # A front per output stride: a stride is chosen first (it sets the mask's detail), then a row.
+    for group in group_by(entries, lambda e: (e.device, e.data, e.row.output_stride)).values():
         scored = [e for e in group if e.row.miou is not None]
         for e, on in zip(scored, pareto_front([(e.row.miou, e.row.latency["p50"]) for e in scored])):  # type: ignore[misc]
             e.pareto = on

@@ -45,7 +45,7 @@ def _colours(labels: list[str]) -> dict[str, Any]:
 
 def miou_vs_latency(entries: list[Entry], title: str) -> bytes:
     """mIoU against p50 latency for one device: colour per target/precision, marker per output
-    stride, the Pareto front as a step line."""
+    stride, each output stride's Pareto front as a step line."""
     plt = _plt()
     scored = [e for e in entries if e.row.miou is not None]
     labels = list(dict.fromkeys(e.label for e in scored))
@@ -62,18 +62,25 @@ def miou_vs_latency(entries: list[Entry], title: str) -> bytes:
             linewidths=1.2,
             zorder=3,
         )
-    front = sorted((e.row.latency["p50"], e.row.miou) for e in scored if e.pareto)
-    if front:
-        xs, ys = zip(*front)
-        ax.step(xs, ys, where="post", color="black", linestyle="--", linewidth=1, label="Pareto front", zorder=2)
+    strides = sorted({e.row.output_stride or 0 for e in scored})
+    styles = dict(zip(strides, ("--", ":", "-.", "-")))
+    front = [e for e in scored if e.pareto]
+    for stride in strides:
+        points = sorted((e.row.latency["p50"], e.row.miou) for e in front if (e.row.output_stride or 0) == stride)
+        if points:
+            xs, ys = zip(*points)
+            ax.step(xs, ys, where="post", color="black", linestyle=styles[stride], linewidth=1, zorder=2)
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=colours[k], label=k) for k in labels]
     handles += [
         plt.Line2D([], [], marker=m, linestyle="", color="grey", label=f"OS{s}")
         for s, m in _MARKERS.items()
         if any(e.row.output_stride == s for e in scored)
     ]
-    if front:
-        handles.append(plt.Line2D([], [], color="black", linestyle="--", label="Pareto front (outlined)"))
+    handles += [
+        plt.Line2D([], [], color="black", linestyle=styles[s], label=f"OS{s} Pareto front (outlined)")
+        for s in strides
+        if any((e.row.output_stride or 0) == s for e in front)
+    ]
     ax.legend(handles=handles, fontsize=7, loc="best")
     _log_x(ax)
     ax.set_xlabel("p50 latency (ms, log scale)")

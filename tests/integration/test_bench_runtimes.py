@@ -190,6 +190,30 @@ def test_batched_accuracy_equals_batch_one(synthetic: dict[str, Any], tmp_path: 
     assert four.miou == one.miou and four.per_class_iou == one.per_class_iou
 
 
+def test_interleaved_rounds_keep_every_sample_and_score(synthetic: dict[str, Any], tmp_path: Path) -> None:
+    """3 artifacts in 3 rounds of 2 runs: each row has its 6 samples, the p50 of each round's pair,
+    the same mIoU as a bench of its own, and load/peak figures that bracket the others."""
+    from edgeseg.bench import bench_interleaved
+
+    paths = [synthetic["paths"]["onnx"], synthetic["paths"]["openvino"], synthetic["pt"]]
+    rows = bench_interleaved(tmp_path / "r.json", paths, BenchOptions(**{**FAST, "runs": 5, "warmup": 2}), rounds=3)
+    assert [r.runtime for r in rows] == ["onnxruntime", "openvino", "torch"] and len(load_results(tmp_path / "r.json")) == 3
+    alone = bench_artifact(paths[0], BenchOptions(**FAST))
+    for row in rows:
+        assert row.runs == 6 and len(row.latency_samples_ms) == 6  # ceil(5 / 3) = 2 a round
+        pairs = [row.latency_samples_ms[i : i + 2] for i in (0, 2, 4)]
+        assert row.round_p50_ms == pytest.approx([sum(p) / 2 for p in pairs], abs=1e-3)
+        assert row.load_s is not None and 0 < row.load_s <= row.first_inference_s
+        assert "interleaved with 2 other artifact(s) in 3 rounds" in row.notes
+        if sys.platform == "linux":
+            assert row.peak_rss_mb is not None and row.peak_mem_mb is not None and row.peak_rss_mb >= row.peak_mem_mb
+    assert rows[0].miou == alone.miou and rows[0].per_class_iou == alone.per_class_iou
+    with pytest.raises(ConfigError, match=r"--rounds 7 is more than --runs 5"):
+        bench_interleaved(tmp_path / "r.json", paths, BenchOptions(**{**FAST, "runs": 5}), rounds=7)
+    with pytest.raises(ConfigError, match=r"--rounds 1 is out of range; use 2..100"):
+        bench_interleaved(tmp_path / "r.json", paths, BenchOptions(**FAST), rounds=1)
+
+
 def test_results_file_appends_and_merges(synthetic: dict[str, Any], tmp_path: Path) -> None:
     results = tmp_path / "bench.json"
     first = bench_into(results, [synthetic["paths"]["onnx"]], BenchOptions(**FAST, accuracy=False))

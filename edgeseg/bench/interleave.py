@@ -1,0 +1,81 @@
+"""Interleaved benching: every artifact loaded at once, then timed in rounds, one after another.
+
+On a shared machine (a laptop, a CI runner, a device running other work) the load drifts over
+minutes. Timing artifact A for a minute and then B compares A's minute with B's; timing both in
+turn, round after round, exposes both to the same drift, so their ratio holds even when the
+absolute figures move. Each row keeps the p50 of every round (`round_p50_ms`): their spread is
+the noise the report shows next to the figure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+from edgeseg.bench.artifact import open_artifact
+from edgeseg.bench.measure import BenchOptions, Progress, finish_row, load_timed, preflight, timed_runs
+from edgeseg.bench.results import BenchRow, save_results
+from edgeseg.bench.stats import percentile
+from edgeseg.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+MAX_ROUNDS = 100
+
+
+def bench_interleaved(
+    json_path: str | Path,
+    paths: list[Path],
+    options: BenchOptions,
+    rounds: int,
+    progress: Callable[[Path], Progress | None] | None = None,
+) -> list[BenchRow]:
+    """Bench `paths` interleaved in `rounds` rounds and append their rows to the results file.
+
+    Each round times ceil(runs / rounds) calls of every artifact after ceil(warmup / rounds)
+    untimed ones, the artifacts' order rotating from round to round. Memory peaks are those of
+    each artifact's load and first run (the others are resident during the timed runs).
+
+    Args:
+        json_path: results file (created, or merged into).
+        paths: artifact folders and/or `.pt` checkpoints (two or more to be worth interleaving).
+        options: shared by every path; `runs` is the total per artifact.
+        rounds: 2..MAX_ROUNDS.
+        progress: progress(path) returns the progress callback for that path.
+    """
+    if not 2 <= rounds <= MAX_ROUNDS:
+        raise ConfigError(f"--rounds {rounds} is out of range; use 2..{MAX_ROUNDS} (or 1 to bench one artifact after another)")
+    if rounds > options.runs:
+        raise ConfigError(f"--rounds {rounds} is more than --runs {options.runs}; every round needs a timed run: lower --rounds")
+    preflight(json_path, paths, options)
+    per_round, warm = math.ceil(options.runs / rounds), math.ceil(options.warmup / rounds)
+    options = dataclasses.replace(options, runs=per_round * rounds)
+    loaded = []
+    for path in paths:
+        art = open_artifact(path, output_stride=options.output_stride, input_size=options.input_size)
+        callback = progress(path) if progress else None
+        timing, x = load_timed(art, options)
+        timing.close_memory()
+        timing.round_p50_ms = []
+        loaded.append((art, timing, x, callback))
+    for r in range(rounds):
+        shift = r % len(loaded)
+        for _, timing, x, callback in loaded[shift:] + loaded[:shift]:
+            samples = timed_runs(timing.loaded.runner.run, x, warm, per_round)
+            timing.samples_ms += samples
+            timing.round_p50_ms.append(percentile(samples, 50))  # type: ignore[union-attr]
+            if callback:
+                callback("latency", r + 1, rounds)
+        log.info("round %d/%d done", r + 1, rounds)
+    rows = []
+    note = f"interleaved with {len(loaded) - 1} other artifact(s) in {rounds} rounds; memory peaks of load + first run"
+    for art, timing, _, callback in loaded:
+        row = finish_row(art, options, timing, callback)
+        row.notes = "; ".join(n for n in (row.notes, note) if n)
+        row.row_id = row.compute_id()
+        save_results(json_path, [row])
+        rows.append(row)
+    return rows
