@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.errors import TargetError, missing_dependency
+from edgeseg.errors import CheckpointError, TargetError, missing_dependency, printable
 from edgeseg.fsutil import write_bytes, write_text
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,8 @@ def strongly_typed(precision: str, trt_major: int, dla_core: int | None) -> bool
     return precision == "int8" and dla_core is None
 
 
-class _BuildLogger:
-    """A trt.ILogger that keeps every message for build.log (and logs warnings and errors)."""
+class _TrtLogger:
+    """A trt.ILogger that keeps every message (for build.log and error messages) and logs warnings and errors."""
 
     def __new__(cls, trt: Any, lines: list[str]) -> Any:
         class Logger(trt.ILogger):  # type: ignore[misc, name-defined]
@@ -58,6 +58,57 @@ class _BuildLogger:
                     log.warning("TensorRT: %s", msg)
 
         return Logger()
+
+
+def _last_error(lines: list[str]) -> str:
+    return next((ln for ln in reversed(lines) if ln.startswith(("[ERROR]", "[INTERNAL_ERROR]"))), "no error message")[:200]
+
+
+def _profile_problem(name: Any, prof: Any) -> str | None:
+    if not isinstance(prof, dict) or any(not isinstance(prof.get(k), list) for k in ("min", "opt", "max")):
+        return f"input {printable(repr(name))} lacks its min/opt/max shapes"
+    dims = [prof["min"], prof["opt"], prof["max"]]
+    if len({len(d) for d in dims}) != 1 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for d in dims for v in d):
+        return f"input {printable(repr(name))} has shapes {dims}, not three lists of positive sizes of one rank"
+    return None
+
+
+def _build_config_problem(cfg: Any) -> str | None:
+    """What is wrong with a build.json (None: nothing): the keys build_engine and the runner use."""
+    if not isinstance(cfg, dict):
+        return "is not a JSON object"
+    if cfg.get("precision") not in ("fp32", "fp16", "int8"):
+        return f"has precision {printable(repr(cfg.get('precision')))}, not fp32, fp16 or int8"
+    names = cfg.get("onnx")
+    if not isinstance(names, dict) or not all(isinstance(names.get(v), str) and Path(names[v]).name == names[v] for v in ("10", "11")):
+        return "lacks the ONNX file name per TensorRT major ('onnx': {'10': ..., '11': ...}, names inside the bundle)"
+    ws, dla = cfg.get("workspace_gb"), cfg.get("dla_core")
+    if isinstance(ws, bool) or not isinstance(ws, (int, float)) or not 0 < ws <= 1024:
+        return f"has workspace_gb {printable(repr(ws))}, not a size in GB"
+    if dla is not None and (isinstance(dla, bool) or not isinstance(dla, int) or dla < 0):
+        return f"has dla_core {printable(repr(dla))}, not a core number or null"
+    if not isinstance(cfg.get("inputs"), dict) or not cfg["inputs"]:
+        return "lacks the input shapes ('inputs')"
+    return next(filter(None, (_profile_problem(n, p) for n, p in cfg["inputs"].items())), None)
+
+
+def read_build_config(bundle: Path) -> dict[str, Any]:
+    """build.json of a Jetson bundle, checked before any TensorRT work starts.
+
+    Raises:
+        CheckpointError: the file is missing, not JSON, or lacks or mangles a key.
+    """
+    path, fix = bundle / BUILD_FILE, "re-export the bundle with 'edgeseg export CHECKPOINT --target jetson'"
+    try:
+        cfg = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"'{bundle}' has no {BUILD_FILE}, so it is not a Jetson bundle; {fix}") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"'{path}' is not readable JSON ({printable(exc)}); {fix}") from None
+    problem = _build_config_problem(cfg)
+    if problem:
+        raise CheckpointError(f"'{path}' {problem}; {fix}")
+    return cfg
 
 
 def build_engine(
@@ -82,9 +133,9 @@ def build_engine(
     Returns:
         (engine path, build log path).
     """
-    trt = _trt()
     bundle = Path(bundle_dir)
-    cfg = json.loads((bundle / BUILD_FILE).read_text())
+    cfg = read_build_config(bundle)
+    trt = _trt()
     major = int(trt.__version__.split(".")[0])
     if major not in (10, 11):
         raise TargetError(f"tensorrt {trt.__version__} is not supported; install TensorRT 10.x or 11.x")
@@ -95,7 +146,7 @@ def build_engine(
     if major >= 11 and precision == "fp16" and cfg["onnx"]["11"] != FP16_FILE:
         raise TargetError(f"TensorRT 11 builds FP16 from an FP16 ONNX, which '{bundle}' lacks; re-export with onnxruntime installed")
     lines: list[str] = []
-    logger = _BuildLogger(trt, lines)
+    logger = _TrtLogger(trt, lines)
     builder = trt.Builder(logger)
     # The parser owns the weights it read: keep it alive until the engine is serialized.
     network, _parser = _parse(trt, builder, logger, onnx_path, typed=typed and major < 11)  # 11.x is always strongly typed
@@ -112,8 +163,7 @@ def _write_engine(bundle: Path, serialized: Any, config: Any, cache_path: Path, 
     log_path = bundle / LOG_FILE
     write_text(log_path, "\n".join(lines) + "\n")
     if serialized is None:
-        last = next((ln for ln in reversed(lines) if "ERROR" in ln), "no error message")
-        raise TargetError(f"TensorRT failed to build '{onnx_path}' ({last[:200]}); see {log_path}")
+        raise TargetError(f"TensorRT failed to build '{onnx_path}' ({_last_error(lines)}); see {log_path}")
     engine_path = bundle / ENGINE_FILE
     write_bytes(engine_path, bytes(serialized))
     write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
@@ -188,11 +238,33 @@ def _check(cudart: Any, result: Any) -> Any:
     return values[0] if len(values) == 1 else values
 
 
+def _deserialize(trt: Any, logger: Any, lines: list[str], engine_path: Path, dla: int | None) -> tuple[Any, Any]:
+    """(runtime, engine) for model.engine, the runtime's DLA core set first for a DLA engine."""
+    runtime = trt.Runtime(logger)
+    if dla is not None:
+        cores = int(runtime.num_DLA_cores)
+        if not 0 <= dla < cores:
+            raise TargetError(
+                f"'{engine_path}' runs on DLA core {dla}, which this device lacks ({cores} DLA cores); "
+                "run it on a Jetson with DLA, or re-export without --dla"
+            )
+        runtime.DLA_core = int(dla)  # TensorRT takes the core from the runtime, before it deserializes a DLA engine
+    engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
+    if engine is None:
+        raise TargetError(f"'{engine_path}' was built by another TensorRT or GPU ({_last_error(lines)}); delete it and it is rebuilt")
+    return runtime, engine
+
+
+def _dims(shape: Any) -> str:
+    return "x".join(str(d) for d in shape) if shape else "?"
+
+
 class TensorRTRunner:
     """A TensorRT engine (built from the bundle on first use and cached): `run(x)` -> logits.
 
     Uses TensorRT's name-based tensor API (set_input_shape / set_tensor_address /
-    execute_async_v3) with device buffers from cuda-python.
+    execute_async_v3) with device buffers from cuda-python. The DLA core comes from build.json
+    unless `dla_core` is given.
     """
 
     def __init__(self, bundle: Path, workspace_gb: float | None = None, dla_core: int | None = None) -> None:
@@ -200,17 +272,24 @@ class TensorRTRunner:
         self.cudart = cudart = _cudart()
         if _check(cudart, cudart.cudaGetDeviceCount()) < 1:
             raise TargetError("no NVIDIA GPU found; TensorRT engines run on a Jetson or a machine with an NVIDIA GPU")
+        bundle = Path(bundle)
+        cfg = read_build_config(bundle)
         engine_path = bundle / ENGINE_FILE
         if not engine_path.is_file():
             build_engine(bundle, workspace_gb=workspace_gb, dla_core=dla_core)
-        self.logger = trt.Logger(trt.Logger.WARNING)
-        self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(engine_path.read_bytes())
-        if self.engine is None:
-            raise TargetError(f"'{engine_path}' was built by another TensorRT or GPU; delete it and it is rebuilt")
+        self.profiles: dict[str, Any] = cfg["inputs"]
+        self.log_lines: list[str] = []
+        self.logger = _TrtLogger(trt, self.log_lines)  # TensorRT needs its logger alive as long as the engine
+        dla = cfg.get("dla_core") if dla_core is None else dla_core
+        self.runtime, self.engine = _deserialize(trt, self.logger, self.log_lines, engine_path, dla)
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if n not in self.inputs]
+        if len(self.inputs) != 1 or not self.outputs:
+            raise TargetError(
+                f"'{engine_path}' has inputs {self.inputs} and outputs {self.outputs}, not one image in and logits out; re-export"
+            )
         self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
         self.stream = _check(cudart, cudart.cudaStreamCreate())
         self.buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
@@ -224,13 +303,22 @@ class TensorRTRunner:
                 _check(self.cudart, self.cudart.cudaFree(ptr))
             ptr = _check(self.cudart, self.cudart.cudaMalloc(nbytes))
             self.buffers[name] = (ptr, nbytes)
-        self.context.set_tensor_address(name, ptr)
+        if not self.context.set_tensor_address(name, ptr):
+            raise TargetError(f"TensorRT refused the buffer of '{name}' ({_last_error(self.log_lines)}); report this with the bundle")
         return ptr
+
+    def _set_input_shape(self, name: str, shape: tuple[int, ...]) -> None:
+        if not self.context.set_input_shape(name, shape):
+            prof = self.profiles.get(name, {})
+            raise TargetError(
+                f"the engine takes '{name}' from {_dims(prof.get('min'))} to {_dims(prof.get('max'))}, not {_dims(shape)}; "
+                "pass a batch in that range, or re-export with --dynamic-batch"
+            )
 
     def run(self, x: np.ndarray) -> np.ndarray:
         cudart, kind = self.cudart, self.cudart.cudaMemcpyKind
         x = np.ascontiguousarray(x, dtype=self.dtypes[self.inputs[0]])
-        self.context.set_input_shape(self.inputs[0], tuple(x.shape))
+        self._set_input_shape(self.inputs[0], tuple(x.shape))
         ptr = self._buffer(self.inputs[0], x.nbytes)
         _check(cudart, cudart.cudaMemcpyAsync(ptr, x.ctypes.data, x.nbytes, kind.cudaMemcpyHostToDevice, self.stream))
         out = np.empty(tuple(self.context.get_tensor_shape(self.outputs[0])), dtype=self.dtypes[self.outputs[0]])
@@ -239,13 +327,16 @@ class TensorRTRunner:
             shape = tuple(self.context.get_tensor_shape(extra))
             self._buffer(extra, int(np.prod(shape)) * self.dtypes[extra].itemsize)
         if not self.context.execute_async_v3(self.stream):
-            raise TargetError("TensorRT inference failed (execute_async_v3 returned False); see the TensorRT log")
+            raise TargetError(f"TensorRT inference failed ({_last_error(self.log_lines)}); see the TensorRT messages above")
         _check(cudart, cudart.cudaMemcpyAsync(out.ctypes.data, optr, out.nbytes, kind.cudaMemcpyDeviceToHost, self.stream))
         _check(cudart, cudart.cudaStreamSynchronize(self.stream))
         return out.astype(np.float32, copy=False)
 
     def __del__(self) -> None:
         cudart = getattr(self, "cudart", None)
+        if cudart is None:
+            return
         for ptr, _ in getattr(self, "buffers", {}).values():
-            if cudart is not None:
-                cudart.cudaFree(ptr)
+            cudart.cudaFree(ptr)
+        if getattr(self, "stream", None) is not None:
+            cudart.cudaStreamDestroy(self.stream)

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import json
 import sys
-import types
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from fake_tensorrt import FakeTensorRT, install
 
-from edgeseg.errors import CheckpointError, ConfigError, TargetError
+from edgeseg.errors import CheckpointError, ConfigError, MissingDependencyError, TargetError
 from edgeseg.export import artifacts as A
 from edgeseg.export import common as C
 from edgeseg.export import meta as M
@@ -219,137 +219,68 @@ def test_bad_build_options() -> None:
         T.build_config("int4", STATIC, dla_core=None, workspace_gb=1, fp16_onnx=False)
 
 
-class FakeTensorRT(types.ModuleType):
-    """A stand-in for the `tensorrt` module (which cannot exist without an NVIDIA GPU), recording the
-    calls build_engine makes. Only the names of TensorRT's documented Python API exist on it, and
-    the 11.x variant lacks what 11.x removed (BuilderFlag.FP16/INT8), so using them fails."""
-
-    def __init__(self, version: str, dla_cores: int = 2, parse_ok: bool = True) -> None:
-        super().__init__("tensorrt")
-        self.__version__ = version
-        self.calls: list[tuple] = []
-        major = int(version.split(".")[0])
-        fake = self
-
-        class Severity:
-            INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = (
-                types.SimpleNamespace(name=n) for n in ("INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE")
-            )
-
-        class ILogger:
-            def __init__(self) -> None: ...
-
-        ILogger.Severity = Severity  # type: ignore[attr-defined]
-        flags = ["GPU_FALLBACK"] + ([] if major >= 11 else ["FP16", "INT8"])
-        self.ILogger = ILogger
-        self.BuilderFlag = types.SimpleNamespace(**{f: f for f in flags})
-        # The real TensorRT 10/11 values: EXPLICIT_BATCH (deprecated, 10.x only) is 0, STRONGLY_TYPED is 1.
-        self.NetworkDefinitionCreationFlag = types.SimpleNamespace(EXPLICIT_BATCH=0, STRONGLY_TYPED=1)
-        self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
-        self.DeviceType = types.SimpleNamespace(DLA="DLA", GPU="GPU")
-
-        class Config:
-            def set_memory_pool_limit(self, pool: str, size: int) -> None:
-                fake.calls.append(("pool", pool, size))
-
-            def set_flag(self, flag: str) -> None:
-                fake.calls.append(("flag", flag))
-
-            def __setattr__(self, name: str, value: Any) -> None:
-                fake.calls.append(("set", name, value))
-
-            def add_optimization_profile(self, profile: Any) -> None:
-                fake.calls.append(("profile", profile.shapes))
-
-            def create_timing_cache(self, blob: bytes) -> str:
-                fake.calls.append(("cache_in", blob))
-                return "cache"
-
-            def set_timing_cache(self, cache: str, ignore_mismatch: bool) -> None:
-                fake.calls.append(("set_cache", cache, ignore_mismatch))
-
-            def get_timing_cache(self) -> Any:
-                return types.SimpleNamespace(serialize=lambda: b"CACHE")
-
-        class Profile:
-            def __init__(self) -> None:
-                self.shapes: list = []
-
-            def set_shape(self, name: str, lo: list, opt: list, hi: list) -> None:
-                self.shapes.append((name, lo, opt, hi))
-
-        class Builder:
-            num_DLA_cores = dla_cores
-
-            def __init__(self, logger: Any) -> None:
-                logger.log(Severity.INFO, "builder created")
-
-            def create_network(self, flags: int) -> str:
-                fake.calls.append(("network", flags))
-                return "network"
-
-            def create_builder_config(self) -> Config:
-                return Config()
-
-            def create_optimization_profile(self) -> Profile:
-                return Profile()
-
-            def build_serialized_network(self, network: str, config: Config) -> bytes:
-                return b"ENGINE"
-
-        class OnnxParser:
-            num_errors = 0 if parse_ok else 1
-
-            def __init__(self, network: str, logger: Any) -> None: ...
-
-            def parse_from_file(self, path: str) -> bool:
-                fake.calls.append(("parse", Path(path).name))
-                return parse_ok
-
-            def get_error(self, i: int) -> str:
-                return "Unsupported ONNX op: Foo"
-
-        self.Builder, self.OnnxParser = Builder, OnnxParser
-
-
-def _bundle(tmp_path: Path, precision: str, dla: int | None = None, inputs: dict | None = None) -> Path:
+def _bundle(tmp_path: Path, precision: str, dla: int | None = None, inputs: dict | None = None, fp16_onnx: bool = True) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "model.onnx").write_bytes(b"onnx")
     (tmp_path / "model_fp16.onnx").write_bytes(b"onnx16")
-    (tmp_path / "build.json").write_text(json.dumps(_cfg(precision, dla, inputs)))
+    cfg = T.build_config(precision, inputs or STATIC, dla_core=dla, workspace_gb=2.0, fp16_onnx=fp16_onnx)
+    (tmp_path / "build.json").write_text(json.dumps(cfg))
     return tmp_path
 
 
 def _build(monkeypatch: pytest.MonkeyPatch, trt: FakeTensorRT, bundle: Path, **kw: Any) -> list[tuple]:
-    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    install(monkeypatch, trt)
     engine, log = TE.build_engine(bundle, **kw)
-    assert engine.read_bytes() == b"ENGINE" and "builder created" in log.read_text()
-    assert (bundle / "timing.cache").read_bytes() == b"CACHE"
+    assert engine == bundle / "model.engine" and engine.read_bytes() == trt.plans[-1]
+    assert f"Init builder kernel library (TensorRT {trt.__version__})" in log.read_text()
     return trt.calls
 
 
+def _flags(calls: list[tuple]) -> list[str]:
+    return [c[1] for c in calls if c[0] == "flag"]
+
+
 def test_build_int8_trt10_strongly_typed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = _build(monkeypatch, FakeTensorRT("10.7.0"), _bundle(tmp_path, "int8"))
-    assert ("network", 1 << 1) in calls and not [c for c in calls if c[0] == "flag"]  # strongly typed, not explicit batch
-    assert ("pool", "WORKSPACE", 2 << 30) in calls and ("parse", "model.onnx") in calls
-    assert ("cache_in", b"") in calls and ("set_cache", "cache", False) in calls
+    trt = FakeTensorRT("10.7.0")
+    calls = _build(monkeypatch, trt, _bundle(tmp_path, "int8"))
+    assert ("network", 1 << 1) in calls and not _flags(calls)  # STRONGLY_TYPED is 1 in 10.x (EXPLICIT_BATCH, 0, is not asked)
+    assert ("pool", trt.MemoryPoolType.WORKSPACE, 2 << 30) in calls and ("parse", "model.onnx") in calls
+    assert ("cache_in", b"") in calls and ("set_cache", False) in calls
+    assert (tmp_path / "timing.cache").read_bytes() == b"[timings of a 4-byte network]"  # the build's timings, saved
 
 
 def test_build_fp16_trt10_sets_fp16_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _build(monkeypatch, FakeTensorRT("10.3.0"), _bundle(tmp_path, "fp16"))
-    assert ("network", 0) in calls and [c for c in calls if c[0] == "flag"] == [("flag", "FP16")]
+    assert ("network", 0) in calls and _flags(calls) == ["FP16"]
+
+
+def test_build_trt10_fp32_and_the_fp16_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _build(monkeypatch, FakeTensorRT("10.13.0"), _bundle(tmp_path / "a", "fp32"))
+    assert ("network", 0) in calls and not _flags(calls)
+    calls = _build(monkeypatch, FakeTensorRT("10.13.0"), _bundle(tmp_path / "b", "int8"), fp16=True)
+    assert ("network", 0) in calls and _flags(calls) == ["FP16", "INT8"]  # fp16=True: weakly typed INT8 + FP16 kernels
 
 
 def test_build_trt11_never_uses_removed_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = _build(monkeypatch, FakeTensorRT("11.4.1"), _bundle(tmp_path, "fp16", dla=0))
+    trt = FakeTensorRT("11.4.1")
+    calls = _build(monkeypatch, trt, _bundle(tmp_path, "fp16", dla=0))
     assert ("network", 0) in calls and ("parse", "model_fp16.onnx") in calls
-    assert [c for c in calls if c[0] == "flag"] == [("flag", "GPU_FALLBACK")]
-    assert ("set", "default_device_type", "DLA") in calls and ("set", "DLA_core", 0) in calls
+    assert _flags(calls) == ["GPU_FALLBACK"]
+    assert ("set", "default_device_type", trt.DeviceType.DLA) in calls and ("set", "DLA_core", 0) in calls
+
+
+@pytest.mark.parametrize("fp16", [None, True])
+def test_build_int8_trt11_is_strongly_typed_without_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fp16: bool | None) -> None:
+    calls = _build(monkeypatch, FakeTensorRT("11.0.0"), _bundle(tmp_path, "int8"), fp16=fp16)
+    # 11.x is always strongly typed: no creation flag (its STRONGLY_TYPED, 0, is deprecated and ignored), no precision flag
+    assert ("network", 0) in calls and ("parse", "model.onnx") in calls and not _flags(calls)
 
 
 def test_build_int8_dla_trt10_is_weakly_typed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = _build(monkeypatch, FakeTensorRT("10.7.0"), _bundle(tmp_path, "int8", dla=1), workspace_gb=1.0)
-    flags = [c[1] for c in calls if c[0] == "flag"]
-    assert ("network", 0) in calls and flags == ["FP16", "INT8", "GPU_FALLBACK"] and ("pool", "WORKSPACE", 1 << 30) in calls
+    trt = FakeTensorRT("10.7.0")
+    calls = _build(monkeypatch, trt, _bundle(tmp_path, "int8", dla=1), workspace_gb=1.0)
+    assert ("network", 0) in calls and _flags(calls) == ["FP16", "INT8", "GPU_FALLBACK"]
+    assert ("pool", trt.MemoryPoolType.WORKSPACE, 1 << 30) in calls
 
 
 def test_build_profile_and_timing_cache_reuse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -358,24 +289,76 @@ def test_build_profile_and_timing_cache_reuse(tmp_path: Path, monkeypatch: pytes
     (bundle / "timing.cache").write_bytes(b"OLD")
     calls = _build(monkeypatch, FakeTensorRT("10.7.0"), bundle)
     assert ("profile", [("input", SHAPE, SHAPE, [8, 3, 64, 64])]) in calls and ("cache_in", b"OLD") in calls
+    assert (bundle / "timing.cache").read_bytes() == b"OLD[timings of a 4-byte network]"
+    other = tmp_path / "shared.cache"
+    _build(monkeypatch, FakeTensorRT("10.7.0"), bundle, timing_cache=other)
+    assert other.read_bytes() == b"[timings of a 4-byte network]" and (bundle / "timing.cache").read_bytes().startswith(b"OLD")
+
+
+def test_failed_build_writes_only_the_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bundle = _bundle(tmp_path, "int8")
+    install(monkeypatch, FakeTensorRT("10.7.0", build_ok=False))
+    with pytest.raises(
+        TargetError, match=r"failed to build .*model.onnx' \(\[ERROR\] .*Could not find any implementation.*see .*build.log"
+    ):
+        TE.build_engine(bundle)
+    assert "[ERROR] IBuilder::buildSerializedNetwork" in (bundle / "build.log").read_text()
+    assert not (bundle / "model.engine").exists() and not (bundle / "timing.cache").exists()
+    (bundle / "timing.cache").write_bytes(b"OLD")
+    with pytest.raises(TargetError, match="build.log"):
+        TE.build_engine(bundle)
+    assert (bundle / "timing.cache").read_bytes() == b"OLD" and not (bundle / "model.engine").exists()
 
 
 def test_build_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bundle = _bundle(tmp_path, "int8", dla=1)
-    monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT("10.7.0", dla_cores=1))
+    install(monkeypatch, FakeTensorRT("10.7.0", dla_cores=1))
     with pytest.raises(TargetError, match="DLA core 1 does not exist"):
         TE.build_engine(bundle)
-    monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT("10.7.0", parse_ok=False))
+    install(monkeypatch, FakeTensorRT("10.7.0", parse_ok=False))
     with pytest.raises(TargetError, match="cannot parse .*Unsupported ONNX op: Foo"):
         TE.build_engine(bundle, dla_core=0)
-    monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT("8.6.1"))
+    install(monkeypatch, FakeTensorRT("8.6.1"))
     with pytest.raises(TargetError, match="install TensorRT 10.x or 11.x"):
         TE.build_engine(bundle)
+    (bundle / "model.onnx").unlink()
+    install(monkeypatch, FakeTensorRT("10.7.0"))
+    with pytest.raises(TargetError, match="model.onnx' is missing; re-export the bundle"):
+        TE.build_engine(bundle)
+
+
+def test_build_trt11_fp16_needs_the_fp16_onnx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trt = FakeTensorRT("11.4.0")
+    install(monkeypatch, trt)
+    with pytest.raises(TargetError, match="TensorRT 11 builds FP16 from an FP16 ONNX, which .* lacks; re-export with onnxruntime"):
+        TE.build_engine(_bundle(tmp_path / "a", "fp16", fp16_onnx=False))
+    assert trt.calls == []  # refused before TensorRT was asked for anything
+    (_bundle(tmp_path / "b", "fp16") / "model_fp16.onnx").unlink()
+    with pytest.raises(TargetError, match="model_fp16.onnx' is missing"):
+        TE.build_engine(tmp_path / "b")
+
+
+def test_build_json_is_checked_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install(monkeypatch, FakeTensorRT("10.7.0"))
+    with pytest.raises(CheckpointError, match="has no build.json, so it is not a Jetson bundle; re-export"):
+        TE.build_engine(tmp_path)
+    good = json.loads((_bundle(tmp_path, "int8") / "build.json").read_text())
+    for bad, why in [
+        ("{not json", "is not readable JSON"),
+        ({**good, "precision": "int4"}, "has precision 'int4', not fp32, fp16 or int8"),
+        ({**good, "onnx": {"10": "../../etc/model.onnx", "11": "model.onnx"}}, "lacks the ONNX file name per TensorRT major"),
+        ({**good, "workspace_gb": -1}, "has workspace_gb -1, not a size in GB"),
+        ({**good, "dla_core": "0"}, "has dla_core '0', not a core number or null"),
+        ({**good, "inputs": {"input": {"min": [1, 3], "opt": [1, 3], "max": [0, 3]}}}, "input 'input' has shapes"),
+    ]:
+        (tmp_path / "build.json").write_text(bad if isinstance(bad, str) else json.dumps(bad))
+        with pytest.raises(CheckpointError, match=why):
+            TE.build_engine(tmp_path)
 
 
 def test_build_without_tensorrt_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "tensorrt", None)
-    with pytest.raises(Exception, match=r'pip install "edgeseg\[tensorrt\]"'):
+    install(monkeypatch, None)
+    with pytest.raises(MissingDependencyError, match=r'pip install "edgeseg\[tensorrt\]"'):
         TE.build_engine(_bundle(tmp_path, "int8"))
 
 
