@@ -379,6 +379,9 @@ class Trainer:
             **stage.extra_state(),
             **extra,
         )
+        # After the write: a reader of this line (a pre-emption script, the kill tests) knows that
+        # this checkpoint is complete on disk. Shown with --verbose.
+        log.info("saved %s (%s step %d)", self.out / name, stage.name, it)
 
 
 class _EvalOnTrain(torch.utils.data.Dataset):

@@ -1,4 +1,5 @@
-"""The real CamVid data (../shared/data/camvid, SegNet layout): counts, classes, void, loaders."""
+"""The real CamVid data ($EDGESEG_SHARED/data/camvid, SegNet layout; see tests/conftest.py): counts,
+classes, void, loaders. Skipped with the path where it is absent (a failure with EDGESEG_REQUIRE_SHARED=1)."""
 
 from __future__ import annotations
 

@@ -1,19 +1,23 @@
-"""SIGKILL `edgeseg export` at random moments over a folder holding an older artifact: the folder is
-always the whole old artifact or the whole new one (file hashes against both), nothing stray is
-visible beside it, and the next export cleans what the killed one left. CTRL-C (SIGINT) during
-export and bench exits 130 with one line and leaves the old files as they were."""
+"""SIGKILL `edgeseg export` at each event of an export over a folder holding an older artifact
+(start-up, the temporary folder appearing, each file of the new artifact appearing in it, the
+swap): the folder is always the whole old artifact or the whole new one (file hashes against
+both), nothing stray is visible beside it, and the next export cleans what the killed one left.
+CTRL-C (SIGINT) during export and bench exits 130 with one line and leaves the old files as they
+were. Every signal follows an event the code writes or prints, never a guessed sleep: the tests
+do the same on an idle machine and on a loaded one, and a wait that sees no event fails.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import random
+import re
 import shutil
 import signal
 import subprocess
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +43,7 @@ SETTINGS = [
     "quant.max_iters=2",
     "quant.calib_num_images=4",
 ]
-KILLS_PER_TARGET = 5  # at least 10 in all
+INTERRUPTED = "interrupted (CTRL-C): stopped; no file was left half-written"
 
 
 def _env(tmp: Path) -> dict[str, str]:
@@ -122,73 +126,82 @@ def _visible(out: Path) -> list[str]:
     return sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
 
 
-def _building(out: Path, art: Path) -> bool:
-    return any(p.name.startswith(f".{art.name}.") for p in out.iterdir())
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
 
 
-def _timed_export(cmd: list[str], out: Path, art: Path, env: dict[str, str]) -> tuple[float, float]:
-    """Run one whole export; return (seconds until its temporary folder appeared, total seconds)."""
-    start, building = time.perf_counter(), None
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    while proc.poll() is None:
-        if building is None and _building(out, art):
-            building = time.perf_counter() - start
-        time.sleep(0.01)
-    assert proc.returncode == 0, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
-    total = time.perf_counter() - start
-    return (building if building is not None else 0.5 * total), total
+Happened = Callable[[int, "int | None"], bool]  # (the child's pid, the old folder's inode) -> has it?
 
 
-def _moments(rng: random.Random) -> list[tuple[str, float]]:
-    """Stratified random moments over the whole export: 2 in start-up (imports, checkpoint), 6 in
-    the build of the artifact folder, the last reaching past the end (the swap, completion)."""
-    return [("start", (i + rng.random()) / 2) for i in range(2)] + [("build", (i + rng.random()) / 6) for i in range(6)]
+def _events(art: Path, files: list[str], model_file: str) -> list[tuple[str, Happened]]:
+    """(name, happened) for each moment of an export, in their order.
+
+    The child builds in its own temporary folder, which atomic_dir names after the artifact and
+    the writer's pid. An event holds from its moment on: a file event from the moment the file
+    appears in that folder (for 'writing', its temporary name counts) and after the swap too, so
+    polling can notice an event late but never miss it, however loaded the machine.
+    """
+
+    def swapped(old: int | None) -> bool:
+        return _inode(art) != old
+
+    def has(name: str, writing: bool = False) -> Happened:
+        def happened(pid: int, old: int | None) -> bool:
+            for tmp in art.parent.glob(f".{art.name}.{pid}-*.tmp"):
+                if (tmp / name).exists() or (writing and any(tmp.glob(f".{name}.*.tmp"))):
+                    return True
+            return swapped(old)
+
+        return happened
+
+    events: list[tuple[str, Happened]] = [
+        ("start-up", lambda pid, old: True),
+        ("building", lambda pid, old: any(art.parent.glob(f".{art.name}.{pid}-*.tmp")) or swapped(old)),
+        (f"writing {model_file}", has(model_file, writing=True)),
+    ]
+    events += [(f"{name} written", has(name)) for name in files]
+    return [*events, ("swapped", lambda pid, old: swapped(old))]
 
 
-def _delay(moment: tuple[str, float], build: float, total: float) -> float:
-    phase, u = moment
-    return build * u if phase == "start" else build + (1.05 * total - build) * u
+# Kills at these events land before the build is complete: the old artifact must be intact. At
+# the later ones the child may already have swapped the new one in: either is right.
+BEFORE_THE_SWAP = ("start-up", "building")
 
 
 @pytest.mark.parametrize("target", ["onnx", "openvino"])
-def test_sigkill_during_export_leaves_old_or_new_artifact(target: str, checkpoints: tuple[Path, Path], tmp_path: Path) -> None:
+def test_sigkill_during_export_leaves_old_or_new_artifact(
+    target: str, checkpoints: tuple[Path, Path], tmp_path: Path, watch: Callable[..., Any]
+) -> None:
     old_ckpt, new_ckpt = checkpoints
     out, env = tmp_path / "export", _env(tmp_path)
     art = out / f"{target}_int8_os16"
     subprocess.run(_export(old_ckpt, target, out), check=True, env=env, capture_output=True, cwd=REPO)
     shutil.copytree(art, tmp_path / "old_copy")
-    build, total = _timed_export(_export(new_ckpt, target, out), out, art, env)
+    subprocess.run(_export(new_ckpt, target, out), check=True, env=env, capture_output=True, cwd=REPO)
     versions = Versions(art, tmp_path / "old_copy")
+    model_file = json.loads((art / "meta.json").read_text())["model_file"]
+    # Each file of the new artifact is an event, in the order of their names (the build's order is
+    # the exporter's business; every file appears before the swap).
+    files = sorted(name for name in versions.new if "/" not in name)
 
-    rng, kills, mid_build, seen = random.Random(target), 0, 0, []
-    moments = _moments(rng)
-    # On a machine whose load changes (CI runs two test files at once), a timed moment can miss:
-    # up to 8 more moments inside the build, until enough kills have landed there.
-    extra = [("build", 0.8 * rng.random()) for _ in range(8)]
-    while moments or (extra and (kills < KILLS_PER_TARGET or mid_build < 2)):
-        moment = moments.pop(0) if moments else extra.pop(0)
+    seen = []
+    for name, happened in _events(art, files, model_file):
         versions.restore_old()
-        start = time.perf_counter()
-        proc = subprocess.Popen(_export(new_ckpt, target, out), env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = start + _delay(moment, build, total)
-        while proc.poll() is None and time.perf_counter() < deadline:
-            time.sleep(0.005)
-        if proc.poll() is None:
-            building = _building(out, art)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills += 1
-            mid_build += building
-            if moment[0] == "build" and not building:  # start-up took longer than timed: move on
-                build = min(deadline - start, 0.9 * total)
-        else:
-            assert proc.returncode == 0, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
-            scale = (time.perf_counter() - start) / total  # the machine got faster than when timed
-            build, total = build * scale, total * scale
-        seen.append(versions.state())
-        assert _visible(out) == [art.name], f"stray entries beside the artifact: {_visible(out)}"
-    assert kills >= KILLS_PER_TARGET, f"only {kills} kills landed before the export ended"
-    assert mid_build >= 2, f"only {mid_build} kills landed while the artifact folder was being built"
+        old_inode = _inode(art)
+        child = watch(_export(new_ckpt, target, out), env=env, cwd=REPO)
+        child.wait_until(lambda: happened(child.proc.pid, old_inode), f"event '{name}' of the export")  # noqa: B023
+        code = child.send(signal.SIGKILL)
+        state = versions.state()
+        seen.append(f"{name}: {state} (exit {code})")
+        if name in BEFORE_THE_SWAP:
+            assert (state, code) == ("old", -signal.SIGKILL), seen
+        if name == "swapped":
+            assert state == "new", seen
+        assert code in (0, -signal.SIGKILL), "\n".join(child.lines[-20:])
+        assert _visible(out) == [art.name], f"stray entries beside the artifact after '{name}': {_visible(out)}"
 
     # The next export cleans what the killed ones left behind (hidden temporary folders).
     versions.restore_old()
@@ -199,50 +212,44 @@ def test_sigkill_during_export_leaves_old_or_new_artifact(target: str, checkpoin
     # where nothing would clean up after a SIGKILL.
     leaked = [p.name for p in (tmp_path / "systmp").iterdir() if "edgeseg" in p.name or p.suffix == ".onnx" or p.name.startswith("tmp")]
     assert leaked == [], f"left in TMPDIR by killed exports: {leaked}"
-    print(
-        f"{target}: {kills} kills ({mid_build} while building) in {len(seen)} runs; export {total:.1f}s, build from {build:.1f}s; states {seen}"
-    )
+    print(f"{target}: {seen}")
 
 
-def _one_line(stderr: bytes) -> list[str]:
-    text = stderr.decode()
-    assert "Traceback" not in text, text[-2000:]
-    return [line for line in text.splitlines() if line.strip() and "warn" not in line.lower()]
+# A log record of `edgeseg -v` (logging's "LEVEL name: message"), not one of the CLI's lines.
+LOG_RECORD = re.compile(r"^(DEBUG|INFO|WARNING) [\w.]+: ")
+
+
+def _messages(lines: list[str]) -> list[str]:
+    """The CLI's own stderr lines: no log records, library warnings or progress bar states."""
+    return [
+        ln
+        for ln in lines
+        if ln.strip() and not LOG_RECORD.match(ln) and "warn" not in ln.lower() and not ln.startswith(("bench ", "export "))
+    ]
 
 
 @pytest.mark.parametrize("target", ["onnx", "openvino"])
-def test_sigint_during_export_exits_130_and_keeps_old_artifact(target: str, checkpoints: tuple[Path, Path], tmp_path: Path) -> None:
+def test_sigint_during_export_exits_130_and_keeps_old_artifact(
+    target: str, checkpoints: tuple[Path, Path], tmp_path: Path, watch: Callable[..., Any]
+) -> None:
     old_ckpt, new_ckpt = checkpoints
     out, env = tmp_path / "export", _env(tmp_path)
     art = out / f"{target}_int8_os16"
     subprocess.run(_export(old_ckpt, target, out), check=True, env=env, capture_output=True, cwd=REPO)
     before = _hashes(art)
-    proc = subprocess.Popen(_export(new_ckpt, target, out), env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.perf_counter() + 300
-    while proc.poll() is None and time.perf_counter() < deadline and not any(p.name.startswith(f".{art.name}.") for p in out.iterdir()):
-        time.sleep(0.01)
-    time.sleep(random.Random(target).uniform(0.0, 1.0))  # somewhere inside the build
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=300)
-    if proc.returncode == 0:
-        pytest.skip("the export finished before CTRL-C arrived")
-    assert proc.returncode == 130, err.decode()[-2000:]
-    lines = _one_line(err)
-    assert len(lines) == 1 and lines[0].startswith("interrupted"), lines
+    child = watch(_export(new_ckpt, target, out), env=env, cwd=REPO)
+    # The build's temporary folder appearing: the model is yet to be exported into it.
+    child.wait_until(lambda: any(out.glob(f".{art.name}.{child.proc.pid}-*.tmp")), "the temporary artifact folder")
+    assert child.send(signal.SIGINT) == 130, "\n".join(child.lines[-20:])
+    assert "Traceback" not in "\n".join(child.lines)
+    assert _messages(child.lines) == [INTERRUPTED], child.lines
     assert _hashes(art) == before
     assert sorted(os.listdir(out)) == [art.name]  # no half-built temporary folder either
 
 
-def _maps(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/maps").read_text()
-    except OSError:
-        return ""
-
-
-def test_sigint_during_bench_exits_130_and_keeps_results_file(checkpoints: tuple[Path, Path], tmp_path: Path) -> None:
-    if not Path("/proc/self/maps").exists():
-        pytest.skip("needs /proc to see when the runtime is loaded")
+def test_sigint_during_bench_exits_130_and_keeps_results_file(
+    checkpoints: tuple[Path, Path], tmp_path: Path, watch: Callable[..., Any]
+) -> None:
     out, env = tmp_path / "export", _env(tmp_path)
     subprocess.run(_export(checkpoints[0], "onnx", out), check=True, env=env, capture_output=True, cwd=REPO)
     art, results = out / "onnx_int8_os16", tmp_path / "results.json"
@@ -254,16 +261,13 @@ def test_sigint_during_bench_exits_130_and_keeps_results_file(checkpoints: tuple
         cwd=REPO,
     )
     before = results.read_bytes()
-    cmd = _edgeseg("bench", str(art), "--json", str(results), "--runs", "1000000", "--warmup", "1", "--no-accuracy")
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.perf_counter() + 300
-    while proc.poll() is None and time.perf_counter() < deadline and "onnxruntime" not in _maps(proc.pid):
-        time.sleep(0.05)
-    time.sleep(2.0)  # into the timed runs
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err.decode()[-2000:]
-    lines = [line for line in _one_line(err) if not line.startswith("bench ")]  # the progress bar's last state
-    assert len(lines) == 1 and lines[0].startswith("interrupted"), lines
+    cmd = _edgeseg("-v", "bench", str(art), "--json", str(results), "--runs", "1000000", "--warmup", "1", "--no-accuracy")
+    child = watch(cmd, env=env, cwd=REPO)
+    # bench logs the model's first inference, then times runs: a million of them, so the signal
+    # lands in the timed loop however slow the machine is.
+    child.wait_for_line(rf"{re.escape(str(art))}: loaded with onnxruntime \S+, first inference [\d.]+s$")
+    assert child.send(signal.SIGINT) == 130, "\n".join(child.lines[-20:])
+    assert "Traceback" not in "\n".join(child.lines)
+    assert _messages(child.lines) == [INTERRUPTED], child.lines
     assert results.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == sorted(["export", "results.json", "systmp"])

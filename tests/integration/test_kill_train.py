@@ -1,15 +1,20 @@
-"""SIGKILL `edgeseg train` at random moments: last.pt always loads, and the resumed run ends with
-exactly the weights of an uninterrupted one (same seed, deterministic mode)."""
+"""Kill `edgeseg train` at events it reports (a checkpoint written), never after guessed sleeps:
+SIGKILL leaves a last.pt that loads and the resumed runs end with exactly the weights of an
+uninterrupted one (same seed, deterministic mode); SIGINT and SIGTERM save last.pt, print one line
+and exit 130 / 143. Each signal follows an event with several training steps still to run, so it
+lands in every run whatever the machine's load; a wait that sees no event fails, it never skips."""
 
 from __future__ import annotations
 
 import os
 import random
+import re
 import signal
-import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -32,110 +37,97 @@ SETTINGS = [
     "train.channels_last=false",
     "quant.enabled=false",
 ]
+STEPS = 4 * 32 // 4  # epochs * images / batch
+KILLS_PER_RUN = 4
+LAST_KILL = STEPS - 8  # after the last planned kill at least one epoch (8 steps and an eval) is left
+# What `edgeseg -v train` logs once a checkpoint is complete on disk (edgeseg/train/loop.py).
+SAVED_LAST = r"saved (?P<path>.+/last\.pt) \(fp32 step (?P<step>\d+)\)$"
 
 
-def _cmd(out: Path, resume: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "edgeseg", "train", str(REPO / "recipes/smoke.yaml"), "--out", str(out)]
+def _cmd(out: Path, resume: bool, verbose: bool = False) -> list[str]:
+    cmd = [sys.executable, "-m", "edgeseg", *(["-v"] if verbose else []), "train", str(REPO / "recipes/smoke.yaml"), "--out", str(out)]
     for s in SETTINGS:
         cmd += ["--set", s]
     return cmd + (["--resume"] if resume else [])
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+def _popen() -> dict[str, Any]:
+    return {"env": {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}, "cwd": REPO}
 
 
-def _final_state(out: Path) -> dict[str, torch.Tensor]:
-    return torch.load(out / "last.pt", map_location="cpu", weights_only=True)["model"]
+def _load(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _mtime(path: Path) -> float:
-    return path.stat().st_mtime_ns if path.exists() else 0.0
+def _kill_plan(rng: random.Random) -> list[int]:
+    """KILLS_PER_RUN distinct steps, all with an epoch of training after them."""
+    return sorted(rng.sample(range(1, LAST_KILL + 1), KILLS_PER_RUN))
 
 
-def _run_until_checkpoint_then_kill(out: Path, rng: random.Random) -> tuple[bool, int]:
-    """Start training; once it has written a new last.pt, wait a random moment and SIGKILL it.
+def _kill_after_checkpoint(watch: Callable[..., Any], out: Path, step: int, rng: random.Random) -> int:
+    """Start (or resume) training, wait until it reports last.pt at `step` or later, SIGKILL it.
 
-    Returns (finished, returncode). Waiting for a fresh checkpoint first makes every cycle advance,
-    whatever the machine's load; the random delay lands the kill anywhere, mid-write included.
+    The kill comes a random fraction of one step after the report (the time between this run's
+    last two reports, measured here), so it lands anywhere in the next step, its checkpoint write
+    included. Returns the step of the report.
     """
-    before = _mtime(out / "last.pt")
-    proc = subprocess.Popen(_cmd(out, before > 0), env=_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while proc.poll() is None and _mtime(out / "last.pt") == before and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(rng.uniform(0.0, 0.3))
-    if proc.poll() is not None:
-        err = proc.stderr.read().decode() if proc.stderr else ""
-        # The kill before this one landed after the run had finished (summary and run.json written,
-        # the process exiting): --resume refuses a finished run, which is the run being complete.
-        if proc.returncode == 2 and "already finished" in err:
-            return True, 0
-        assert proc.returncode == 0, err[-2000:]
-        return True, 0
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return False, -9
+    child = watch(_cmd(out, resume=(out / "last.pt").exists(), verbose=True), **_popen())
+    seen, when = 0, []
+    while seen < step or len(when) < 2:
+        seen = int(child.wait_for_line(SAVED_LAST)["step"])
+        when.append(time.monotonic())
+    time.sleep(rng.random() * (when[-1] - when[-2]))
+    code = child.send(signal.SIGKILL)
+    assert code == -signal.SIGKILL, f"the run was not running {STEPS - seen} steps before its end (exit {code})"
+    return seen
 
 
-def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path, watch: Callable[..., Any]) -> None:
     ref = tmp_path / "ref"
-    subprocess.run(_cmd(ref, False), check=True, env=_env(), capture_output=True, cwd=REPO)
-    reference = _final_state(ref)
+    child = watch(_cmd(ref, resume=False, verbose=True), **_popen())
+    assert child.exit_code() == 0, "\n".join(child.lines[-20:])
+    reference = _load(ref / "last.pt")["model"]
+    # The event the kills wait for: one line per last.pt write, naming the file, steps 1 to the end.
+    saved = [m for m in (re.search(SAVED_LAST, ln) for ln in child.lines) if m]
+    assert [(m["path"], int(m["step"])) for m in saved] == [(str(ref / "last.pt"), s) for s in range(1, STEPS + 1)]
 
     rng = random.Random(1234)
-    kills = 0
     for run in range(3):
         out = tmp_path / f"run{run}"
-        finished = False
-        while not finished:
-            finished, _ = _run_until_checkpoint_then_kill(out, rng)
-            kills += not finished
-            # Whatever moment the kill hit, last.pt is a whole checkpoint.
-            ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
-            assert "model" in ckpt and ckpt["iteration"] > 0
-        state = _final_state(out)
+        for step in _kill_plan(rng):
+            reported = _kill_after_checkpoint(watch, out, step, rng)
+            # Whatever the kill hit (a step, a checkpoint write), last.pt is whole and no older
+            # than the one reported complete.
+            assert _load(out / "last.pt")["iteration"] >= reported
+        child = watch(_cmd(out, resume=True), **_popen())
+        assert child.exit_code() == 0, "\n".join(child.lines[-20:])
+        state = _load(out / "last.pt")["model"]
         for key, value in reference.items():
             assert torch.equal(value, state[key]), f"{key} differs after kill/resume in run {run}"
-    assert kills >= 20, f"only {kills} kills landed; lengthen the runs"
 
 
-def test_sigint_saves_last_and_exits_with_one_line(tmp_path: Path) -> None:
-    out = tmp_path / "int"
-    proc = subprocess.Popen(_cmd(out, False), env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while not (out / "metrics.csv").exists() and time.time() < deadline:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    if proc.returncode == 0:
-        pytest.skip("training finished before SIGINT arrived")
-    assert proc.returncode == 130
-    lines = [line for line in err.decode().splitlines() if line.strip() and "Warning" not in line and "warn" not in line]
-    assert any("resume with --resume" in line for line in lines), err.decode()[-1000:]
-    assert "Traceback" not in err.decode()
-    ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
-    assert ckpt["iteration"] > 0
+def _stop_line(out: Path, step: int) -> str:
+    return f"error: interrupted at fp32 step {step}/{STEPS}; saved {out / 'last.pt'}: resume with --resume"
 
 
-def test_sigterm_saves_like_ctrl_c_and_resumes(tmp_path: Path) -> None:
-    """SIGTERM (a scheduler's pre-emption) stops at the end of a step: last.pt saved, one line,
-    exit 143, no temporary file left; --resume then finishes the run."""
+def _messages(lines: list[str]) -> list[str]:
+    """stderr without the progress bar's last state and library warnings (not edgeseg's lines)."""
+    return [ln for ln in lines if ln.strip() and not ln.startswith("train fp32 ") and "warn" not in ln.lower()]
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_last_and_exits_with_one_line(tmp_path: Path, watch: Callable[..., Any], sig: int, code: int) -> None:
+    """CTRL-C (SIGINT) and a scheduler's pre-emption (SIGTERM) stop at the end of a step: last.pt
+    saved, one line naming the step and the fix, no temporary file; --resume then finishes the run."""
     out = tmp_path / "run"
-    proc = subprocess.Popen(_cmd(out, False), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
-    deadline = time.monotonic() + 300
-    while not (out / "last.pt").exists():  # wait for training to be under way (the first checkpoint)
-        assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
-        assert time.monotonic() < deadline, "training wrote no checkpoint in 300 s"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
-    text = err.decode()
-    assert proc.returncode == 143, text[-2000:]  # 32 steps; SIGTERM came after the first
-    assert "Traceback" not in text
-    assert "saved" in text and "--resume" in text
-    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
-    torch.load(out / "last.pt", map_location="cpu", weights_only=True)  # a whole checkpoint
-    done = subprocess.run(_cmd(out, True), env=_env(), capture_output=True, cwd=REPO, timeout=600)
-    assert done.returncode == 0, done.stderr.decode()[-2000:]
-    assert (out / "summary.json").is_file()
+    child = watch(_cmd(out, resume=False), **_popen())
+    # The first checkpoint (step 1 of 32) appearing: training is under way, with 31 steps to go.
+    child.wait_until(lambda: (out / "last.pt").exists(), "first checkpoint (last.pt)")
+    assert child.send(sig) == code, "\n".join(child.lines[-20:])
+    step = _load(out / "last.pt")["iteration"]
+    assert 1 <= step < STEPS
+    assert _messages(child.lines) == [_stop_line(out, step)], "\n".join(child.lines)
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    done = watch(_cmd(out, resume=True), **_popen())
+    assert done.exit_code() == 0, "\n".join(done.lines[-20:])
+    assert (out / "summary.json").is_file() and _load(out / "last.pt")["iteration"] == STEPS

@@ -91,8 +91,9 @@ def test_disk_full_on_write_is_write_error_and_keeps_old_file(tmp_path: Path, mo
     target = tmp_path / "model.onnx"
     target.write_bytes(b"old")
     monkeypatch.setattr(fsutil.os, "fdopen", lambda fd, mode: _FullDisk(fd, "w"))
-    with pytest.raises(WriteError, match="disk full"):
+    with pytest.raises(WriteError) as info:
         write_bytes(target, b"x" * 100)
+    assert str(info.value) == f"disk full while writing '{target}'; free space and run again (the old file is untouched)"
     assert target.read_bytes() == b"old"
     assert _listing(tmp_path) == ["model.onnx"]
 
@@ -200,8 +201,12 @@ def test_atomic_dir_failure_keeps_old_folder_and_no_temp(tmp_path: Path, fail: B
     art = tmp_path / "openvino_int8_os16"
     _tree(art, {"model.xml": b"old xml", "model.bin": b"old bin"})
     expected = WriteError if isinstance(fail, OSError) else type(fail)
-    with pytest.raises(expected):
+    with pytest.raises(expected) as info:
         atomic_dir(art, _build({"model.xml": b"new xml"}, fail))
+    if isinstance(fail, OSError):  # an OSError becomes the one-line WriteError that names the folder
+        assert str(info.value) == f"disk full while writing '{art}'; free space and run again (the old file is untouched)"
+    else:  # anything else passes through as it was raised
+        assert info.value is fail
     assert _read_tree(art) == {"model.bin": b"old bin", "model.xml": b"old xml"}
     assert _listing(tmp_path) == ["openvino_int8_os16", "openvino_int8_os16/model.bin", "openvino_int8_os16/model.xml"]
 
@@ -262,8 +267,10 @@ def test_recover_dir_after_a_crash_between_the_renames(tmp_path: Path) -> None:
     assert proc.returncode == 9, proc.stderr.decode()[-2000:]
     # The crash left: no 'art', the old folder set aside, the complete new one under a temp name.
     left = _listing(tmp_path)
-    assert "art" not in left and ".art.old" in left
-    assert sum(name.startswith(".art.") and name.endswith(".tmp") for name in left) == 1
+    temps = [name for name in left if name.startswith(".art.") and name.endswith(".tmp")]
+    assert len(temps) == 1, left
+    assert left == sorted([".art.old", ".art.old/m", temps[0], f"{temps[0]}/m"])
+    assert (tmp_path / temps[0] / "m").read_bytes() == b"new" and (tmp_path / ".art.old/m").read_bytes() == b"old"
 
     recover_dir(art)
     assert _read_tree(art) == {"m": b"old"}
@@ -318,13 +325,15 @@ def test_scratch_dir_is_removed_and_cleans_what_a_killed_process_left(tmp_path: 
 
 def test_atomic_dir_never_replaces_what_edgeseg_did_not_write(tmp_path: Path) -> None:
     (tmp_path / "a_file").write_bytes(b"user data")
-    with pytest.raises(WriteError, match="exists and is not a folder edgeseg wrote"):
+    with pytest.raises(WriteError) as info:
         atomic_dir(tmp_path / "a_file", _build({"m": b"new"}))
+    assert str(info.value) == f"'{tmp_path / 'a_file'}' exists and is not a folder edgeseg wrote; move it away or choose another --out"
     theirs = tmp_path / "documents"
     theirs.mkdir()
     (theirs / "thesis.tex").write_bytes(b"years of work")
-    with pytest.raises(WriteError, match=r"holds files edgeseg did not write \(thesis\.tex"):
+    with pytest.raises(WriteError) as info:
         atomic_dir(theirs, _build({"report.md": b"new"}))
+    assert str(info.value) == f"'{theirs}' holds files edgeseg did not write (thesis.tex, ...); choose another --out or empty it"
     assert (tmp_path / "a_file").read_bytes() == b"user data" and _read_tree(theirs) == {"thesis.tex": b"years of work"}
     (tmp_path / "empty").mkdir()
     atomic_dir(tmp_path / "empty", _build({"m": b"new"}))  # an empty folder is fine, and is marked as edgeseg's

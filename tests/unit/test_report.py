@@ -84,7 +84,9 @@ def test_report_renders_every_section(tmp_path: Path) -> None:
     table_rows = [ln for ln in md.splitlines() if ln.startswith("| ★") or ln.startswith("|  |")]
     assert len(table_rows) == 13 and sum(ln.startswith("| ★") for ln in table_rows) == 6 + 3  # CPU front + all three Jetson rows
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    assert sum(i.startswith("miou_vs_latency_") for i in images) == 2
+    # an overview per device (every stride) and one plot per device and stride: CPU OS 8/16/32, Jetson OS 8/16
+    assert sum(i.startswith("miou_vs_latency_") and not i.startswith("miou_vs_latency_os") for i in images) == 2
+    assert sorted(i.split("_")[3] for i in images if i.startswith("miou_vs_latency_os")) == ["os16", "os16", "os32", "os8", "os8"]
     assert sum(i.startswith("latency_") for i in images) == 2
     assert sorted(i for i in images if i.startswith("per_class")) == [
         "per_class_iou_os16_camvid_val.png",
@@ -97,8 +99,16 @@ def test_report_renders_every_section(tmp_path: Path) -> None:
     assert page.count("<table>") == 3 and page.count("<img ") == len(images) and "&lt;" not in md
     with open(written["results.csv"], newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 13 and {r["device"] for r in rows} >= {"NVIDIA Jetson AGX Orin Developer Kit JetPack 6.2+b77"}
-    assert rows[0]["iou_Sky"] and sum(r["pareto"] == "True" for r in rows) == 9
+    assert len(rows) == 13 and {r["device"] for r in rows} == {
+        "NVIDIA Jetson AGX Orin Developer Kit JetPack 6.2+b77",
+        "Intel(R) Core(TM) i7-1185G7 @ 3.00GHz (8 cores), Ubuntu 24.04.1 LTS (Linux 6.8.0)",
+    }
+    by_id = {r["row_id"]: r for r in rows}
+    for row in load_results(JETSON) + load_results(CPU):  # every row's per-class IoU, as its file has it
+        for name, iou in (row.per_class_iou or {}).items():
+            cell = by_id[row.row_id][f"iou_{name}"]
+            assert (float(cell) if cell else None) == iou, (row.row_id, name, cell)
+    assert sum(r["pareto"] == "True" for r in rows) == 9
     assert len(load_results(written["results.json"])) == 13
 
 
@@ -117,13 +127,18 @@ def test_rows_without_accuracy_or_samples_still_render(tmp_path: Path) -> None:
 def test_report_refuses_other_schemas_and_empty_input(tmp_path: Path) -> None:
     other = tmp_path / "other.json"
     other.write_text('{"schema_version": 2, "rows": []}')
-    with pytest.raises(ResultsError, match="schema_version 2"):
+    with pytest.raises(ResultsError) as info:
         build_report([CPU, other], tmp_path / "out")
+    assert str(info.value) == (
+        f"results file '{other}' has schema_version 2 but this edgeseg reads 1; "
+        "re-run 'edgeseg bench' with this version or use the edgeseg that wrote it"
+    )
     empty = tmp_path / "empty.json"
     empty.write_text('{"schema_version": 1, "rows": []}')
-    with pytest.raises(ResultsError, match="no result rows"):
+    with pytest.raises(ResultsError) as info:
         build_report([empty], tmp_path / "out2")
-    assert not (tmp_path / "out").exists()
+    assert str(info.value) == f"no result rows in {empty}; run 'edgeseg bench ... --json FILE' first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.json", "other.json"]  # no report folder, not even a half one
 
 
 def test_report_overwrites_atomically(tmp_path: Path) -> None:
