@@ -3,6 +3,10 @@ stride -> bench what runs here -> report, resuming from what already exists in t
 
 A stage is skipped when its outputs exist and were made from the same inputs: the training stage
 by the recipe hash, the rest by the SHA-256 of the checkpoint or artifact they came from.
+
+An artifact whose export fails does not stop the others: they are still exported, benched and
+reported, and the run then ends with an error that names every failed export (exit code 2), so
+a script or CI job never takes a partial run for a complete one. A re-run exports only those.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 
 from edgeseg.config import Recipe
 from edgeseg.constants import check_output_stride
-from edgeseg.errors import ConfigError, EdgesegError
+from edgeseg.errors import ConfigError, EdgesegError, TargetError, printable
 from edgeseg.export.base import TARGETS, all_targets, get_target
 from edgeseg.fsutil import atomic_dir, check_writable, write_json
 
@@ -99,18 +103,36 @@ class Pipeline:
         self.bench_runs, self.limit = bench_runs, limit
         self.state_path = self.out / "pipeline.json"
         self.state: dict[str, Any] = read_state(self.state_path)
+        self.failed: dict[str, str] = {}  # artifact folder name -> why its export failed
 
     def _save_state(self) -> None:
         write_json(self.state_path, self.state)
 
     def run(self) -> dict[str, Any]:
+        """Run every stage; returns the artifacts, results file and report.
+
+        Raises:
+            TargetError: one or more exports failed (after the other artifacts were exported,
+                benched and reported); the message names each one.
+        """
         start = time.perf_counter()
         int8_ckpt = self.train()
         artifacts = self.export(int8_ckpt)
         results = self.bench(artifacts)
         report = self.report(results)
+        if self.failed:
+            self._raise_failed(report)
         self.event("done", f"{time.perf_counter() - start:.0f}s; report: {report}")
         return {"artifacts": [str(a) for a in artifacts], "results": str(results), "report": str(report)}
+
+    def _raise_failed(self, report: Path) -> None:
+        names = ", ".join(self.failed)
+        first, why = next(iter(self.failed.items()))
+        raise TargetError(
+            f"{len(self.failed)} export(s) failed: {names} (first, {first}: {printable(why, 300)}); "
+            f"the others were exported, benched where they run here, and reported in {report}; fix the cause and run the pipeline again "
+            "(finished stages are skipped)"
+        )
 
     def train(self) -> Path:
         """Train (or resume); return the checkpoint INT8 artifacts come from."""
@@ -187,6 +209,8 @@ class Pipeline:
                 try:
                     result = export_artifact(request, v.target)
                 except EdgesegError as exc:
+                    # The other artifacts still export; run() ends with an error naming this one.
+                    self.failed[folder.name] = str(exc)
                     self.event("export", f"{folder.name}: failed: {exc}")
                     continue
                 self.event("export", f"{folder.name}: {result.size_bytes / 1e6:.1f} MB in {result.seconds:.1f}s")

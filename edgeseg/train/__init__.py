@@ -91,8 +91,11 @@ def fit(
 
     Raises:
         ConfigError: the folder is busy (another edgeseg holds its lock), holds another recipe's
-            run (without `force`), or `resume` of a run that already finished.
+            run (without `force`), `resume` of a run that already finished, or `init` without QAT.
     """
+    if init is not None and not (recipe.quant.enabled if qat is None else qat):
+        # --init skips the FP32 stage; without QAT there would be nothing left to train.
+        raise ConfigError(f"--init '{init}' starts the QAT stage from that FP32 checkpoint, but QAT is off; add --qat or leave --init out")
     device = _device(recipe.train.device)
     _init_distributed(device)
     out = check_writable(out_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from contextlib import nullcontext
 
@@ -9,6 +10,8 @@ import torch
 from torch.nn import functional as F
 
 from edgeseg.metrics import ConfusionMatrix
+
+log = logging.getLogger(__name__)
 
 
 def amp_dtype(device: torch.device) -> torch.dtype:
@@ -66,9 +69,18 @@ def evaluate(
 
 @torch.no_grad()
 def recalibrate_bn(model: torch.nn.Module, dataset, num_images: int, device: torch.device | str = "cpu") -> None:  # noqa: ANN001
-    """Re-estimate BatchNorm running statistics on full-size images (cumulative average)."""
+    """Re-estimate BatchNorm running statistics on full-size images (cumulative average).
+
+    The first `num_images` images (an even number of them: they go in pairs) are used; with
+    fewer than two the statistics are left as they are.
+    """
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not bns or num_images <= 0:
+    # Pairs of images: the ASPP pooling branch's BN sees 1x1 maps and needs a batch of two.
+    n = min(num_images, len(dataset)) // 2 * 2
+    if not bns or n < 2:
+        if bns and num_images > 0:
+            # Resetting the statistics with no batch to re-estimate them would leave mean 0, var 1.
+            log.warning("BN recalibration needs at least 2 images (%d available); statistics kept", min(num_images, len(dataset)))
         return
     saved = [(m.momentum, m.training) for m in bns]
     was_training = model.training
@@ -77,8 +89,6 @@ def recalibrate_bn(model: torch.nn.Module, dataset, num_images: int, device: tor
         m.reset_running_stats()
         m.momentum = None
         m.train()
-    # Pairs of images: the ASPP pooling branch's BN sees 1x1 maps and needs a batch of two.
-    n = min(num_images, len(dataset)) // 2 * 2
     for i in range(0, n, 2):
         a, b = dataset[i][0], dataset[i + 1][0]
         batch = torch.stack([a, b]) if a.shape == b.shape else a[None].expand(2, -1, -1, -1)
