@@ -22,10 +22,30 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Segmentation
 STATE: dict[str, bool] = {"verbose": False, "terminated": False}
 
 
+# Libraries whose own notices (version checks, tracer and deprecation warnings, progress bars)
+# bury edgeseg's output; --verbose shows them.
+QUIET_LOGGERS = ("coremltools", "nncf", "openvino", "torch", "onnxscript", "onnx_ir", "matplotlib", "PIL")
+
+
+def _quiet_third_parties() -> None:
+    """Hide third-party warnings and notices: edgeseg reports through logging, never `warnings`."""
+    import os
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # coremltools' and NNCF's progress bars
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks and debug logs.")] = False) -> None:
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks, debug logs and third-party warnings.")] = False,
+) -> None:
     STATE["verbose"] = verbose
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        _quiet_third_parties()
 
 
 @app.command()
@@ -83,6 +103,38 @@ def eval_(
     out_console.print(render.iou_table(f"{ckpt} @ OS{summary['output_stride']}", summary))
     if json_out:
         write_json(json_out, summary)
+
+
+@app.command()
+def sensitivity(
+    ckpt: Annotated[Path, typer.Argument(help="INT8 checkpoint: qat.pt, or one written by 'edgeseg calibrate'")],
+    data: Annotated[str | None, typer.Option("--data", help="Data root (default: the recipe's)")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="Data format (default: the recipe's)")] = None,
+    split: Annotated[str | None, typer.Option("--split", help="Split (default: the recipe's val split)")] = None,
+    images: Annotated[int, typer.Option("--images", help="Score on the first N images of the split")] = 24,
+    cumulative: Annotated[int, typer.Option("--cumulative", help="Length of the curve: keep the 1..K most sensitive layers float")] = 10,
+    top: Annotated[int, typer.Option("--top", help="Layers shown in the table")] = 10,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write every layer's scores and the curve as JSON")] = None,
+) -> None:
+    """Per-layer INT8 sensitivity: mIoU with each quantized layer alone kept float, ranked, and the curve."""
+    from edgeseg.fsutil import write_json
+    from edgeseg.train.sensitivity import checkpoint_sensitivity
+
+    spare_inputs({"--json": json_out}, [ckpt])
+    with render.progress() as bar:
+        task = bar.add_task("sensitivity", total=None, info="layers")
+        result = checkpoint_sensitivity(
+            ckpt,
+            data=data,
+            fmt=fmt,
+            split=split,
+            images=images,
+            cumulative=cumulative,
+            progress=lambda i, n: bar.update(task, completed=i, total=n),
+        )
+    out_console.print(render.sensitivity_table(result, top))
+    if json_out:
+        write_json(json_out, result.to_dict())
 
 
 @app.command()

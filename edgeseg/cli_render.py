@@ -85,15 +85,19 @@ def print_model_info(source: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def print_calibration(summary: dict[str, Any]) -> None:
+    """The calibrate command's lines, each whole (soft_wrap): a script or a test reads them by line."""
     if summary["too_few"]:
         console.print(
-            f"[yellow]warning:[/yellow] calibrated on {summary['num_images']} images, fewer than the recommended 300; ranges may be noisy"
+            f"[yellow]warning:[/yellow] calibrated on {summary['num_images']} images, fewer than the recommended 300; ranges may be noisy",
+            soft_wrap=True,
         )
     out_console.print(
         f"{summary['method']} ranges of {summary['quantizers']} tensors from {summary['num_images']} images "
-        f"({summary['calib_list']}) in {summary['seconds']:.1f}s"
+        f"({escape(str(summary['calib_list']))}) in {summary['seconds']:.1f}s",
+        highlight=False,
+        soft_wrap=True,
     )
-    out_console.print(f"wrote {summary['out']} and {summary['ranges']}")
+    out_console.print(f"wrote {escape(str(summary['out']))} and {escape(str(summary['ranges']))}", highlight=False, soft_wrap=True)
 
 
 def print_export_results(results: Iterable[ExportResult]) -> None:
@@ -171,3 +175,27 @@ def print_violations(found: list[Violation], onnx_file: Path, trt_version: int, 
         soft_wrap=True,
     )
     return errors
+
+
+def sensitivity_table(result: Any, top: int) -> Table:
+    """The `top` most sensitive layers and the cumulative curve of `edgeseg sensitivity`."""
+    drop = result.float_miou - result.int8_miou
+    table = Table(
+        title=(
+            f"INT8 sensitivity on {result.images} images: FP32 {result.float_miou:.2f} mIoU, INT8 {result.int8_miou:.2f} "
+            f"({-drop:+.2f}); {len(result.layers)} layers in {result.seconds:.0f}s"
+        )
+    )
+    for col in ("rank", "layer kept float", "convs", "mIoU", "gain", "keep 1..k float: mIoU"):
+        table.add_column(col, justify="right" if col != "layer kept float" else "left")
+    for i, layer in enumerate(result.layers[: max(top, 0)]):
+        curve = result.cumulative[i]["miou"] if i < len(result.cumulative) else None
+        table.add_row(
+            str(i + 1),
+            escape(layer.name),
+            str(len(layer.convs)),
+            f"{layer.miou:.2f}",
+            f"{layer.gain:+.2f}",
+            "-" if curve is None else f"{curve:.2f}",
+        )
+    return table

@@ -84,8 +84,8 @@ def set_quant_enabled(model: nn.Module, enabled: bool) -> None:
     disabled = set(getattr(model, "edgeseg_quant", {}).get("disabled", []))
     for name, q in quantizers(model):
         q.mode = "quant" if enabled and name not in disabled else "off"
-    for _, conv in quant_convs(model):
-        conv.quant_weight = enabled
+    for name, conv in quant_convs(model):
+        conv.quant_weight = enabled and name not in disabled
 
 
 def set_range_tracking(model: nn.Module, track: bool) -> None:

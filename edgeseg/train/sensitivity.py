@@ -1,0 +1,242 @@
+"""Per-layer INT8 sensitivity: which quantized layers cost mIoU, and how many to keep in float.
+
+A *layer* here is one activation quantizer (a tensor quantized once for all its consumers, as
+TensorRT's explicit quantization places it) together with the weights of the convolutions that
+read it; a convolution whose input no quantizer feeds is a layer of its own (weights only).
+Keeping a layer in float removes its Q/DQ on every target, so the unit measured is the unit a
+deployment can switch.
+
+Method: each layer is *kept in float alone* while every other layer stays INT8, and scored on a
+fixed subset of images. That measures what keeping it float buys in the model that ships (the
+rest quantized), which is the decision to make; quantizing one layer alone in a float model
+would measure its damage without the interactions with the other quantized layers. The layers
+ranked by mIoU recovered, the cumulative curve keeps the k best in float together (measured,
+not summed). The images are preprocessed once and kept in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from edgeseg.errors import CheckpointError, ConfigError
+from edgeseg.metrics import ConfusionMatrix
+from edgeseg.quant import QuantConv2d, TensorQuantizer, is_quantized
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+MAX_IMAGES = 10_000
+
+
+@dataclass
+class Layer:
+    """One switchable unit: an activation quantizer (or None) and the convolutions it feeds."""
+
+    name: str
+    activation: str | None
+    convs: list[str]
+
+
+@dataclass
+class LayerScore:
+    name: str
+    convs: list[str]
+    miou: float  # with this layer alone kept in float
+    gain: float  # miou - full INT8 miou
+    per_class_iou: dict[str, float | None]
+
+
+@dataclass
+class Sensitivity:
+    """What `sensitivity()` measured (mIoU in percent, on `images` images)."""
+
+    images: int
+    float_miou: float
+    int8_miou: float
+    float_per_class: dict[str, float | None]
+    int8_per_class: dict[str, float | None]
+    layers: list[LayerScore]  # ranked: most mIoU recovered first
+    cumulative: list[dict[str, Any]] = field(default_factory=list)  # {"k", "miou", "layers"}
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def layers_of(model: torch.nn.Module, example: torch.Tensor) -> list[Layer]:
+    """The model's switchable layers, found by one forward pass (which conv reads which quantizer)."""
+    if not is_quantized(model):
+        raise CheckpointError("sensitivity needs an INT8 checkpoint (qat.pt or one from 'edgeseg calibrate'), not an FP32 one")
+    made: dict[int, tuple[str, torch.Tensor]] = {}  # the tensors are kept, so no id is reused
+    reads: dict[str, str | None] = {}
+    hooks = []
+    names = {m: n for n, m in model.named_modules()}
+
+    def source(x: torch.Tensor) -> str | None:
+        hit = made.get(id(x))
+        return hit[0] if hit is not None and hit[1] is x else None
+
+    for m in model.modules():
+        if isinstance(m, TensorQuantizer):
+            hooks.append(m.register_forward_hook(lambda mod, _i, out: made.__setitem__(id(out), (names[mod], out))))
+        elif isinstance(m, QuantConv2d):
+            hooks.append(m.register_forward_pre_hook(lambda mod, inp: reads.__setitem__(names[mod], source(inp[0]))))
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    layers = {name: Layer(name, name, []) for name in dict.fromkeys(names[m] for m in model.modules() if isinstance(m, TensorQuantizer))}
+    for conv, source in reads.items():
+        if source is None:
+            layers[conv] = Layer(conv, None, [conv])
+        else:
+            layers[source].convs.append(conv)
+    return list(layers.values())
+
+
+def keep_float(model: torch.nn.Module, layers: list[Layer], base: list[str] | None = None) -> None:
+    """Mark `layers` float in the model's quantization state, on top of `base` (the quantizers
+    already float: those calibration never reached), and switch the rest to INT8."""
+    from edgeseg.quant import set_quant_enabled
+
+    disabled = [n for layer in layers for n in ([layer.activation] if layer.activation else []) + layer.convs]
+    model.edgeseg_quant["disabled"] = sorted(set(disabled) | set(base or []))  # type: ignore[index, operator]
+    set_quant_enabled(model, True)
+
+
+def _score(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], names: list[str], ignore: int) -> tuple[float, dict]:
+    cm = ConfusionMatrix(len(names), ignore)
+    with torch.no_grad():
+        for x, y in batches:
+            logits = model(x).float()
+            if logits.shape[-2:] != y.shape[-2:]:
+                logits = F.interpolate(logits, size=y.shape[-2:], mode="bilinear", align_corners=False)
+            for pred, mask in zip(logits.argmax(1), y):
+                cm.update(pred, mask)
+    s = cm.summary(names)
+    return s["miou"], s["per_class_iou"]
+
+
+def load_batches(dataset: Any, images: int, batch: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first `images` samples of `dataset`, stacked in batches of same-size images."""
+    if not 1 <= images <= MAX_IMAGES:
+        raise ConfigError(f"--images {images} is out of range; use 1..{MAX_IMAGES}")
+    n = min(images, len(dataset))
+    samples = [dataset[i] for i in range(n)]
+    out = []
+    for i in range(0, n, batch):
+        group = samples[i : i + batch]
+        if all(g[0].shape == group[0][0].shape and g[1].shape == group[0][1].shape for g in group):
+            out.append((torch.stack([g[0] for g in group]), torch.stack([g[1] for g in group])))
+        else:
+            out += [(g[0][None], g[1][None]) for g in group]
+    return out
+
+
+def sensitivity(
+    model: torch.nn.Module,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    names: list[str],
+    ignore_index: int,
+    *,
+    cumulative: int = 10,
+    progress: Progress | None = None,
+) -> Sensitivity:
+    """Score every layer kept in float alone, rank them, then keep the 1..`cumulative` best together."""
+    from edgeseg.quant import set_quant_enabled
+
+    start = time.perf_counter()
+    model.eval()
+    state = model.edgeseg_quant  # type: ignore[attr-defined]
+    saved = list(state.get("disabled", []))
+    layers = layers_of(model, batches[0][0][:1])
+    total = len(layers) + 2 + min(cumulative, len(layers))
+    step = [0]
+
+    def tick() -> None:
+        step[0] += 1
+        if progress:
+            progress(step[0], total)
+
+    try:
+        set_quant_enabled(model, False)
+        float_miou, float_pc = _score(model, batches, names, ignore_index)
+        tick()
+        keep_float(model, [], saved)
+        int8_miou, int8_pc = _score(model, batches, names, ignore_index)
+        tick()
+        scores = []
+        for layer in layers:
+            keep_float(model, [layer], saved)
+            miou, pc = _score(model, batches, names, ignore_index)
+            scores.append(LayerScore(layer.name, layer.convs, miou, miou - int8_miou, pc))
+            tick()
+        scores.sort(key=lambda s: -s.gain)
+        by_name = {layer.name: layer for layer in layers}
+        curve = []
+        for k in range(1, min(cumulative, len(layers)) + 1):
+            chosen = [by_name[s.name] for s in scores[:k]]
+            keep_float(model, chosen, saved)
+            miou, _ = _score(model, batches, names, ignore_index)
+            curve.append({"k": k, "miou": miou, "layers": [layer.name for layer in chosen]})
+            tick()
+    finally:
+        state["disabled"] = saved
+        set_quant_enabled(model, True)
+    return Sensitivity(
+        len([y for _, ys in batches for y in ys]), float_miou, int8_miou, float_pc, int8_pc, scores, curve, time.perf_counter() - start
+    )
+
+
+def layers_for_drop(result: Sensitivity, max_drop: float) -> list[str]:
+    """The fewest layers (from the cumulative curve) that bring INT8 within `max_drop` mIoU of float.
+
+    Raises ConfigError when even the whole curve does not reach it.
+    """
+    if result.float_miou - result.int8_miou <= max_drop:
+        return []
+    for point in result.cumulative:
+        if result.float_miou - point["miou"] <= max_drop:
+            return list(point["layers"])
+    best = max(result.cumulative, key=lambda p: p["miou"], default=None)
+    reached = "" if best is None else f" (keeping {best['k']} layers in float gives {result.float_miou - best['miou']:.2f})"
+    raise ConfigError(
+        f"no layer set within the measured {len(result.cumulative)} reaches a drop of {max_drop} mIoU{reached}; "
+        "raise --max-drop, use QAT, or measure a longer curve"
+    )
+
+
+def checkpoint_sensitivity(
+    ckpt: Any,
+    *,
+    data: str | None = None,
+    fmt: str | None = None,
+    split: str | None = None,
+    images: int = 24,
+    cumulative: int = 10,
+    progress: Progress | None = None,
+) -> Sensitivity:
+    """sensitivity() of an INT8 checkpoint (PTQ or QAT) on the first `images` of its val split."""
+    from edgeseg.data.dataset import eval_dataset
+    from edgeseg.train.checkpoint import checkpoint_recipe, load_checkpoint, model_from_checkpoint
+
+    if not 1 <= cumulative <= 1000:
+        raise ConfigError(f"--cumulative {cumulative} is out of range; use 1..1000")
+    c = load_checkpoint(ckpt)
+    if not c.get("quant"):
+        raise CheckpointError(
+            f"'{ckpt}' is an FP32 checkpoint; sensitivity needs an INT8 one: run 'edgeseg calibrate {ckpt} ...' (PTQ) or use qat.pt"
+        )
+    model = model_from_checkpoint(c)
+    ds = eval_dataset(checkpoint_recipe(c), split, data, fmt)
+    batches = load_batches(ds, images)
+    return sensitivity(model, batches, list(ds.classes.names), ds.classes.ignore_index, cumulative=cumulative, progress=progress)

@@ -1,0 +1,96 @@
+"""Per-layer INT8 sensitivity: layers found by tracing, a deliberately broken layer ranked first,
+the cumulative curve measured, the drop rule by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edgeseg.errors import CheckpointError, ConfigError
+from edgeseg.models import build_model
+from edgeseg.quant import quantize, set_quant_enabled
+from edgeseg.quant.quantize import quant_convs, quantizers
+from edgeseg.train.sensitivity import LayerScore, Sensitivity, keep_float, layers_for_drop, layers_of, sensitivity
+
+NAMES = ["a", "b", "c", "d"]
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[torch.nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
+    torch.manual_seed(0)
+    model = build_model(num_classes=4, output_stride=16, width_mult=0.35).eval()
+    model.set_input_size((32, 32))
+    with torch.no_grad():  # a random model predicts one class everywhere; this one's argmax follows its input
+        model.decoder.classifier.bias.zero_()
+        model.decoder.classifier.weight.mul_(10)
+    g = torch.Generator().manual_seed(0)
+    q = quantize(model, {"method": "max"}, lambda m: [m(torch.randn(2, 3, 32, 32, generator=g)) for _ in range(3)]).eval()
+    x = torch.randn(6, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        set_quant_enabled(q, False)
+        y = q(x).argmax(1)  # the float model's own labels: float mIoU is 100 by construction
+        set_quant_enabled(q, True)
+    return q, [(x, y)]  # one batch: ~80 forwards of it in the sensitivity test
+
+
+def test_layers_cover_every_quantizer_and_conv_once(tiny: tuple) -> None:
+    q, batches = tiny
+    layers = layers_of(q, batches[0][0][:1])
+    acts = [layer.activation for layer in layers if layer.activation]
+    convs = [c for layer in layers for c in layer.convs]
+    assert sorted(acts) == sorted(n for n, _ in quantizers(q))
+    assert sorted(convs) == sorted(n for n, _ in quant_convs(q)) and len(convs) == len(set(convs))
+    first = next(layer for layer in layers if layer.activation == "encoder.input_q")
+    assert first.convs == ["encoder.features.0.0"]  # the stem reads the quantized input, nothing else does
+
+
+def test_a_broken_layer_ranks_first_and_float_fixes_it(tiny: tuple) -> None:
+    q, batches = tiny
+    layers = layers_of(q, batches[0][0][:1])
+    broken = next(layer for layer in layers if layer.name == "decoder.cat_q")  # the decoder's fused input: every pixel reads it
+    quantizer = dict(quantizers(q))[broken.activation]
+    saved = quantizer.amax.clone()
+    quantizer.amax.fill_(1e6)  # scale 7874: every value of that tensor rounds to 0, the layer is wrecked
+    try:
+        result = sensitivity(q, batches, NAMES, 255, cumulative=3)
+    finally:
+        quantizer.amax.copy_(saved)
+    assert result.float_miou == pytest.approx(100.0)
+    gains = [(s.name, round(s.gain, 2)) for s in result.layers[:4]]
+    assert result.layers[0].name == broken.name and result.layers[0].gain > 10, gains
+    assert result.layers[0].gain > 5 * max(abs(s.gain) for s in result.layers[1:])
+    assert result.cumulative[0] == {"k": 1, "miou": pytest.approx(result.layers[0].miou), "layers": [broken.name]}
+    assert [p["k"] for p in result.cumulative] == [1, 2, 3] and result.images == 6
+    assert q.edgeseg_quant["disabled"] == [] and all(m.mode == "quant" for _, m in quantizers(q))  # the model is left as it was
+
+
+def test_keep_float_switches_weights_and_activation(tiny: tuple) -> None:
+    q, batches = tiny
+    layer = next(layer for layer in layers_of(q, batches[0][0][:1]) if layer.activation and layer.convs)
+    keep_float(q, [layer], base=["already.float"])
+    try:
+        assert dict(quantizers(q))[layer.activation].mode == "off"
+        assert all(not conv.quant_weight for name, conv in quant_convs(q) if name in layer.convs)
+        assert all(conv.quant_weight for name, conv in quant_convs(q) if name not in layer.convs)
+        assert "already.float" in q.edgeseg_quant["disabled"]
+    finally:
+        keep_float(q, [])
+
+
+def _result(float_miou: float, int8_miou: float, curve: list[float]) -> Sensitivity:
+    layers = [LayerScore(f"l{i}", [], 0.0, 0.0, {}) for i in range(len(curve))]
+    cumulative = [{"k": k + 1, "miou": m, "layers": [f"l{i}" for i in range(k + 1)]} for k, m in enumerate(curve)]
+    return Sensitivity(8, float_miou, int8_miou, {}, {}, layers, cumulative)
+
+
+def test_layers_for_drop_by_hand() -> None:
+    assert layers_for_drop(_result(70.0, 69.9, [70.0]), 0.2) == []  # already within the drop
+    assert layers_for_drop(_result(70.0, 69.0, [69.5, 69.85, 70.0]), 0.2) == ["l0", "l1"]  # 0.15 <= 0.2
+    with pytest.raises(ConfigError, match=r"keeping 2 layers in float gives 0.50"):
+        layers_for_drop(_result(70.0, 69.0, [69.4, 69.5]), 0.2)
+
+
+def test_fp32_model_is_refused() -> None:
+    model = build_model(num_classes=4, output_stride=16, width_mult=0.35).eval()
+    with pytest.raises(CheckpointError, match="needs an INT8 checkpoint"):
+        layers_of(model, torch.randn(1, 3, 64, 64))
