@@ -160,7 +160,8 @@ def pipeline_event(started: float) -> Callable[[str, str], None]:
     """The pipeline's event lines: stage, seconds since `started` (a perf_counter), message."""
 
     def event(stage: str, message: str) -> None:
-        console.print(f"[bold cyan]{stage:>9}[/] [dim]{time.perf_counter() - started:6.0f}s[/] {message}", highlight=False)
+        # escape: messages quote files and preflight rules ("[opset] ...") that are not markup
+        console.print(f"[bold cyan]{stage:>9}[/] [dim]{time.perf_counter() - started:6.0f}s[/] {escape(message)}", highlight=False)
 
     return event
 

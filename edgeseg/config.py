@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -246,12 +247,23 @@ def _validate_loss(r: Recipe) -> None:
         raise invalid("train.ema", t.ema, "use 0 (off) or a decay in (0, 1), e.g. 0.999")
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads 1e-5 as a float, as YAML 1.2 does (YAML 1.1, PyYAML's, needs a dot: 1.0e-5)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
 def _set_dotted(raw: dict[str, Any], override: str) -> None:
     if "=" not in override:
         raise ConfigError(f"override '{override}' must look like key=value, e.g. train.lr=0.01")
     key, text = override.split("=", 1)
     try:
-        value = yaml.safe_load(text)
+        value = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError:
         value = text
     node = raw
@@ -331,7 +343,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         aliases = sum(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader))
         if aliases > MAX_ALIASES:
             raise ConfigError(f"recipe '{path}' reuses YAML anchors {aliases} times (over {MAX_ALIASES}); write the values out")
-        raw = yaml.safe_load(text) or {}
+        raw = yaml.load(text, Loader=_Loader) or {}  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""

@@ -220,7 +220,10 @@ def export_bundle(request: ExportRequest, out: Path) -> dict[str, Any]:
     model, ckpt, meta = load_for_export(request)
     if request.precision == "int8" and opts.get("ptq"):
         raise ConfigError("--ptq applies to OpenVINO only; TensorRT builds the Q/DQ ONNX of a calibrated or QAT checkpoint")
-    report = source_onnx(model, out / MODEL_FILE, meta=meta, int8=request.precision == "int8", dynamic_batch=request.dynamic_batch)
+    from edgeseg.config import recipe_from_dict
+
+    opset = int(opts.get("opset") or recipe_from_dict(ckpt["recipe"]).export.opset)  # the recipe's, as for the onnx target
+    report = source_onnx(model, out / MODEL_FILE, meta=meta, int8=request.precision == "int8", dynamic_batch=request.dynamic_batch, opset=opset)
     has_fp16 = request.precision == "fp16" and fp16_onnx(out / MODEL_FILE, out / FP16_FILE)
     verification = {
         "reference": "PyTorch (export_onnx)",

@@ -112,3 +112,15 @@ def test_train_device_cuda_without_a_gpu_says_what_to_use(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match=r"train\.device=cuda but PyTorch sees no CUDA GPU; use train\.device=auto or cpu"):
         fit(recipe_from_dict({"train": {"device": "cuda"}}), tmp_path / "run")
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_scientific_notation_reads_as_a_number(tmp_path: Path) -> None:
+    """PyYAML (YAML 1.1) reads 1e-5 as a string; recipes and --set read it as YAML 1.2 does."""
+    from edgeseg.config import load_recipe
+
+    assert yaml.safe_load("lr: 1e-5") == {"lr": "1e-5"}  # the library's own rule, which the recipe loader corrects
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text((REPO / "recipes" / "smoke.yaml").read_text().replace("lr: ", "lr: 1e-3 #", 1))
+    assert load_recipe(recipe).train.lr == 1e-3
+    r = load_recipe(recipe, ["quant.lr=1e-12", "train.lr=2E-3", "train.weight_decay=.5e-4"])
+    assert (r.quant.lr, r.train.lr, r.train.weight_decay) == (1e-12, 2e-3, 5e-5)
