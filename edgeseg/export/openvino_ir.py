@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 
 from edgeseg.errors import NumericalError, TargetError, missing_dependency
+from edgeseg.export.common import FLOAT_AGREEMENT, argmax_agreement
 
 MODEL_FILE = "model.xml"
 INT8_PRECISIONS = {"u8", "i8"}
 # Layer types that carry weights: in an INT8 IR each must run in u8/i8.
 WEIGHTED_LAYERS = {"Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul"}
-DEFAULT_AGREEMENT = 0.995
 
 
 def _ov() -> Any:
@@ -229,27 +229,33 @@ def verify_ir(
     hint: str,
     int8: bool,
     allow_fallback: bool = False,
-    min_agreement: float | None = DEFAULT_AGREEMENT,
+    min_agreement: float | None = FLOAT_AGREEMENT,
+    fix: str | None = None,
 ) -> dict[str, Any]:
     """Compile on CPU, compare with reference logits, and check INT8 runtime precision.
 
+    Args:
+        fix: what the error says to do when the agreement is too low (default: the conversion's).
+
     Raises:
-        NumericalError: argmax agreement below `min_agreement` (None: record only).
+        NumericalError: NaN/inf logits, or argmax agreement below `min_agreement` (None: record only).
         TargetError: an INT8 IR with weighted layers not running in u8/i8, unless allow_fallback.
     """
     compiled = compile_ir(xml, hint=hint)
     got = run_compiled(compiled, images)
-    from edgeseg.export.common import argmax_agreement
-
     agreement = argmax_agreement(got, reference)
     report = precision_report(compiled, hint=hint, int8=int8)
     report["argmax_agreement"] = agreement
     report["max_abs_diff"] = float(np.abs(got - reference).max())
+    report["min_agreement"] = min_agreement
+    if not np.isfinite(got).all():
+        raise NumericalError(f"OpenVINO '{xml}' produced NaN/inf logits; the IR's weights or ranges are broken: re-export it")
     if min_agreement is not None and agreement < min_agreement:
-        raise NumericalError(
-            f"OpenVINO '{xml}' agrees with onnxruntime on only {agreement:.2%} of pixels (< {min_agreement:.1%}): a float IR this far off is a "
-            "conversion bug; an INT8 one means near-tied logits flip between the two runtimes' INT8 kernels, so check the checkpoint's accuracy"
+        fix = fix or (
+            "a float IR this far off is a conversion bug; an INT8 one means near-tied logits flip between the two runtimes' "
+            "INT8 kernels, so check the checkpoint's accuracy"
         )
+        raise NumericalError(f"OpenVINO '{xml}' agrees with its reference on only {agreement:.2%} of pixels (< {min_agreement:.1%}): {fix}")
     if report["fallbacks"] and not allow_fallback:
         names = ", ".join(f"{f['name']} ({f['runtime_precision']})" for f in report["fallbacks"][:4])
         more = f" and {len(report['fallbacks']) - 4} more" if len(report["fallbacks"]) > 4 else ""
