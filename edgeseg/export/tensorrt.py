@@ -212,7 +212,7 @@ def _provider(bundle: Path) -> str:
 
 def export_bundle(request: ExportRequest, out: Path) -> dict[str, Any]:
     """Write the Jetson bundle into `out`: ONNX (+ FP16 ONNX), build.json, preflight; return meta."""
-    from edgeseg.export.common import source_onnx
+    from edgeseg.export.common import FLOAT_AGREEMENT, source_onnx
     from edgeseg.export.prepare import load_for_export, tool_versions
 
     opts = request.options
@@ -223,7 +223,9 @@ def export_bundle(request: ExportRequest, out: Path) -> dict[str, Any]:
     from edgeseg.config import recipe_from_dict
 
     opset = int(opts.get("opset") or recipe_from_dict(ckpt["recipe"]).export.opset)  # the recipe's, as for the onnx target
-    report = source_onnx(model, out / MODEL_FILE, meta=meta, int8=request.precision == "int8", dynamic_batch=request.dynamic_batch, opset=opset)
+    report = source_onnx(
+        model, out / MODEL_FILE, meta=meta, int8=request.precision == "int8", dynamic_batch=request.dynamic_batch, opset=opset
+    )
     has_fp16 = request.precision == "fp16" and fp16_onnx(out / MODEL_FILE, out / FP16_FILE)
     verification = {
         "reference": "PyTorch (export_onnx)",
@@ -232,7 +234,7 @@ def export_bundle(request: ExportRequest, out: Path) -> dict[str, Any]:
     }
     if has_fp16:
         verification = {"fp16_onnx": fp16_agreement(out / MODEL_FILE, out / FP16_FILE, meta, int(opts.get("verify_images", 4)))}
-        agree, need = verification["fp16_onnx"]["argmax_agreement"], float(opts.get("min_agreement", 0.995))
+        agree, need = verification["fp16_onnx"]["argmax_agreement"], float(opts.get("min_agreement", FLOAT_AGREEMENT))
         if agree < need:
             raise NumericalError(
                 f"the FP16 ONNX agrees with FP32 on {agree:.2%} of pixels (< {need:.1%}); use TensorRT 10 with --fp16 or report this"

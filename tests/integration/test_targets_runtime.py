@@ -18,7 +18,7 @@ import torch
 
 from edgeseg.config import recipe_from_dict
 from edgeseg.data import open_source
-from edgeseg.data.classes import CAMVID, SYNTHETIC
+from edgeseg.data.classes import SYNTHETIC
 from edgeseg.data.preprocess import preprocess
 from edgeseg.errors import TargetError
 from edgeseg.export.artifacts import export_artifact
@@ -304,36 +304,3 @@ def test_tensorrt_engine_build_and_run(ckpts: dict, tmp_path: Path) -> None:
     runner = TARGET.load(folder, meta).runner
     got = np.concatenate([runner.run(x).copy() for x in images])  # bench runners return a view
     assert argmax_agreement(got, _torch_logits(ckpts[16][1], images, quantized=True)) >= 0.99
-
-
-def test_openvino_int8_on_camvid_images(camvid_root: Path, backbone_weights: Path, tmp_path: Path) -> None:
-    """ImageNet backbone + random head, calibrated on CamVid train; verified on CamVid val images."""
-    size = [96, 128]
-    recipe = recipe_from_dict(
-        {
-            "name": "camvid_tiny",
-            "data": {"format": "camvid", "root": str(camvid_root), "crop_size": size},
-            "model": {"output_stride": 16, "backbone_weights": str(backbone_weights)},
-            "export": {"input_size": size},
-        }
-    )
-    torch.manual_seed(0)
-    model = build_model(num_classes=11, output_stride=16, backbone_weights=backbone_weights).eval()
-    model.set_input_size(tuple(size))
-    train = open_source("camvid", camvid_root, "train")
-    q = quantize(model, {"method": "percentile"}, array_loop(lambda i: train.load(i * 37)[0], 8, tuple(size)))
-    ckpt = tmp_path / "ptq.pt"
-    save_checkpoint(
-        ckpt,
-        model=q,
-        recipe=recipe,
-        classes=CAMVID,
-        quant=quant_state(q),
-        quant_meta={"method": "percentile", "calib_list": "camvid:train", "num_images": 8, "qat": False},
-    )
-    # A random head leaves many near-tied logits, which the two runtimes' INT8 kernels (rounding
-    # differently) flip: measured 97.8% here vs 99.6% for the trained CamVid model; hence 0.95.
-    folder, meta = _export(ckpt, "openvino", "int8", tmp_path / "out", (96, 128), verify_images=6, min_agreement=0.95)
-    v = meta["verification"]
-    assert v["data"] == "camvid val, 6 images" and v["argmax_agreement"] >= 0.95
-    assert v["weighted_layers_int8"] == v["weighted_layers"] and meta["input_size"] == size
