@@ -33,7 +33,8 @@ def _quiet_third_parties() -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
-    os.environ.setdefault("TQDM_DISABLE", "1")  # coremltools' and NNCF's progress bars
+    os.environ.setdefault("TQDM_DISABLE", "1")  # coremltools' progress bars
+    os.environ.setdefault("TORCH_LOGS", "-all")  # torch's own log handler ("No CUDA runtime is found" on CPU machines)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
 
@@ -266,6 +267,9 @@ def bench(
     precision_hint: Annotated[str | None, typer.Option("--precision-hint", help="OpenVINO execution precision: f32, bf16, f16")] = None,
     output_stride: Annotated[int | None, typer.Option("--output-stride", help=".pt only: run at output stride 8/16/32")] = None,
     input_size: Annotated[str | None, typer.Option("--input-size", help=".pt only: HxW (default: the recipe's export size)")] = None,
+    float_weights: Annotated[
+        bool, typer.Option("--float-weights", help="Quantized .pt only: run its weights in float (what fine-tuning did, without INT8)")
+    ] = False,
     rounds: Annotated[
         int,
         typer.Option(
@@ -292,6 +296,7 @@ def bench(
         precision_hint=precision_hint,
         output_stride=output_stride,
         input_size=size,
+        float_weights=float_weights,
     )
     bar = render.progress()  # started with the first artifact: checks that fail first print only their line
     try:
@@ -356,6 +361,9 @@ def pipeline(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a recipe key: section.key=value")] = None,
     runs: Annotated[int | None, typer.Option("--runs", help="Timed runs per bench row (default: the recipe's)")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Score accuracy on the first N images only")] = None,
+    rounds: Annotated[
+        int, typer.Option("--rounds", help="Bench the rows of one output stride interleaved in N rounds (1: one after another)")
+    ] = 5,
 ) -> None:
     """Train -> QAT/calibrate -> export every target at each OS -> bench -> report (resumable)."""
     from edgeseg.config import load_recipe
@@ -372,6 +380,7 @@ def pipeline(
         event=event,
         bench_runs=runs,
         limit=limit,
+        rounds=rounds,
     ).run()
     out_console.print(f"report: {result['report']}")
 

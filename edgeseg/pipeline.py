@@ -11,11 +11,12 @@ a script or CI job never takes a partial run for a complete one. A re-run export
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,7 @@ class Pipeline:
         event: Event | None = None,
         bench_runs: int | None = None,
         limit: int | None = None,
+        rounds: int = 5,
     ) -> None:
         self.recipe, self.out = recipe, check_writable(out)
         unknown = [t for t in targets if t not in TARGETS]
@@ -101,6 +103,9 @@ class Pipeline:
         self.targets, self.strides = targets, output_strides
         self.event = event or (lambda stage, msg: log.info("%s: %s", stage, msg))
         self.bench_runs, self.limit = bench_runs, limit
+        if not 1 <= rounds <= 100:
+            raise ConfigError(f"--rounds {rounds} is out of range; use 1..100 (1: one artifact after another)")
+        self.rounds = rounds
         self.state_path = self.out / "pipeline.json"
         self.state: dict[str, Any] = read_state(self.state_path)
         self.failed: dict[str, str] = {}  # artifact folder name -> why its export failed
@@ -118,8 +123,8 @@ class Pipeline:
         start = time.perf_counter()
         int8_ckpt = self.train()
         artifacts = self.export(int8_ckpt)
-        results = self.bench(artifacts)
-        report = self.report(results)
+        results = self.bench(artifacts, int8_ckpt)
+        report = self.report(results, artifacts)
         if self.failed:
             self._raise_failed(report)
         self.event("done", f"{time.perf_counter() - start:.0f}s; report: {report}")
@@ -239,46 +244,73 @@ class Pipeline:
         if len(keep) < len(rows):
             write_json(results, {"schema_version": SCHEMA_VERSION, "rows": [r.to_dict() for r in keep]})
 
-    def bench(self, artifacts: list[Path]) -> Path:
-        from edgeseg.bench.artifact import open_artifact
-        from edgeseg.bench.measure import BenchOptions, bench_artifact
-        from edgeseg.bench.results import load_results, save_results
+    def _bench_plan(self, artifacts: list[Path], int8_ckpt: Path) -> dict[int, list[tuple[Path, Any]]]:
+        """Per output stride: (path, BenchOptions) of every row still to measure here.
+
+        Each stride has the torch FP32 baseline, the QAT weights run in float (what fine-tuning
+        did, apart from INT8) when the INT8 source is a QAT checkpoint, and its artifacts.
+        """
+        from edgeseg.bench.measure import BenchOptions, open_with
+        from edgeseg.bench.results import load_results
 
         results = self.out / "results.json"
-        have = {(r.artifact_sha256, r.output_stride, r.target) for r in load_results(results)} if results.exists() else set()
+        have = {(r.artifact_sha256, r.output_stride, r.target, r.precision) for r in load_results(results)} if results.exists() else set()
         b = self.recipe.bench
-        todo: list[tuple[Path, int | None]] = [(self.out / "fp32.pt", os_) for os_ in self.strides]
-        todo += [(a, None) for a in artifacts]
-        for path, os_ in todo:
-            art = open_artifact(path, output_stride=os_)
+        base = BenchOptions(runs=self.bench_runs or b.runs, warmup=b.warmup, threads=b.threads, limit=self.limit)
+        todo = [(self.out / "fp32.pt", replace(base, output_stride=s)) for s in self.strides]
+        if int8_ckpt.is_file() and open_with(int8_ckpt, base).quant_method == "qat":
+            todo += [(int8_ckpt, replace(base, output_stride=s, float_weights=True)) for s in self.strides]
+        todo += [(a, base) for a in artifacts]
+        plan: dict[int, list[tuple[Path, Any]]] = {}
+        for path, options in todo:
+            art = open_with(path, options)
             ok, why = runs_here(art.target) if art.target != "torch" else (True, "")
+            name = f"{path.name} OS{art.output_stride}{' (float weights)' if options.float_weights else ''}"
             if not ok:
                 self.event("bench", f"{path.name}: not run here ({why}); run 'edgeseg bench {path}' on the device")
-                continue
-            if (art.sha256, art.output_stride, art.target) in have:
-                self.event("bench", f"skipped: {path.name} OS{art.output_stride} already measured")
-                continue
-            options = BenchOptions(runs=self.bench_runs or b.runs, warmup=b.warmup, threads=b.threads, limit=self.limit, output_stride=os_)
-            row = bench_artifact(path, options)
-            save_results(results, [row])
-            miou = "-" if row.miou is None else f"{row.miou:.2f}"
-            self.event("bench", f"{path.name} OS{row.output_stride}: p50 {row.latency['p50']:.2f} ms, mIoU {miou}")
+            elif (art.sha256, art.output_stride, art.target, art.precision) in have:
+                self.event("bench", f"skipped: {name} already measured")
+            else:
+                plan.setdefault(art.output_stride or 0, []).append((path, options))
+        return plan
+
+    def bench(self, artifacts: list[Path], int8_ckpt: Path | None = None) -> Path:
+        """Bench what runs here, the rows of one output stride interleaved in `rounds` rounds."""
+        from edgeseg.bench.interleave import bench_interleaved
+        from edgeseg.bench.measure import bench_artifact
+        from edgeseg.bench.results import save_results
+
+        results = self.out / "results.json"
+        for stride, items in sorted(self._bench_plan(artifacts, int8_ckpt or self.out / "fp32.pt").items()):
+            paths, options = [p for p, _ in items], [o for _, o in items]
+            rounds = min(self.rounds, options[0].runs)
+            if len(items) > 1 and rounds > 1:
+                rows = bench_interleaved(results, paths, options, rounds)
+            else:
+                rows = [bench_artifact(p, o) for p, o in items]
+                save_results(results, rows)
+            for path, row in zip(paths, rows):
+                miou = "-" if row.miou is None else f"{row.miou:.2f}"
+                spread = f" (rounds {min(row.round_p50_ms):.2f}-{max(row.round_p50_ms):.2f})" if row.round_p50_ms else ""
+                what = f"{path.name}{' float weights' if row.quant_method and row.quant_method.endswith(' weights') else ''}"
+                self.event("bench", f"{what} OS{stride}: p50 {row.latency['p50']:.2f} ms{spread}, mIoU {miou}")
         return results
 
-    def report(self, results: Path) -> Path:
+    def report(self, results: Path, artifacts: list[Path] | None = None) -> Path:
         """Write the report folder (atomically: a kill leaves the old report or the new one),
         unless it was written from these very results."""
         from edgeseg.report import build_report
         from edgeseg.train.checkpoint import file_hash
 
         out = self.out / "report"
-        key = file_hash(results)
+        listed = sorted(str(a) for a in artifacts or [])
+        key = file_hash(results) + (":" + hashlib.sha256("\n".join(listed).encode()).hexdigest()[:16] if listed else "")
         if (out / "report.md").exists() and self.state.get("report", {}).get("results_sha256") == key:
             self.event("report", f"skipped: {out / 'report.md'} is from these results")
             return out / "report.md"
 
         def build(tmp: Path) -> None:
-            build_report([results], tmp)
+            build_report([results], tmp, artifacts=artifacts)
 
         atomic_dir(out, build)
         self.state["report"] = {"results_sha256": key}

@@ -36,20 +36,34 @@ class Artifact:
         if not isinstance(quant, dict):
             return None
         # A QAT model's ranges came from calibration, then training: "qat" says what it is.
-        return "qat" if quant.get("qat") else quant.get("method")
+        method = "qat" if quant.get("qat") else quant.get("method")
+        # A quantized checkpoint run in float: its weights, without quantization (see float_weights).
+        return f"{method} weights" if self.meta.get("float_weights") else method
 
 
-def open_artifact(path: str | Path, *, output_stride: int | None = None, input_size: tuple[int, int] | None = None) -> Artifact:
+def open_artifact(
+    path: str | Path, *, output_stride: int | None = None, input_size: tuple[int, int] | None = None, float_weights: bool = False
+) -> Artifact:
     """Open an artifact folder (meta.json) or a `.pt` checkpoint.
 
     Args:
         path: artifact folder written by `edgeseg export`, or a checkpoint `.pt`.
         output_stride: checkpoints only: run at this output stride (default: the checkpoint's).
         input_size: checkpoints only: (H, W) to run at (default: the recipe's export/eval/crop size).
+        float_weights: quantized checkpoints only: run them with quantization off (a QAT
+            checkpoint's weights in float separate what fine-tuning did from what INT8 costs).
     """
     path = Path(path)
     if path.is_file() and path.suffix == ".pt":
-        return _open_checkpoint(path, output_stride, input_size)
+        art = _open_checkpoint(path, output_stride, input_size)
+        if float_weights:
+            if art.precision != "fakequant":
+                raise ConfigError(f"--float-weights runs a quantized checkpoint in float; '{path}' is already FP32: leave it out")
+            art.precision = art.meta["precision"] = "fp32"
+            art.meta["float_weights"] = True
+        return art
+    if float_weights:
+        raise ConfigError(f"--float-weights applies to quantized .pt checkpoints only, not to the artifact '{path}'")
     if not path.exists():
         raise CheckpointError(f"artifact '{path}' does not exist; pass a folder written by 'edgeseg export' or a .pt checkpoint")
     if not path.is_dir():

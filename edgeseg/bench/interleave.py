@@ -15,8 +15,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-from edgeseg.bench.artifact import open_artifact
-from edgeseg.bench.measure import BenchOptions, Progress, finish_row, load_timed, preflight, timed_runs
+from edgeseg.bench.measure import BenchOptions, Progress, finish_row, load_timed, open_with, preflight, timed_runs
 from edgeseg.bench.results import BenchRow, save_results
 from edgeseg.bench.stats import percentile
 from edgeseg.errors import ConfigError
@@ -29,7 +28,7 @@ MAX_ROUNDS = 100
 def bench_interleaved(
     json_path: str | Path,
     paths: list[Path],
-    options: BenchOptions,
+    options: BenchOptions | list[BenchOptions],
     rounds: int,
     progress: Callable[[Path], Progress | None] | None = None,
 ) -> list[BenchRow]:
@@ -42,28 +41,34 @@ def bench_interleaved(
     Args:
         json_path: results file (created, or merged into).
         paths: artifact folders and/or `.pt` checkpoints (two or more to be worth interleaving).
-        options: shared by every path; `runs` is the total per artifact.
+        options: shared by every path, or one per path (the pipeline runs its checkpoints at
+            several output strides); `runs` is the total per artifact.
         rounds: 2..MAX_ROUNDS.
         progress: progress(path) returns the progress callback for that path.
     """
+    per_path = options if isinstance(options, list) else [options] * len(paths)
+    if len(per_path) != len(paths):
+        raise ValueError("one BenchOptions per path")
     if not 2 <= rounds <= MAX_ROUNDS:
         raise ConfigError(f"--rounds {rounds} is out of range; use 2..{MAX_ROUNDS} (or 1 to bench one artifact after another)")
-    if rounds > options.runs:
-        raise ConfigError(f"--rounds {rounds} is more than --runs {options.runs}; every round needs a timed run: lower --rounds")
-    preflight(json_path, paths, options)
-    per_round, warm = math.ceil(options.runs / rounds), math.ceil(options.warmup / rounds)
-    options = dataclasses.replace(options, runs=per_round * rounds)
+    runs, warmup = per_path[0].runs, per_path[0].warmup
+    if rounds > runs:
+        raise ConfigError(f"--rounds {rounds} is more than --runs {runs}; every round needs a timed run: lower --rounds")
+    for path, opts in zip(paths, per_path):
+        preflight(json_path, [path], opts)
+    per_round, warm = math.ceil(runs / rounds), math.ceil(warmup / rounds)
     loaded = []
-    for path in paths:
-        art = open_artifact(path, output_stride=options.output_stride, input_size=options.input_size)
+    for path, opts in zip(paths, per_path):
+        opts = dataclasses.replace(opts, runs=per_round * rounds)
+        art = open_with(path, opts)
         callback = progress(path) if progress else None
-        timing, x = load_timed(art, options)
+        timing, x = load_timed(art, opts)
         timing.close_memory()
         timing.round_p50_ms = []
-        loaded.append((art, timing, x, callback))
+        loaded.append((art, timing, x, callback, opts))
     for r in range(rounds):
         shift = r % len(loaded)
-        for _, timing, x, callback in loaded[shift:] + loaded[:shift]:
+        for _, timing, x, callback, _ in loaded[shift:] + loaded[:shift]:
             samples = timed_runs(timing.loaded.runner.run, x, warm, per_round)
             timing.samples_ms += samples
             timing.round_p50_ms.append(percentile(samples, 50))  # type: ignore[union-attr]
@@ -72,8 +77,8 @@ def bench_interleaved(
         log.info("round %d/%d done", r + 1, rounds)
     rows = []
     note = f"interleaved with {len(loaded) - 1} other artifact(s) in {rounds} rounds; memory peaks of load + first run"
-    for art, timing, _, callback in loaded:
-        row = finish_row(art, options, timing, callback)
+    for art, timing, _, callback, opts in loaded:
+        row = finish_row(art, opts, timing, callback)
         row.notes = "; ".join(n for n in (row.notes, note) if n)
         row.row_id = row.compute_id()
         save_results(json_path, [row])

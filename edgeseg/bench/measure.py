@@ -55,6 +55,7 @@ class BenchOptions:
     precision_hint: str | None = None
     output_stride: int | None = None  # checkpoints only
     input_size: tuple[int, int] | None = None  # checkpoints only
+    float_weights: bool = False  # quantized checkpoints only: run with quantization off
 
     def check(self) -> None:
         for name, low in (("runs", 1), ("warmup", 0), ("batch", 1)):
@@ -95,7 +96,7 @@ def bench_artifact(path: str | Path, options: BenchOptions | None = None, progre
     """
     options = options or BenchOptions()
     options.check()
-    art = open_artifact(path, output_stride=options.output_stride, input_size=options.input_size)
+    art = open_with(path, options)
     timing = measure_latency(art, options, progress)
     return finish_row(art, options, timing, progress)
 
@@ -122,6 +123,11 @@ def finish_row(art: Artifact, options: BenchOptions, timing: Timing, progress: P
     else:
         pre_ms, post_ms = _time_pre_post(art, timing.first_output, repeats=min(options.runs, 10))
     return _make_row(art, options, timing, acc, pre_ms, post_ms, data)
+
+
+def open_with(path: str | Path, options: BenchOptions) -> Artifact:
+    """open_artifact with the checkpoint settings of `options`."""
+    return open_artifact(path, output_stride=options.output_stride, input_size=options.input_size, float_weights=options.float_weights)
 
 
 def resolve_data(art: Artifact, options: BenchOptions) -> dict[str, Any]:
@@ -299,7 +305,7 @@ def preflight(json_path: str | Path | None, paths: list[Path], options: BenchOpt
     if json_path is not None and Path(json_path).exists():
         load_results(json_path)
     for path in paths:
-        art = open_artifact(path, output_stride=options.output_stride, input_size=options.input_size)
+        art = open_with(path, options)
         check_hint(options.precision_hint, art.target)
         if options.accuracy:
             resolve_data(art, options)

@@ -32,6 +32,10 @@ class TorchRunner:
             torch.set_num_threads(threads)
         self.torch = torch
         self.model = model_from_checkpoint(load_checkpoint(artifact.path), artifact.output_stride)
+        if artifact.meta.get("float_weights"):
+            from edgeseg.quant import set_quant_enabled
+
+            set_quant_enabled(self.model, False)  # the quantized checkpoint's weights, run in float
         base: Any = getattr(self.model, "float_model", self.model)
         base.set_input_size(artifact.input_size)
         self.model.eval()

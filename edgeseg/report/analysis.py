@@ -53,7 +53,7 @@ def precision_label(row: BenchRow) -> str:
     """'INT8 (qat)', 'FP32 (bf16 exec)', 'FP16': the precision with its quantization method and any
     lower execution precision."""
     prec = row.precision.upper()
-    if row.quant_method and row.precision in ("int8", "fakequant"):
+    if row.quant_method and (row.precision in ("int8", "fakequant") or row.quant_method.endswith(" weights")):
         prec += f" ({row.quant_method})"
     hint = row.precision_hint
     if hint and row.precision in _NATIVE_HINT and hint != _NATIVE_HINT[row.precision]:
@@ -69,7 +69,7 @@ def data_key(row: BenchRow) -> str:
 
 def is_fp32_reference(row: BenchRow) -> bool:
     """FP32 executed in FP32 (an FP32 OpenVINO artifact run in bf16 is not a reference)."""
-    return row.precision == "fp32" and row.precision_hint in (None, "f32") and row.miou is not None
+    return row.precision == "fp32" and row.precision_hint in (None, "f32") and row.miou is not None and not row.quant_method
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
@@ -102,6 +102,7 @@ def _runtime_reference(row: BenchRow, rows: list[BenchRow]) -> BenchRow | None:
         if (
             r.precision == "fp32"
             and r.precision_hint in (None, "f32")
+            and not r.quant_method
             and r.runtime == row.runtime
             and r.output_stride == row.output_stride
             and r.input_shape == row.input_shape
@@ -148,6 +149,11 @@ def group_by(entries: list[Entry], key: Any) -> dict[Any, list[Entry]]:
     return out
 
 
+def _is_float_weights(row: BenchRow) -> bool:
+    """A quantized checkpoint run in float (bench --float-weights): a reference, not a deployment."""
+    return bool(row.quant_method and row.quant_method.endswith(" weights"))
+
+
 def ratio_text(speedup: float) -> str:
     return f"{speedup:.1f}x faster" if speedup >= 1 else f"{1 / speedup:.1f}x slower"
 
@@ -158,12 +164,28 @@ def summary_lines(entries: list[Entry]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for device, group in group_by(entries, lambda e: e.device).items():
         lines = []
+        float_qat = {(e.row.output_stride, e.data): e for e in group if _is_float_weights(e.row) and e.row.miou is not None}
         for e in sorted(group, key=lambda e: (e.row.output_stride or 0, e.row.latency["p50"])):
             if e.reference is None or e.reference is e.row or e.delta_miou is None:
                 continue
             ref_name = row_label(e.reference)
-            if e.speedup is not None:
-                lines.append(f"OS{e.row.output_stride} {e.label}: {ratio_text(e.speedup)} than {ref_name} for {e.delta_miou:+.2f} mIoU")
+            if _is_float_weights(e.row):
+                lines.append(
+                    f"OS{e.row.output_stride} {e.label}: {e.delta_miou:+.2f} mIoU vs {ref_name}: what fine-tuning did, without INT8"
+                )
+            elif e.speedup is not None:
+                line = f"OS{e.row.output_stride} {e.label}: {ratio_text(e.speedup)} than {ref_name} for {e.delta_miou:+.2f} mIoU"
+                base = float_qat.get((e.row.output_stride, e.data))
+                if (
+                    base is not None
+                    and e.row.quant_method == "qat"
+                    and base.delta_miou is not None
+                    and base.row.miou is not None
+                    and e.row.miou is not None
+                ):
+                    split = f"QAT weights in float {base.delta_miou:+.2f}, INT8 on them {e.row.miou - base.row.miou:+.2f}"
+                    line += f" ({split})"
+                lines.append(line)
             else:
                 lines.append(
                     f"OS{e.row.output_stride} {e.label}: {e.delta_miou:+.2f} mIoU vs {ref_name} on {device_label(e.reference.device)} (no FP32 row on this device for a speed ratio)"

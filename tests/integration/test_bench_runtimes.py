@@ -214,6 +214,31 @@ def test_interleaved_rounds_keep_every_sample_and_score(synthetic: dict[str, Any
         bench_interleaved(tmp_path / "r.json", paths, BenchOptions(**FAST), rounds=1)
 
 
+def test_float_weights_row_runs_a_quantized_checkpoint_in_float(synthetic: dict[str, Any], tmp_path: Path) -> None:
+    """bench --float-weights: the quantized checkpoint's weights with fake quantization off; its mIoU
+    is torch eval of that float model, and it differs from the checkpoint's INT8 row."""
+    from edgeseg.quant import quant_state, quantize, set_quant_enabled
+
+    recipe, model = synthetic["recipe"], synthetic["model"]
+    ds = eval_dataset(recipe)
+    q = quantize(model, {"method": "max"}, lambda m: [m(ds[i][0][None]) for i in range(2)]).eval()
+    q.edgeseg_quant["disabled"] = []
+    ckpt = tmp_path / "q.pt"
+    quant_meta = {"method": "max", "calib_list": "synthetic:val", "num_images": 2, "qat": True}
+    save_checkpoint(ckpt, model=q, recipe=recipe, classes=SYNTHETIC, quant=quant_state(q), quant_meta=quant_meta)
+    row = bench_artifact(ckpt, BenchOptions(**FAST, float_weights=True))
+    int8 = bench_artifact(ckpt, BenchOptions(**FAST))
+    set_quant_enabled(q, False)
+    reference = evaluate(q, ds)
+    assert row.precision == "fp32" and row.quant_method == "qat weights" and int8.precision == "fakequant"
+    assert row.miou == pytest.approx(reference["miou"], abs=0.1)
+    assert row.artifact_sha256 == int8.artifact_sha256 and row.row_id != int8.row_id
+    with pytest.raises(ConfigError, match=r"--float-weights runs a quantized checkpoint in float; '.*model.pt' is already FP32"):
+        bench_artifact(synthetic["pt"], BenchOptions(**FAST, float_weights=True))
+    with pytest.raises(ConfigError, match=r"--float-weights applies to quantized .pt checkpoints only, not to the artifact"):
+        bench_artifact(synthetic["paths"]["onnx"], BenchOptions(**FAST, float_weights=True))
+
+
 def test_results_file_appends_and_merges(synthetic: dict[str, Any], tmp_path: Path) -> None:
     results = tmp_path / "bench.json"
     first = bench_into(results, [synthetic["paths"]["onnx"]], BenchOptions(**FAST, accuracy=False))

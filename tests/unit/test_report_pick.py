@@ -202,3 +202,18 @@ def test_not_measured_rows(tmp_path: Path) -> None:
     device_file = _results(tmp_path, "orin.json", [measured])
     md = build_report([results, device_file], tmp_path / "b", artifacts=[folder])["report.md"].read_text()
     assert "Not measured here" not in md
+
+
+def test_qat_weights_in_float_split_the_qat_delta() -> None:
+    """A QAT checkpoint run in float (bench --float-weights) is a reference row, never the FP32
+    reference; the QAT INT8 line splits its Δ into fine-tuning and INT8."""
+    from edgeseg.report.analysis import summary_lines
+
+    rows = _rows()[:3]  # torch FP32 70.0, OpenVINO FP32 70.0, OpenVINO INT8 (qat) 69.7 at OS16
+    qat_float = _row("torch", "fp32", 16, 69.9, 41.0, quant_method="qat weights")
+    entries = analyse([qat_float, *rows])
+    assert entries[0].reference is rows[0] and entries[3].reference is rows[0]  # the float-weights row is no reference
+    assert entries[0].runtime_speedup == pytest.approx(40.0 / 41.0)  # against torch FP32, never against itself
+    (lines,) = summary_lines(entries).values()
+    assert "OS16 FP32 (qat weights) torch: -0.10 mIoU vs FP32 torch: what fine-tuning did, without INT8" in lines
+    assert "OS16 INT8 (qat) OpenVINO: 5.0x faster than FP32 torch for -0.30 mIoU (QAT weights in float -0.10, INT8 on them -0.20)" in lines
