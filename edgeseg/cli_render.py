@@ -161,7 +161,9 @@ def pipeline_event(started: float) -> Callable[[str, str], None]:
 
     def event(stage: str, message: str) -> None:
         # escape: messages quote files and preflight rules ("[opset] ...") that are not markup
-        console.print(f"[bold cyan]{stage:>9}[/] [dim]{time.perf_counter() - started:6.0f}s[/] {escape(message)}", highlight=False, soft_wrap=True)
+        console.print(
+            f"[bold cyan]{stage:>9}[/] [dim]{time.perf_counter() - started:6.0f}s[/] {escape(message)}", highlight=False, soft_wrap=True
+        )
 
     return event
 
