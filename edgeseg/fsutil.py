@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from edgeseg.errors import EdgesegError
+from edgeseg.errors import EdgesegError, printable
 
 _HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
 
@@ -264,6 +264,7 @@ def _fsync_tree(folder: Path) -> None:
 OWNED_MARK = ".edgeseg-folder"
 # What folders written by earlier edgeseg versions hold (before the mark existed).
 _OWNED_BEFORE_MARK = ("meta.json", "report.md")
+_NAMES_SHOWN = 3  # of a user's files, in the message that refuses to replace their folder
 
 
 def _check_replaceable(path: Path) -> None:
@@ -274,7 +275,10 @@ def _check_replaceable(path: Path) -> None:
         raise WriteError(f"'{path}' exists and is not a folder edgeseg wrote; move it away or choose another --out")
     names = {p.name for p in path.iterdir()}
     if names and OWNED_MARK not in names and not names & set(_OWNED_BEFORE_MARK):
-        raise WriteError(f"'{path}' holds files edgeseg did not write ({sorted(names)[0]}, ...); choose another --out or empty it")
+        shown = sorted(names)[:_NAMES_SHOWN]
+        more = ", ..." if len(names) > len(shown) else ""
+        listing = ", ".join(printable(n, 40) for n in shown) + more
+        raise WriteError(f"'{path}' holds files edgeseg did not write ({listing}); choose another --out or empty it")
 
 
 def atomic_dir(path: str | Path, build: Callable[[Path], None]) -> None:

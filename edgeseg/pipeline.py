@@ -303,7 +303,8 @@ class Pipeline:
         from edgeseg.train.checkpoint import file_hash
 
         out = self.out / "report"
-        listed = sorted(str(a) for a in artifacts or [])
+        # Relative to the run folder: a copied or moved run folder keeps its report.
+        listed = sorted(str(Path(a).relative_to(self.out)) if Path(a).is_relative_to(self.out) else str(a) for a in artifacts or [])
         key = file_hash(results) + (":" + hashlib.sha256("\n".join(listed).encode()).hexdigest()[:16] if listed else "")
         if (out / "report.md").exists() and self.state.get("report", {}).get("results_sha256") == key:
             self.event("report", f"skipped: {out / 'report.md'} is from these results")

@@ -88,8 +88,10 @@ def predict_files(ckpt: str | Path, images: list[Path], out: str | Path, output_
         The written files, mask then overlay for each image.
 
     Raises:
-        DataError: an image is missing or cannot be decoded (no file is written for it).
-        CheckpointError: the checkpoint is unusable or the output stride invalid.
+        DataError: an image is missing or cannot be decoded (nothing is written, `out` is not
+            created).
+        CheckpointError: the checkpoint is unusable or the output stride invalid (nothing is
+            written).
     """
     images = [Path(p) for p in images]
     if not images:
@@ -97,6 +99,8 @@ def predict_files(ckpt: str | Path, images: list[Path], out: str | Path, output_
     missing = [p for p in images if not p.is_file()]
     if missing:
         raise DataError(f"image '{missing[0]}' does not exist; check the path")
+    for path in images:  # every image decodes before anything is written: a bad one writes nothing
+        read_image(path)
     c = load_checkpoint(ckpt)
     model = model_from_checkpoint(c, output_stride).eval()
     classes = ClassInfo.from_dict(c["classes"])

@@ -58,6 +58,8 @@ def precision_label(row: BenchRow) -> str:
     hint = row.precision_hint
     if hint and row.precision in _NATIVE_HINT and hint != _NATIVE_HINT[row.precision]:
         prec += f" ({hint} exec)"
+    if row.perf_hint == "throughput":
+        prec += " (throughput mode)"
     return prec
 
 

@@ -35,7 +35,17 @@ class Tolerance:
 
 def _key(row: BenchRow) -> tuple:
     data = None if not row.data or row.miou is None else (row.data.get("format"), row.data.get("split"))
-    return (row.target, row.runtime, row.precision, row.quant_method, row.precision_hint, row.output_stride, tuple(row.input_shape), data)
+    return (
+        row.target,
+        row.runtime,
+        row.precision,
+        row.quant_method,
+        row.precision_hint,
+        row.perf_hint,  # a throughput-mode row is another measurement than a latency-mode one
+        row.output_stride,
+        tuple(row.input_shape),
+        data,
+    )
 
 
 def _name(e: Entry) -> str:

@@ -16,7 +16,7 @@ from edgeseg.config import Recipe, recipe_from_dict
 from edgeseg.constants import check_output_stride
 from edgeseg.data.classes import ClassInfo
 from edgeseg.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from edgeseg.errors import CheckpointError, ConfigError
+from edgeseg.errors import CheckpointError, ConfigError, printable
 from edgeseg.fsutil import write_bytes
 from edgeseg.models import DeepLab, build_model
 from edgeseg.quant import restore_quantized
@@ -103,13 +103,31 @@ def read_payload(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "GLOBAL" not in str(exc):  # not a refused object: the bytes are not a checkpoint at all
-            raise CheckpointError(f"'{path}' is not a readable checkpoint (UnpicklingError); pass a .pt written by edgeseg") from None
+            raise CheckpointError(f"'{path}' is not a readable checkpoint ({load_failure(exc)}); pass a .pt written by edgeseg") from None
         raise CheckpointError(
             f"'{path}' holds Python objects other than tensors and plain data; edgeseg refuses to unpickle them "
             "(they could run code): pass a checkpoint written by edgeseg"
         ) from None
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-        raise CheckpointError(f"'{path}' is not a readable checkpoint ({type(exc).__name__}); pass a .pt written by edgeseg") from None
+        raise CheckpointError(f"'{path}' is not a readable checkpoint ({load_failure(exc)}); pass a .pt written by edgeseg") from None
+
+
+def load_failure(exc: BaseException) -> str:
+    """Why torch.load failed, in one short printable phrase: `struct.error: unpack requires a
+    buffer of 4 bytes`, `RuntimeError: PytorchStreamReader failed reading zip archive: not a ZIP
+    archive`, `UnpicklingError: Unsupported operand 84`.
+
+    The type alone can be a bare word (struct's exception class is named `error`), and torch's
+    own messages wrap the reason in advice about `weights_only` that does not apply here.
+    """
+    kind = type(exc)
+    module = kind.__module__.lstrip("_")
+    name = kind.__qualname__ if module in ("builtins", "pickle") else f"{module}.{kind.__qualname__}"
+    text = " ".join(str(exc).split())
+    if "WeightsUnpickler error:" in text:  # the reason sits between torch's advice and its doc link
+        text = text.split("WeightsUnpickler error:", 1)[1].split(" Check the documentation", 1)[0].strip()
+    text = text.split(". ", 1)[0].rstrip(".")  # the first sentence; the rest is torch's advice
+    return f"{name}: {printable(text, 80)}" if text else name
 
 
 def check_finite(ckpt: dict[str, Any], path: Path) -> None:

@@ -276,7 +276,7 @@ CASES = [
     Case(
         "not a checkpoint",
         lambda c: ["eval", str(c / "x.pt")],
-        "'{c}/x.pt' is not a readable checkpoint (error); pass a .pt written by edgeseg",
+        "'{c}/x.pt' is not a readable checkpoint (struct.error: unpack requires a buffer of 4 bytes); pass a .pt written by edgeseg",
         setup=lambda c: _write(c / "x.pt", "junk"),
     ),
     Case(

@@ -1,24 +1,28 @@
 """`edgeseg pipeline` resumes from what its run folder holds: a second run skips every stage and
 writes nothing, a deleted artifact is the only one exported and benched again, and runs killed
-(SIGKILL) in training, export and bench are completed by a re-run into the same report rows."""
+(SIGKILL) in training, export and bench are completed by a re-run into the same report rows.
+Every kill follows an event (a line the pipeline prints, a file it writes), never a timed sleep."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from edgeseg.export.artifacts import artifact_name
+from edgeseg.pipeline import variants
+
 REPO = Path(__file__).resolve().parents[2]
+RUN_TIMEOUT_S = 1800  # a whole pipeline run: only a guard against a hang (as conftest.py's)
 pytestmark = pytest.mark.integration
 
 SETTINGS = [
@@ -32,14 +36,17 @@ SETTINGS = [
     "train.batch_size=4",
     "train.amp=false",
     "train.channels_last=false",
+    "train.ckpt_every=1",  # last.pt after each step too: the training kill below waits for the first
     "quant.enabled=true",
     "quant.epochs=1",
     "quant.max_iters=2",
     "quant.calib_num_images=4",
     "bench.warmup=1",
 ]
-# onnx fp32 + openvino fp32/fp16/int8/int8-nncf at OS16, and the torch FP32 baseline.
+# onnx fp32 + openvino fp32/fp16/int8/int8-nncf at OS16, and two rows in torch: the FP32 baseline
+# and the QAT checkpoint (best.pt) with its weights run in float, what QAT did apart from INT8.
 ARTIFACTS = ["onnx_fp32_os16", "openvino_fp16_os16", "openvino_fp32_os16", "openvino_int8_os16", "openvino_int8_os16_nncf"]
+TORCH_ROWS = {("fp32.pt", "torch", "fp32", 16, "torch"), ("best.pt", "torch", "fp32", 16, "torch")}
 
 
 def _cmd(out: Path) -> list[str]:
@@ -51,12 +58,15 @@ def _cmd(out: Path) -> list[str]:
 def _env(out: Path) -> dict[str, str]:
     tmp = out.parent / f"{out.name}.systmp"
     tmp.mkdir(exist_ok=True)
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TMPDIR": str(tmp), "COLUMNS": "200"}
+    # CI=true: OpenVINO's and NNCF's telemetry stay off (both skip CI). Otherwise they fork a process
+    # from the threaded pipeline to send it; that child can hang on a lock copied in the fork (glibc's
+    # resolver), keeps the pipeline from exiting, and holds its stderr open after a SIGKILL.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TMPDIR": str(tmp), "COLUMNS": "200", "CI": "true"}
 
 
 def _run(out: Path) -> list[str]:
     """Run the pipeline to the end; return its stage lines (stage, message)."""
-    proc = subprocess.run(_cmd(out), env=_env(out), capture_output=True, cwd=REPO)
+    proc = subprocess.run(_cmd(out), env=_env(out), capture_output=True, cwd=REPO, timeout=RUN_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     return _stage_lines(proc.stderr.decode())
 
@@ -89,7 +99,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]
 def test_first_run_makes_every_artifact_row_and_report(finished: tuple[Path, list[str]]) -> None:
     out, lines = finished
     assert sorted(p.name for p in (out / "export").iterdir()) == ARTIFACTS  # nothing hidden left either
-    assert _report_rows(out) == {("fp32.pt", "torch", "fp32", 16, "torch")} | {
+    assert _report_rows(out) == TORCH_ROWS | {
         (name, name.split("_")[0], name.split("_")[1], 16, "onnxruntime" if name.startswith("onnx") else "openvino") for name in ARTIFACTS
     }
     assert not [line for line in lines if "skipped" in line], lines
@@ -103,7 +113,7 @@ def test_second_run_skips_every_stage_and_writes_nothing(finished: tuple[Path, l
     work = [line for line in lines if "skipped" not in line and not line.startswith("done")]
     assert not work, f"stages that ran again: {work}"
     assert sum(line.startswith("export") for line in lines) == len(ARTIFACTS)
-    assert sum(line.startswith("bench") for line in lines) == len(ARTIFACTS) + 1
+    assert sum(line.startswith("bench") for line in lines) == len(ARTIFACTS) + len(TORCH_ROWS)
     assert any(line.startswith("train skipped") for line in lines) and any(line.startswith("report skipped") for line in lines)
     assert _snapshot(out) == before  # no file rewritten: same mtimes, same bytes
 
@@ -122,51 +132,86 @@ def test_deleted_artifact_is_the_only_one_exported_and_benched_again(finished: t
     assert [k for k in changed if not k.startswith(f"export/{gone}/") and not k.startswith("report/")] == ["pipeline.json", "results.json"]
     assert {k for k in after if k.startswith(f"export/{gone}/")} <= set(changed)
     rows = json.loads((out / "results.json").read_text())["rows"]
-    assert len(rows) == len(ARTIFACTS) + 1
+    assert len(rows) == len(ARTIFACTS) + len(TORCH_ROWS)
     kept = [r for r in rows if Path(r["artifact"]).name != gone]
     assert all(old_rows.get(r["row_id"]) == r for r in kept)  # the others are the very same rows
     assert _report_rows(out) == _report_rows(finished[0])
 
 
-class _Watch:
-    """Reads a process's stderr in the background; waits for a stage line."""
-
-    def __init__(self, proc: subprocess.Popen) -> None:
-        self.proc, self.lines = proc, []  # type: ignore[var-annotated]
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            self.lines.append(raw.decode(errors="replace"))
-
-    def wait_for(self, stage: str, timeout: float = 600) -> bool:
-        deadline = time.time() + timeout
-        while time.time() < deadline and self.proc.poll() is None:
-            if _stage_lines("".join(self.lines)) and any(line.startswith(stage) for line in _stage_lines("".join(self.lines))):
-                return True
-            time.sleep(0.05)
-        return False
+def _tmp_of(folder: Path) -> bool:
+    """Whether atomic_dir is building `folder`: its temporary sibling `.NAME.PID-HOST.*.tmp` exists."""
+    return any(p.name.startswith(f".{folder.name}.") and p.name.endswith(".tmp") for p in folder.parent.glob(".*.tmp"))
 
 
-def test_sigkill_in_each_stage_then_rerun_completes_with_same_rows(finished: tuple[Path, list[str]], tmp_path: Path) -> None:
-    out, rng, kills = tmp_path / "run", random.Random(6), []
-    for stage, spread in (("train", 2.0), ("export", 8.0), ("bench", 1.5)):
-        proc = subprocess.Popen(_cmd(out), env=_env(out), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        watch = _Watch(proc)
-        if watch.wait_for(stage):
-            time.sleep(rng.uniform(0.0, spread))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills.append(stage)
-        proc.wait()
-        watch.thread.join(timeout=10)
-        assert proc.returncode in (0, -signal.SIGKILL), "".join(watch.lines)[-3000:]
-    assert len(kills) >= 2, f"only {kills} kills landed before the pipeline ended"
+def _words(lines: list[str], stage: str) -> list[list[str]]:
+    """The first two words (stage, then 'skipped:' or the artifact) of one stage's lines."""
+    return [line.split()[:2] for line in lines if line.split()[0] == stage]
+
+
+def _measured(out: Path) -> set[str]:
+    """Names of the checkpoints and artifacts with a row in results.json."""
+    results = out / "results.json"
+    return {Path(r["artifact"]).name for r in json.loads(results.read_text())["rows"]} if results.exists() else set()
+
+
+def _killed(child: Any) -> list[str]:
+    """SIGKILL a running child; its stage lines."""
+    assert child.send(signal.SIGKILL) == -signal.SIGKILL, "\n".join(child.lines[-20:])
+    return _stage_lines("\n".join(child.lines))
+
+
+def test_sigkill_in_each_stage_then_rerun_completes_with_same_rows(
+    finished: tuple[Path, list[str]], tmp_path: Path, watch: Callable[..., Any]
+) -> None:
+    """Each SIGKILL follows an event the run prints or writes, with seconds of work of the same
+    stage still ahead, so it lands in that stage whatever the machine's load: training (after its
+    first checkpoint), an export (while the second artifact's temporary folder is being built) and
+    bench (as it starts, after the last export is reported; then once the first row is saved).
+    Each re-run resumes from what the killed one left, and the last one ends with the same rows."""
+    out = tmp_path / "run"
+    order = [artifact_name(v.target, v.precision, 16, v.ptq) for v in variants() if v.target in ("onnx", "openvino")]
+    assert sorted(order) == ARTIFACTS
+    benched = sorted([name for name, *_ in TORCH_ROWS] + order)
+
+    # 1. Killed in training, right after its first checkpoint (fp32 step 1 of 2, then QAT).
+    child = watch(_cmd(out), env=_env(out), cwd=REPO)
+    child.wait_until(lambda: (out / "last.pt").exists(), "the first checkpoint (last.pt)")
+    _killed(child)
+
+    # 2. Resumes training; killed while it exports the second artifact.
+    child = watch(_cmd(out), env=_env(out), cwd=REPO)
+    child.wait_for_line(rf"^\s*export\s+\d+s {order[0]}: ")
+    child.wait_until(lambda: _tmp_of(out / "export" / order[1]), f"the temporary folder of {order[1]}")
+    lines = _killed(child)
+    assert lines[0] == "train resuming from last.pt", lines
+    assert _words(lines, "export") == [["export", f"{order[0]}:"]], lines
+
+    # 3. Skips training and the first export, exports the others again (the killed one from
+    # scratch); killed as bench starts.
+    child = watch(_cmd(out), env=_env(out), cwd=REPO)
+    child.wait_for_line(rf"^\s*export\s+\d+s {order[-1]}: ")
+    lines = _killed(child)
+    assert lines[0].startswith("train skipped: "), lines
+    assert _words(lines, "export") == [["export", "skipped:"]] + [["export", f"{name}:"] for name in order[1:]], lines
+    assert not (out / "report").exists()
+
+    # 4. Killed in bench again, once it has saved a row (or more: the rows it measures together
+    # are saved one after another).
+    before = _measured(out)
+    child = watch(_cmd(out), env=_env(out), cwd=REPO)
+    child.wait_until(lambda: _measured(out) - before, "a bench row saved to results.json")
+    lines = _killed(child)
+    assert _words(lines, "export") == [["export", "skipped:"]] * len(order), lines
+    measured = _measured(out)
+
+    # 5. Completes: benches exactly the rows the killed runs did not save, then reports.
     lines = _run(out)
-    assert lines[-1].startswith("done")
+    assert lines[0].startswith("train skipped: ") and lines[-1].startswith("done "), lines
+    assert _words(lines, "export") == [["export", "skipped:"]] * len(order), lines
+    bench = _words(lines, "bench")
+    assert sorted(w[1] for w in bench if w[1] != "skipped:") == [name for name in benched if name not in measured], lines
+    assert len(bench) == len(benched), lines  # the others: one 'skipped: NAME OS16 ... already measured' line each
     assert _report_rows(out) == _report_rows(finished[0])
-    assert sorted(p.name for p in (out / "export").iterdir()) == ARTIFACTS  # no half or stray folder
+    assert len(json.loads((out / "results.json").read_text())["rows"]) == len(benched)  # one row each, none twice
+    assert sorted(p.name for p in (out / "export").iterdir()) == ARTIFACTS  # the killed export's temporary folder is gone
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
-    print(f"pipeline killed in {kills}; re-run: {lines}")

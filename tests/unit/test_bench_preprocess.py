@@ -46,6 +46,10 @@ def test_resize_equals_torch_bilinear(src: tuple[int, int], dst: tuple[int, int]
     got = resize_bilinear(logits, dst)
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
-    # masks: argmax of the resized logits, as edgeseg.train.evaluate does (float ties aside)
-    agree = (postprocess(logits, dst) == expected.argmax(0)).mean()
-    assert agree > 0.999
+    # masks: argmax of the resized logits, as edgeseg.train.evaluate does. The two resizes differ
+    # by float rounding (< 1e-5), so the masks must agree wherever the top two logits are further apart.
+    mask = postprocess(logits, dst)
+    assert np.array_equal(mask, got.argmax(0))
+    top2 = np.sort(expected, axis=0)[-2:]
+    clear = top2[1] - top2[0] > 1e-4
+    assert np.array_equal(mask[clear], expected.argmax(0)[clear])

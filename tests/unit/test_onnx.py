@@ -23,7 +23,7 @@ from edgeseg.data.classes import SYNTHETIC  # noqa: E402
 from edgeseg.errors import CheckpointError  # noqa: E402
 from edgeseg.export.base import ExportRequest, get_target  # noqa: E402
 from edgeseg.export.onnx_export import check_qdq, constants, export_onnx  # noqa: E402
-from edgeseg.quant import quant_state, quantize  # noqa: E402
+from edgeseg.quant import QuantConv2d, TensorQuantizer, quant_state, quantize  # noqa: E402
 from edgeseg.train.checkpoint import save_checkpoint  # noqa: E402
 
 SIZE = (64, 64)
@@ -49,7 +49,13 @@ def test_fp32_onnx_matches_torch(tmp_path, head: str, output_stride: int) -> Non
     assert np.abs(ort_run(tmp_path / "m.onnx", x) - torch_run(model, x)).max() < 1e-4
     graph = onnx.load(str(tmp_path / "m.onnx"))
     assert not [n for n in graph.graph.node if "Quantize" in n.op_type]
-    assert len(check_qdq(graph)) >= sum(n.op_type == "Conv" for n in graph.graph.node)  # the rules do fire
+    # The rules fire on a float graph: each conv lacks both its weight and its input dequantize.
+    assert check_qdq(graph) == [
+        f"Conv '{n.name}' {what}"
+        for n in graph.graph.node
+        if n.op_type == "Conv"
+        for what in ("weight is not behind a per-channel (axis 0) DequantizeLinear", "input is not behind a DequantizeLinear")
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +79,12 @@ def test_every_conv_weight_sits_behind_a_per_channel_dequantize(int8) -> None:  
         assert dq.op_type == "DequantizeLinear"
         assert {a.name: a.i for a in dq.attribute}.get("axis") == 0
         out_channels = const[dq.input[1]].shape
-        src = producer.get(dq.input[0])
-        # onnxsim must not fold the weight into a float constant: a Q of float weights or int8 weights
-        weight = const[src.input[0]] if src is not None else const[dq.input[0]]
-        assert (src is not None and src.op_type == "QuantizeLinear" and weight.dtype == np.float32) or weight.dtype == np.int8
-        assert out_channels == (weight.shape[0],)
+        # The explicit-quantization form TensorRT reads: Q/DQ of the float weight, which onnxsim
+        # must leave alone (neither folded into a float constant nor pre-quantized to int8).
+        src = producer[dq.input[0]]
+        assert src.op_type == "QuantizeLinear" and src.input[0] in const
+        weight = const[src.input[0]]
+        assert weight.dtype == np.float32 and out_channels == (weight.shape[0],)
         src = producer[conv.input[0]]
         if src.op_type == "Concat":  # an INT8 concat: every input dequantized with one scale
             feeds = [producer[i] for i in src.input]
@@ -98,11 +105,36 @@ def test_both_residual_add_inputs_are_quantized(int8) -> None:  # noqa: ANN001
         assert [producer[i].op_type for i in add.input] == ["DequantizeLinear", "DequantizeLinear"]
 
 
+def expected_qdq_pairs(q: torch.nn.Module) -> int:
+    """Q/DQ pairs the INT8 graph must hold, counted on the torch model: one per conv weight, and one
+    per activation quantizer call on a distinct (tensor, range). A shared quantizer (a concat's)
+    is one pair per input; two quantizers of one tensor with one range are one pair in ONNX
+    (onnxsim merges identical nodes: decoder.low_q and encoder.features.4.in_q quantize the same
+    stride-4 tensor and calibrate to the same range)."""
+    calls: list[tuple[torch.Tensor, float]] = []  # the inputs are kept alive, so `is` tells them apart
+
+    def record(module: TensorQuantizer, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
+        calls.append((inputs[0], float(module.amax)))
+
+    hooks = [m.register_forward_hook(record) for m in q.modules() if isinstance(m, TensorQuantizer)]
+    with torch.no_grad():
+        q.eval()(torch.zeros(1, 3, *SIZE))
+    for h in hooks:
+        h.remove()
+    distinct: list[tuple[torch.Tensor, float]] = []
+    for x, amax in calls:
+        if not any(x is y and amax == b for y, b in distinct):
+            distinct.append((x, amax))
+    convs = sum(isinstance(m, QuantConv2d) for m in q.modules())
+    assert (len(calls), len(distinct), convs) == (78, 77, 66)  # width 0.35 DeepLabV3+: 73 quantizers, 5 extra concat calls
+    return convs + len(distinct)
+
+
 def test_all_zero_points_are_int8_zero(int8) -> None:  # noqa: ANN001
-    _, _, proto, _ = int8
+    q, _, proto, _ = int8
     const = constants(proto.graph)
     qdq = [n for n in proto.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
-    assert len(qdq) > 100
+    assert len(qdq) == 2 * expected_qdq_pairs(q)
     for node in qdq:
         zp = const[node.input[2]]
         assert zp.dtype == np.int8 and not zp.any()
@@ -154,8 +186,13 @@ def tiny_recipe() -> object:
 def test_int8_export_of_an_uncalibrated_checkpoint_says_how_to_fix(tmp_path) -> None:  # noqa: ANN001
     save_checkpoint(tmp_path / "fp32.pt", model=tiny_model(), recipe=tiny_recipe(), classes=SYNTHETIC)
     request = ExportRequest(checkpoint=tmp_path / "fp32.pt", precision="int8", out_dir=tmp_path)
-    with pytest.raises(CheckpointError, match="edgeseg calibrate.*QAT"):
+    with pytest.raises(CheckpointError) as info:
         get_target("onnx").export(request, tmp_path / "art")
+    ckpt = tmp_path / "fp32.pt"
+    assert str(info.value) == (
+        f"checkpoint '{ckpt}' has no INT8 ranges; run 'edgeseg calibrate {ckpt} --calib LIST --out ptq.pt' and export ptq.pt, "
+        "or train with QAT (edgeseg train RECIPE --qat)"
+    )
 
 
 def test_export_command_int8_dynamic_batch_and_runner(tmp_path) -> None:  # noqa: ANN001
@@ -191,5 +228,6 @@ def test_export_command_int8_dynamic_batch_and_runner(tmp_path) -> None:  # noqa
     got, ref = runner.run(x), torch_run(q.eval(), x)
     assert got.shape == (2, 5, 64, 64)
     assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.99
-    weights = [i for i in onnx.load(str(folder / "model.onnx")).graph.initializer if len(i.dims) == 4]
-    assert all(numpy_helper.to_array(w).dtype in (np.float32, np.int8) for w in weights)
+    weights = [numpy_helper.to_array(i) for i in onnx.load(str(folder / "model.onnx")).graph.initializer if len(i.dims) == 4]
+    assert len(weights) == sum(isinstance(m, torch.nn.Conv2d) for m in q.modules())
+    assert {w.dtype for w in weights} == {np.dtype(np.float32)}  # float weights behind their Q/DQ, as in the int8 graph above

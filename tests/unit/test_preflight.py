@@ -17,6 +17,8 @@ from edgeseg.export.preflight import Violation, check_onnx
 from edgeseg.export.preflight_graph import OPSET_RANGE, SUPPORTED_OPS
 
 REPO = Path(__file__).resolve().parents[2]
+GPU = "runs on the GPU (GPU fallback)"  # how every DLA finding ends
+MISSING = "ONNX file '{}' does not exist; pass a model written by 'edgeseg export'"
 C_IN, C_OUT, SIZE = 3, 4, 8
 
 
@@ -94,15 +96,16 @@ def test_opset_range_differs_by_version() -> None:
     assert rules(check_onnx(model, trt_version=10)) == {"opset"}
     assert check_onnx(model, trt_version=11) == []
     found = check_onnx(qdq_conv(opset=8), trt_version=10)
-    assert rules(found) == {"opset"} and "opset 8" in str(found[0])
+    assert [str(v) for v in found] == ["error: [opset] model: opset 8 is outside TensorRT 10.x's range 9-20; export with one in it"]
 
 
 def test_custom_domain_is_an_error() -> None:
     model = qdq_conv(extra_nodes=[helper.make_node("MyOp", ["r"], ["y"], name="custom", domain="com.acme")])
     model.opset_import.append(helper.make_opsetid("com.acme", 1))
-    found = check_onnx(model)
-    assert rules(found) == {"opset", "op-support"}
-    assert any("custom" in v.node for v in found)
+    assert [(v.rule, v.node, v.message) for v in check_onnx(model)] == [
+        ("opset", "model", "custom domain 'com.acme' needs a TensorRT plugin; export standard ONNX ops only"),
+        ("op-support", "MyOp 'custom'", "com.acme.MyOp is not in TensorRT 10.x's ONNX operator list (onnx-tensorrt operators.md)"),
+    ]
 
 
 @pytest.mark.parametrize("op", ["Unique", "DynamicQuantizeLinear", "MaxUnpool", "StringNormalizer"])
@@ -125,8 +128,9 @@ def test_resize_mode_restriction() -> None:
     resize = helper.make_node("Resize", ["r", "", "", "sizes"], ["y"], name="up", mode="cubic")
     x, _ = _graph_io()
     found = check_onnx(qdq_conv(extra_nodes=[resize], extra_inits=[sizes]))
-    assert [(v.rule, v.node) for v in found] == [("op-restriction", "Resize 'up'")]
-    assert "cubic" in found[0].message
+    assert [(v.rule, v.node, v.message) for v in found] == [
+        ("op-restriction", "Resize 'up'", "Resize mode 'cubic' (use nearest or linear) is not supported by TensorRT")
+    ]
     linear = helper.make_node(
         "Resize", ["r", "", "", "sizes"], ["y"], name="up", mode="linear", coordinate_transformation_mode="half_pixel"
     )
@@ -138,8 +142,9 @@ def test_runtime_conv_weights_are_an_error() -> None:
     w_in = helper.make_tensor_value_info("w_runtime", TensorProto.FLOAT, [C_OUT, C_OUT, 1, 1])
     model.graph.input.append(w_in)
     model.graph.node[-1].CopyFrom(helper.make_node("Conv", ["r", "w_runtime"], ["y"], name="dyn_conv", kernel_shape=[1, 1]))
-    found = check_onnx(model)
-    assert ("op-support", "Conv 'dyn_conv'") in {(v.rule, v.node) for v in found}
+    assert [(v.rule, v.node, v.message) for v in check_onnx(model)] == [
+        ("op-support", "Conv 'dyn_conv'", "weights are computed at run time; TensorRT needs an initializer (or DQ of one)")
+    ]
 
 
 def test_uint8_zero_point_is_an_error() -> None:
@@ -226,16 +231,23 @@ def _dla(model: onnx.ModelProto, trt: int = 10) -> list[Violation]:
 
 def test_dla_kernel_and_dilation_limits() -> None:
     big = _dla(qdq_conv(kernel=33, conv_attrs={"pads": [1, 1, 1, 1]}))
-    assert [(v.rule, v.node, v.severity) for v in big] == [("dla-layer", "Conv 'conv'", "warning")] and "kernel" in big[0].message
+    assert [(v.rule, v.node, v.severity, v.message) for v in big] == [
+        ("dla-layer", "Conv 'conv'", "warning", f"kernel [33, 33] is outside DLA's range 1-32; {GPU}")
+    ]
     dilated = _dla(qdq_conv(conv_attrs={"dilations": [40, 40], "pads": [40, 40, 40, 40]}))
-    assert any("dilation" in v.message for v in dilated) and rules(dilated) == {"dla-layer"}
+    assert [(v.rule, v.node, v.severity, v.message) for v in dilated] == [
+        ("dla-layer", "Conv 'conv'", "warning", f"dilation [40, 40] is outside DLA's range 1-32; {GPU}"),
+        ("dla-layer", "Conv 'conv'", "warning", f"pad [40, 40, 40, 40] is outside DLA's range 0-31; {GPU}"),
+    ]
     assert check_onnx(qdq_conv(kernel=33, conv_attrs={"pads": [1, 1, 1, 1]})) == []  # GPU only: no DLA rules
 
 
 def test_dla_padding_must_be_smaller_than_kernel_span() -> None:
     assert _dla(qdq_conv(conv_attrs={"dilations": [6, 6], "pads": [6, 6, 6, 6]})) == []  # span 13 > pad 6
     found = _dla(qdq_conv(kernel=1, conv_attrs={"pads": [1, 1, 1, 1]}))
-    assert len(found) == 1 and "padding" in found[0].message
+    assert [(v.rule, v.node, v.message) for v in found] == [
+        ("dla-layer", "Conv 'conv'", f"padding [1, 1, 1, 1] must be smaller than the kernel span [1, 1] on DLA; {GPU}")
+    ]
 
 
 def test_dla_global_pool_window_limit() -> None:
@@ -248,7 +260,9 @@ def test_dla_global_pool_window_limit() -> None:
     wide = qdq_conv(extra_nodes=pool, x_shape=[1, C_IN, SIZE, 2 * SIZE])
     wide.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C_OUT, 1, 1]))
     found = _dla(wide)
-    assert [(v.rule, v.node) for v in found] == [("dla-layer", "GlobalAveragePool 'gap'")] and "window" in found[0].message
+    assert [(v.rule, v.node, v.message) for v in found] == [
+        ("dla-layer", "GlobalAveragePool 'gap'", f"pooling window [8, 16] is outside DLA's range 1-8; {GPU}")
+    ]
 
 
 def test_dla_resize_scale_must_be_integer() -> None:
@@ -263,7 +277,9 @@ def test_dla_resize_scale_must_be_integer() -> None:
 
     assert _dla(resize(4 * SIZE)) == []
     found = _dla(resize(3 * SIZE // 2))
-    assert [(v.rule, v.node) for v in found] == [("dla-layer", "Resize 'up'")] and "integers" in found[0].message
+    assert [(v.rule, v.node, v.message) for v in found] == [
+        ("dla-layer", "Resize 'up'", f"scales [1.5, 1.5] must be integers in 1-32 on DLA; {GPU}")
+    ]
 
 
 def test_dla_unsupported_layer_falls_back() -> None:
@@ -277,33 +293,46 @@ def test_dla_dynamic_shape_is_an_error_and_trt11_is_a_warning() -> None:
     found = check_onnx(qdq_conv(x_shape=["n", C_IN, SIZE, SIZE]), dla=0, shapes=profile)
     assert [(v.rule, v.severity) for v in found] == [("dla-shape", "error")]
     found11 = _dla(qdq_conv(), trt=11)
-    assert [(v.rule, v.severity) for v in found11] == [("dla", "warning")] and "11.4.1" in found11[0].message
+    assert [(v.rule, v.node, v.severity, v.message) for v in found11] == [
+        (
+            "dla",
+            "config",
+            "warning",
+            "TensorRT 11 has DLA only from 11.4.1 on Jetson AGX Orin with JetPack 7.2.2+; on JetPack 6 use TensorRT 10 (10.7 last with DLA)",
+        )
+    ]
 
 
 def test_violation_is_one_line_naming_node_and_rule() -> None:
     v = check_onnx(qdq_conv(act_zp=np.int8(5)))[0]
-    line = str(v)
-    assert "\n" not in line and line.startswith("error: [qdq-zero-point] ") and "'q_in'" in line
+    assert str(v) == "error: [qdq-zero-point] QuantizeLinear 'q_in': zero point [5] is not 0; TensorRT needs symmetric INT8"
 
 
 def test_errors_come_before_warnings() -> None:
     shape = _init("shape", np.array([1, C_OUT, SIZE, SIZE], np.int64))
     model = qdq_conv(act_zp=np.int8(1), extra_nodes=[helper.make_node("Expand", ["r", "shape"], ["y"], name="e")], extra_inits=[shape])
-    severities = [v.severity for v in _dla(model)]
-    assert severities == sorted(severities, key=lambda s: s != "error") and "warning" in severities and "error" in severities
+    # The Expand first in the graph: its warning still comes after both errors.
+    model.graph.node.insert(0, model.graph.node.pop())
+    assert [(v.severity, v.node) for v in _dla(model)] == [
+        ("error", "QuantizeLinear 'q_in'"),
+        ("error", "DequantizeLinear 'dq_in'"),
+        ("warning", "Expand 'e'"),
+    ]
 
 
 def test_bad_inputs_raise_one_line_errors(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match="does not exist"):
-        check_onnx(tmp_path / "missing.onnx")
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x00not an onnx file" * 10)
-    with pytest.raises(CheckpointError, match="not a readable ONNX"):
-        check_onnx(junk)
-    with pytest.raises(ConfigError, match="use 10 or 11"):
-        check_onnx(qdq_conv(), trt_version=9)
-    with pytest.raises(ConfigError, match="--target jetson"):
-        check_onnx(qdq_conv(), "openvino")
+    cases = [
+        ((tmp_path / "missing.onnx",), {}, CheckpointError, MISSING.format(tmp_path / "missing.onnx")),
+        ((junk,), {}, CheckpointError, f"'{junk}' is not a readable ONNX model (DecodeError); export it again"),
+        ((qdq_conv(),), {"trt_version": 9}, ConfigError, "--trt-version 9 is not supported; use 10 or 11"),
+        ((qdq_conv(), "openvino"), {}, ConfigError, "preflight target 'openvino' has no rules; use --target jetson"),
+    ]
+    for args, kwargs, error, message in cases:
+        with pytest.raises(error) as info:
+            check_onnx(*args, **kwargs)
+        assert str(info.value) == message
 
 
 def test_check_cli_exit_codes(tmp_path: Path) -> None:
@@ -312,8 +341,17 @@ def test_check_cli_exit_codes(tmp_path: Path) -> None:
     onnx.save(qdq_conv(act_zp=np.int8(2)), str(bad))
     cmd = [sys.executable, "-m", "edgeseg", "check"]
     ok = subprocess.run([*cmd, str(good), "--target", "jetson"], capture_output=True, text=True, cwd=REPO)
-    assert ok.returncode == 0 and "0 errors" in ok.stdout
+    assert (ok.returncode, ok.stdout, ok.stderr) == (0, f"{good}: 0 errors, 0 warnings (TensorRT 10.x)\n", "")
     fail = subprocess.run([*cmd, str(bad), "--target", "jetson", "--dla", "0"], capture_output=True, text=True, cwd=REPO)
-    assert fail.returncode == 1 and "[qdq-zero-point] QuantizeLinear 'q_in'" in fail.stdout
+    zero_point = "zero point [2] is not 0; TensorRT needs symmetric INT8"
+    assert (fail.returncode, fail.stdout.splitlines(), fail.stderr) == (
+        1,
+        [
+            f"error: [qdq-zero-point] QuantizeLinear 'q_in': {zero_point}",
+            f"error: [qdq-zero-point] DequantizeLinear 'dq_in': {zero_point}",
+            f"{bad}: 2 errors, 0 warnings (TensorRT 10.x, DLA 0)",
+        ],
+        "",
+    )
     missing = subprocess.run([*cmd, str(tmp_path / "nope.onnx")], capture_output=True, text=True, cwd=REPO)
-    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    assert (missing.returncode, missing.stdout, missing.stderr) == (2, "", f"error: {MISSING.format(tmp_path / 'nope.onnx')}\n")

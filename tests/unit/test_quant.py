@@ -163,8 +163,10 @@ def test_quantized_model_is_close_to_float() -> None:
 
 def test_aux_head_quantizers_without_data_stay_float() -> None:
     q = quantize(tiny_model(aux=True), {"method": "max"}, loop_over(batches(1)))
-    disabled = quant_state(q)["disabled"]
-    assert disabled and all(name.startswith("aux.") for name in disabled)
+    # Every quantizer of the aux head (its input and its ReLU output), and only those.
+    aux_quantizers = [name for name, m in q.named_modules() if isinstance(m, TensorQuantizer) and name.startswith("aux.")]
+    assert aux_quantizers == ["aux.in_q", "aux.conv.3"]
+    assert quant_state(q)["disabled"] == aux_quantizers
     q.train()
     logits, aux = q(batches(1)[0])
     assert torch.isfinite(aux).all() and torch.isfinite(logits).all()
@@ -185,8 +187,13 @@ def test_restore_quantized_round_trips_the_state_dict() -> None:
 
 def test_restore_refuses_a_mismatched_structure() -> None:
     state = quant_state(quantize(tiny_model(), None, loop_over(batches(1))))
-    with pytest.raises(CheckpointError, match="calibrate"):
+    with pytest.raises(CheckpointError) as info:
         restore_quantized(build_model(num_classes=5, width_mult=0.35, head="deeplabv3"), state)
+    # The first (sorted) quantizer DeepLabV3+ has and DeepLabV3 lacks: the one at its decoder's concat.
+    assert str(info.value) == (
+        "the checkpoint's quantizers do not match this model (first difference: 'decoder.cat_q'); it was written with another "
+        "quantizer placement: re-run 'edgeseg calibrate' (PTQ) or 'edgeseg train RECIPE --init FP32.pt' (QAT) from its FP32 checkpoint"
+    )
 
 
 def test_quantized_checkpoint_reloads_through_model_from_checkpoint(tmp_path) -> None:  # noqa: ANN001

@@ -13,7 +13,7 @@ from test_quant import tiny_model  # noqa: E402
 
 from edgeseg.config import recipe_from_dict  # noqa: E402
 from edgeseg.data.classes import SYNTHETIC  # noqa: E402
-from edgeseg.quant import is_quantized, quant_ranges  # noqa: E402
+from edgeseg.quant import TensorQuantizer, is_quantized, quant_ranges  # noqa: E402
 from edgeseg.train import qat_stage  # noqa: E402
 from edgeseg.train.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 
@@ -48,7 +48,9 @@ def test_qat_stage_starts_calibrated_and_records_its_quant_state(fp32) -> None: 
         "num_images": 3,
         "qat": True,
     }
-    assert state["quant"]["quantizers"]
+    # The structure to rebuild on resume: every quantizer of the model, in module order.
+    assert state["quant"]["quantizers"] == [n for n, m in stage.model.named_modules() if isinstance(m, TensorQuantizer)]
+    assert len(state["quant"]["quantizers"]) == 73  # of tiny_model (DeepLabV3+, no aux head)
 
 
 def test_ranges_follow_the_data_until_the_freeze_epoch(fp32) -> None:  # noqa: ANN001

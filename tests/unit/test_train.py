@@ -14,7 +14,7 @@ import torch
 from edgeseg.config import load_recipe, recipe_from_dict
 from edgeseg.data.classes import SYNTHETIC
 from edgeseg.data.dataset import eval_dataset, train_dataset
-from edgeseg.errors import CheckpointError, ConfigError, NumericalError
+from edgeseg.errors import CheckpointError, ConfigError, EdgesegError, NumericalError
 from edgeseg.models import build_model
 from edgeseg.train import fit
 from edgeseg.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
@@ -51,7 +51,9 @@ def reference_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[
 
 def test_run_writes_checkpoints_and_metrics(reference_run: tuple[Path, dict[str, Any]]) -> None:
     out, results = reference_run
-    assert {p.name for p in out.iterdir()} >= {"last.pt", "fp32.pt", "best.pt", "metrics.csv", "summary.json", "tb"}
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".edgeseg.lock", "best.pt", "fp32.pt", "last.pt", "metrics.csv", "run.json", "summary.json", "tb",
+    ]  # fmt: skip
     last = load_checkpoint(out / "last.pt")
     assert last["iteration"] == 6 and last["stage"] == "fp32" and last["stage_done"] == "fp32"
     assert last["classes"]["names"][0] == "background" and last["normalization"]["mean"] == [0.485, 0.456, 0.406]
@@ -71,8 +73,9 @@ def test_run_writes_checkpoints_and_metrics(reference_run: tuple[Path, dict[str,
 def test_resume_is_bit_exact(reference_run: tuple[Path, dict[str, Any]], tmp_path: Path, stop_at: int, interrupt_at) -> None:  # noqa: ANN001
     ref_dir, _ = reference_run
     recipe = recipe_from_dict(TINY)
-    with pytest.raises(Interrupted, match=rf"step {stop_at}/6.*--resume"):
+    with pytest.raises(Interrupted) as info:
         fit(recipe, tmp_path, callback=interrupt_at(stop_at))
+    assert str(info.value) == f"interrupted at fp32 step {stop_at}/6; saved {tmp_path / 'last.pt'}: resume with --resume"
     assert _state(tmp_path)["iteration"] == stop_at
     fit(recipe, tmp_path, resume=True)
     ref, got = _state(ref_dir), _state(tmp_path)
@@ -86,17 +89,27 @@ def test_resume_is_bit_exact(reference_run: tuple[Path, dict[str, Any]], tmp_pat
 
 
 def test_resume_refuses_missing_or_other_architecture(reference_run: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match=r"last\.pt' does not exist; run without --resume"):
+    with pytest.raises(CheckpointError) as info:
         fit(recipe_from_dict(TINY), tmp_path, resume=True)
+    assert str(info.value) == f"--resume: '{tmp_path / 'last.pt'}' does not exist; run without --resume to start"
     ref_dir, _ = reference_run
     assert not (tmp_path / "run.json").exists()  # a failed --resume leaves no mark on the folder
     (tmp_path / "last.pt").write_bytes((ref_dir / "last.pt").read_bytes())
     # Another recipe's run: refused by its recipe hash first, with what to do ...
-    with pytest.raises(ConfigError, match=r"holds a run of another recipe .*use --out NEW, or --force"):
-        fit(recipe_from_dict(TINY, ["model.width_mult=0.5"]), tmp_path, resume=True)
+    other = recipe_from_dict(TINY, ["model.width_mult=0.5"])
+    with pytest.raises(ConfigError) as info:
+        fit(other, tmp_path, resume=True)
+    assert str(info.value) == (
+        f"run folder '{tmp_path}' holds a run of another recipe (hash {recipe_from_dict(TINY).hash()}, this one {other.hash()}); "
+        "use --out NEW, or --force to train this recipe there"
+    )
     # ... and with --force, by the checkpoint's architecture.
-    with pytest.raises(CheckpointError, match=r"has width_mult=0\.35 but the recipe builds width_mult=0\.5"):
-        fit(recipe_from_dict(TINY, ["model.width_mult=0.5"]), tmp_path, resume=True, force=True)
+    with pytest.raises(CheckpointError) as info:
+        fit(other, tmp_path, resume=True, force=True)
+    assert str(info.value) == (
+        f"checkpoint '{tmp_path / 'last.pt'}' has width_mult=0.35 but the recipe builds width_mult=0.5; "
+        "use a checkpoint of the same architecture or change the recipe"
+    )
 
 
 def test_run_folder_is_one_recipes_and_one_process(reference_run: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
@@ -106,12 +119,18 @@ def test_run_folder_is_one_recipes_and_one_process(reference_run: tuple[Path, di
     for name in ("last.pt", "summary.json", "run.json"):
         (tmp_path / name).write_bytes((ref_dir / name).read_bytes())
     before = (tmp_path / "summary.json").read_bytes()
-    with pytest.raises(ConfigError, match=r"already finished .*nothing to resume"):
+    with pytest.raises(ConfigError) as info:
         fit(recipe_from_dict(TINY), tmp_path, resume=True)
+    assert str(info.value) == (
+        f"the run in '{tmp_path}' already finished (see {tmp_path / 'summary.json'}); nothing to resume: use --out NEW to train again"
+    )
     assert (tmp_path / "summary.json").read_bytes() == before  # the finished run's summary is kept
-    with run_lock(tmp_path), pytest.raises(ConfigError, match=rf"'{tmp_path}' is in use by another edgeseg \(pid {os.getpid()}\)"):
+    with run_lock(tmp_path), pytest.raises(ConfigError) as info:
         with run_lock(tmp_path):
             pass
+    assert str(info.value) == (
+        f"run folder '{tmp_path}' is in use by another edgeseg (pid {os.getpid()}); wait for it to end or use --out NEW"
+    )
     assert (tmp_path / LOCK_FILE).exists() and not (tmp_path / (LOCK_FILE + ".pid")).exists()  # released
 
 
@@ -156,8 +175,11 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path: Path)
     torch.manual_seed(0)
     model = build_model(num_classes=5, width_mult=0.35, aux_loss=True)
     trainer = Trainer(recipe, tmp_path, train_set, eval_dataset(recipe), torch.device("cpu"), poison_after_first_epoch)
-    with pytest.raises(NumericalError, match=r"loss is nan at fp32 step 2; lower train\.lr"):
+    with pytest.raises(NumericalError) as info:
         trainer.run(Stage("fp32", model, 3, 0.02, None))
+    assert str(info.value) == (
+        f"loss is nan at fp32 step 2; lower train.lr or check the data (saved the last good state, fp32 step 2, to {tmp_path / 'last.pt'})"
+    )
     last = load_checkpoint(tmp_path / "last.pt")
     assert last["iteration"] == 2
     restored = model_from_checkpoint(last)
@@ -178,8 +200,9 @@ def test_seeded_sampler_shards_and_repeats() -> None:
     tail.set_epoch(0, skip_batches=3)
     assert list(tail) == full[6:] and len(tail) == 2
     assert len({s for _, s in full}) == len(full)  # a distinct augmentation seed per sample
-    with pytest.raises(Exception, match="fewer than one batch"):
+    with pytest.raises(EdgesegError) as info:
         SeededSampler(3, 4, seed=0)
+    assert str(info.value) == "the training split has 3 images, fewer than one batch of 4 per process; lower train.batch_size"
 
 
 def test_poly_lr_with_warmup() -> None:
@@ -197,6 +220,25 @@ def test_backbone_lr_multiplier_groups() -> None:
     assert groups[0]["lr"] == pytest.approx(0.002) and groups[1]["lr"] == pytest.approx(0.02)
     assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.encoder.parameters()}
     assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        # torch.load's own reason, shortened to its first sentence: a legacy-format header read
+        # past the end of 4 bytes, a zip magic number with no archive after it, and pickle opcode
+        # 'g' (103), which the weights-only unpickler does not accept.
+        (b"junk", "struct.error: unpack requires a buffer of 4 bytes"),
+        (b"PK\x03\x04garbage", "RuntimeError: PytorchStreamReader failed reading zip archive: not a ZIP archive"),
+        (b"\x80\x02garbage", "UnpicklingError: Unsupported operand 103"),
+    ],
+    ids=["text", "zip", "pickle"],
+)
+def test_a_file_that_is_no_checkpoint_says_what_was_wrong(tmp_path: Path, content: bytes, reason: str) -> None:
+    (tmp_path / "x.pt").write_bytes(content)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tmp_path / "x.pt")
+    assert str(info.value) == f"'{tmp_path / 'x.pt'}' is not a readable checkpoint ({reason}); pass a .pt written by edgeseg"
 
 
 def test_checkpoints_from_before_the_atrous_fix_keep_their_dilation(reference_run: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
