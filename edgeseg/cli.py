@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,7 +30,6 @@ QUIET_LOGGERS = ("coremltools", "nncf", "openvino", "torch", "onnxscript", "onnx
 
 def _quiet_third_parties() -> None:
     """Hide third-party warnings and notices: edgeseg reports through logging, never `warnings`."""
-    import os
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -218,10 +218,21 @@ def export(
     trt_version: Annotated[
         int, typer.Option("--trt-version", help="Jetson: TensorRT major whose preflight errors stop the export (10 or 11)")
     ] = 10,
+    keep_float: Annotated[
+        int | None, typer.Option("--keep-float", help="INT8: keep the K layers 'edgeseg sensitivity' ranks first in float")
+    ] = None,
+    max_drop: Annotated[
+        float | None, typer.Option("--max-drop", help="INT8: keep the fewest layers float that bring it within D mIoU points of FP32")
+    ] = None,
+    sensitivity_json: Annotated[
+        Path | None,
+        typer.Option("--sensitivity", help="With --keep-float/--max-drop: a ranking from 'edgeseg sensitivity --json' (default: measure)"),
+    ] = None,
 ) -> None:
     """Export a checkpoint to a target's artifact folder (model + meta.json), verified on export."""
     from edgeseg.export.artifacts import export_targets
     from edgeseg.export.base import ExportRequest
+    from edgeseg.export.mixed import requested, resolve
     from edgeseg.sizes import check_dla_core, parse_size
 
     check_dla_core(dla)
@@ -240,8 +251,14 @@ def export(
             "dla": dla,
             "build_engine": build_engine,
             "trt_version": trt_version,
+            "keep_float": keep_float,
+            "max_drop": max_drop,
+            "sensitivity": sensitivity_json,
         },  # fmt: skip
     )
+    if requested(request.options):  # choose the float layers once for every target (measuring them takes a while)
+        with render.progress() as bar:
+            resolve(request, progress=render.lazy_task(bar, "sensitivity", "layers"))
     with console.status(f"exporting {target} {precision}"):
         results = export_targets(request, [target])
     render.print_export_results(results)
@@ -276,6 +293,14 @@ def bench(
             "--rounds", help="Time the artifacts interleaved in this many rounds (ratios hold on a busy machine; 1: one after another)"
         ),
     ] = 1,
+    device: Annotated[str | None, typer.Option("--device", help="OpenVINO device: CPU, GPU, NPU or AUTO (default: CPU)")] = None,
+    hint: Annotated[
+        str | None,
+        typer.Option("--hint", help="OpenVINO PERFORMANCE_HINT: latency (default) or throughput (FPS at full load, parallel requests)"),
+    ] = None,
+    compute_units: Annotated[
+        str | None, typer.Option("--compute-units", help="Core ML engines: all (default), cpu_and_ne, cpu_and_gpu, cpu_only")
+    ] = None,
 ) -> None:
     """Latency, memory and mIoU of artifacts, each with its own runtime; rows go to --json."""
     from edgeseg.bench import BenchOptions, bench_interleaved, bench_into
@@ -297,6 +322,9 @@ def bench(
         output_stride=output_stride,
         input_size=size,
         float_weights=float_weights,
+        device=device,
+        perf_hint=hint,
+        compute_units=compute_units,
     )
     bar = render.progress()  # started with the first artifact: checks that fail first print only their line
     try:
@@ -424,6 +452,10 @@ def main() -> None:
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _on_sigterm)  # SIGTERM stops as cleanly as CTRL-C (exit 143)
+    # A child forked by a library (OpenVINO's and NNCF's telemetry senders, data workers) must not
+    # inherit that handler: a child blocked in C (a DNS lookup under a lock copied by fork) cannot
+    # run a Python handler, so SIGTERM could not end it and the parent would wait at exit forever.
+    os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
     try:
         code = app(standalone_mode=False)  # returns typer.Exit codes instead of raising
         if code == 130:  # Typer turns CTRL-C (KeyboardInterrupt) into Exit(130), silently

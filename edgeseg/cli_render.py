@@ -119,6 +119,26 @@ def print_export_results(results: Iterable[ExportResult]) -> None:
         out_console.print(f"wrote {r.folder} ({r.size_bytes / 1e6:.1f} MB) in {r.seconds:.1f}s{detail}")
         if describe(r):
             out_console.print(f"  {describe(r)}", highlight=False, markup=False)
+        if r.meta.get("float_source") is not None:
+            layers, convs = r.meta.get("float_layers", []), r.meta.get("float_convs", [])
+            shown = ", ".join(layers[:4]) + (f" and {len(layers) - 4} more" if len(layers) > 4 else "")
+            out_console.print(
+                f"  kept float (read back from the graph): {len(layers)} layers, {len(convs)} convs{': ' + shown if layers else ''}",
+                highlight=False,
+                markup=False,
+            )
+
+
+def lazy_task(bar: Progress, description: str, info: str = "") -> Callable[[int, int], None]:
+    """A progress(done, total) callback whose task appears on its first call (a step that may not run)."""
+    task: list[Any] = []
+
+    def update(done: int, total: int) -> None:
+        if not task:
+            task.append(bar.add_task(description, total=total, info=info))
+        bar.update(task[0], completed=done, total=total)
+
+    return update
 
 
 def bench_progress(bar: Progress) -> Callable[[Path], Any]:

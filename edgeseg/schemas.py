@@ -102,3 +102,83 @@ class CheckpointMeta(BaseModel):
         if len(self.classes.names) != self.arch.num_classes:
             raise ValueError(f"classes has {len(self.classes.names)} names but arch.num_classes is {self.arch.num_classes}")
         return self
+
+
+# --- layer names and the sensitivity file (edgeseg sensitivity --json, read by export) ----------
+
+MAX_LAYERS = 10_000  # far more than any model's quantized layers
+
+
+def _module_name(v: str) -> str:
+    if not (1 <= len(v) <= 200) or not all(c.isalnum() or c in "._" for c in v):
+        raise ValueError("must be a module name (letters, digits, '.' and '_', 1..200 characters)")
+    return v
+
+
+# A module path of the model, e.g. decoder.fuse.0.0.0 or encoder.features.3.in_q.
+ModuleName = Annotated[str, AfterValidator(_module_name)]
+Miou = Annotated[float, Field(ge=0.0, le=100.0, allow_inf_nan=False)]
+
+
+def _unique(names: list[str]) -> list[str]:
+    if len(set(names)) != len(names):
+        raise ValueError(f"lists '{next(n for n in names if names.count(n) > 1)}' twice")
+    return names
+
+
+UniqueNames = Annotated[list[ModuleName], Field(max_length=MAX_LAYERS), AfterValidator(_unique)]
+
+
+class LayerScoreMeta(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: ModuleName
+    convs: list[ModuleName] = Field(max_length=MAX_LAYERS)
+    miou: Miou
+    gain: float = Field(ge=-100.0, le=100.0, allow_inf_nan=False)
+    per_class_iou: dict[str, Miou | None]
+
+
+class CurvePointMeta(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    k: int = Field(ge=1, le=MAX_LAYERS)
+    miou: Miou
+    layers: UniqueNames
+
+
+class SensitivityMeta(BaseModel):
+    """A sensitivity file: every layer's score, ranked, and the cumulative curve."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: int = Field(ge=1, le=10_000)
+    float_miou: Miou
+    int8_miou: Miou
+    float_per_class: dict[str, Miou | None]
+    int8_per_class: dict[str, Miou | None]
+    layers: list[LayerScoreMeta] = Field(min_length=1, max_length=MAX_LAYERS)
+    cumulative: list[CurvePointMeta] = Field(max_length=MAX_LAYERS)
+    seconds: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    checkpoint: str | None = Field(default=None, max_length=4096)
+    checkpoint_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SensitivityMeta:
+        names = [s.name for s in self.layers]
+        _unique(names)
+        if any(a.gain < b.gain for a, b in zip(self.layers, self.layers[1:])):
+            raise ValueError("layers must be ranked by gain, highest first, as 'edgeseg sensitivity' writes them")
+        if any(p.k != i + 1 or len(p.layers) != p.k or p.layers != names[: p.k] for i, p in enumerate(self.cumulative)):
+            raise ValueError("the cumulative curve must keep the 1, 2, 3... best-ranked layers in order")
+        return self
+
+
+def validate_sensitivity(data: Any, where: str, fix: str) -> dict[str, Any]:
+    """Check a sensitivity file's content; CheckpointError (one line) when it fails."""
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{where} is not a JSON object; {fix}")
+    try:
+        return SensitivityMeta.model_validate(data).model_dump()
+    except ValidationError as exc:
+        raise one_line(exc, where, fix) from None

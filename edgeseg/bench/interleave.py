@@ -4,7 +4,8 @@ On a shared machine (a laptop, a CI runner, a device running other work) the loa
 minutes. Timing artifact A for a minute and then B compares A's minute with B's; timing both in
 turn, round after round, exposes both to the same drift, so their ratio holds even when the
 absolute figures move. Each row keeps the p50 of every round (`round_p50_ms`): their spread is
-the noise the report shows next to the figure.
+the noise the report shows next to the figure. A runner with full-load throughput (OpenVINO's
+throughput hint) is also timed at full load in every round, right after its synchronous calls.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-from edgeseg.bench.measure import BenchOptions, Progress, finish_row, load_timed, open_with, preflight, timed_runs
+from edgeseg.bench.measure import BenchOptions, Progress, finish_row, load_timed, open_with, preflight
 from edgeseg.bench.results import BenchRow, save_results
+from edgeseg.bench.runners import check_options_apply
 from edgeseg.bench.stats import percentile
+from edgeseg.bench.timing import at_full_load, full_load_runs, timed_runs
 from edgeseg.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -42,7 +45,8 @@ def bench_interleaved(
         json_path: results file (created, or merged into).
         paths: artifact folders and/or `.pt` checkpoints (two or more to be worth interleaving).
         options: shared by every path, or one per path (the pipeline runs its checkpoints at
-            several output strides); `runs` is the total per artifact.
+            several output strides; benchmarks run one artifact with several OpenVINO
+            performance hints); `runs` is the total per artifact.
         rounds: 2..MAX_ROUNDS.
         progress: progress(path) returns the progress callback for that path.
     """
@@ -54,8 +58,9 @@ def bench_interleaved(
     runs, warmup = per_path[0].runs, per_path[0].warmup
     if rounds > runs:
         raise ConfigError(f"--rounds {rounds} is more than --runs {runs}; every round needs a timed run: lower --rounds")
-    for path, opts in zip(paths, per_path):
-        preflight(json_path, [path], opts)
+    targets = [t for path, opts in zip(paths, per_path) for t in preflight(json_path, [path], opts, whole_command=False)]
+    for opts in {id(o): o for o in per_path}.values():
+        check_options_apply(targets, opts.target_options())
     per_round, warm = math.ceil(runs / rounds), math.ceil(warmup / rounds)
     loaded = []
     for path, opts in zip(paths, per_path):
@@ -69,9 +74,10 @@ def bench_interleaved(
     for r in range(rounds):
         shift = r % len(loaded)
         for _, timing, x, callback, _ in loaded[shift:] + loaded[:shift]:
-            samples = timed_runs(timing.loaded.runner.run, x, warm, per_round)
-            timing.samples_ms += samples
+            samples = timed_runs(timing, x, warm, per_round)
             timing.round_p50_ms.append(percentile(samples, 50))  # type: ignore[union-attr]
+            if at_full_load(timing.loaded):
+                full_load_runs(timing, x, per_round)
             if callback:
                 callback("latency", r + 1, rounds)
         log.info("round %d/%d done", r + 1, rounds)

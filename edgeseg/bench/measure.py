@@ -4,7 +4,8 @@ Latency is the model call alone: after a first run (timed with loading and compi
 `first_inference_s`) and `warmup` untimed runs, `runs` calls are each timed with
 time.perf_counter_ns on one fixed input (seeded standard normal: a convolutional network's
 latency does not depend on the pixel values). Pre- and post-processing are timed separately, per
-image, during the accuracy pass (or on one random image with --no-accuracy).
+image, during the accuracy pass (or on one random image with --no-accuracy). See
+edgeseg.bench.timing for full-load throughput and the device-side times some runners report.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from edgeseg.bench.artifact import Artifact, open_artifact
 from edgeseg.bench.device import device_record
 from edgeseg.bench.memory import PeakMemory
 from edgeseg.bench.results import BenchRow, load_results, save_results
-from edgeseg.bench.runners import check_hint, load_runner
-from edgeseg.bench.stats import latency_stats, throughput
+from edgeseg.bench.runners import canonical_options, check_hint, check_options_apply, check_target_options, load_runner
+from edgeseg.bench.stats import latency_stats
+from edgeseg.bench.timing import Timing, at_full_load, full_load_runs, timed_runs, timing_fields, timing_notes
 from edgeseg.data.preprocess import preprocess
 from edgeseg.data.sources import Source, open_source
 from edgeseg.errors import CheckpointError, ConfigError, DataError, NumericalError
@@ -56,6 +58,10 @@ class BenchOptions:
     output_stride: int | None = None  # checkpoints only
     input_size: tuple[int, int] | None = None  # checkpoints only
     float_weights: bool = False  # quantized checkpoints only: run with quantization off
+    # Options of some targets only (edgeseg.bench.runners.TARGET_OPTION_FLAGS); None: the target's default.
+    device: str | None = None  # OpenVINO: CPU, GPU, NPU, AUTO (default: the artifact's, CPU)
+    perf_hint: str | None = None  # OpenVINO PERFORMANCE_HINT: latency (default) or throughput
+    compute_units: str | None = None  # Core ML: all (default), cpu_and_ne, cpu_and_gpu, cpu_only
 
     def check(self) -> None:
         for name, low in (("runs", 1), ("warmup", 0), ("batch", 1)):
@@ -65,25 +71,12 @@ class BenchOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name} {value} is invalid; use 1 or more (or leave it out)")
+        for name, value in canonical_options(self.target_options()).items():
+            setattr(self, name, value)
 
-
-@dataclass
-class Timing:
-    loaded: Loaded
-    samples_ms: list[float]
-    first_inference_s: float
-    peak_mem_mb: float | None
-    first_output: np.ndarray
-    load_s: float | None = None
-    peak_rss_mb: float | None = None
-    round_p50_ms: list[float] | None = None
-    memory: PeakMemory | None = None
-
-    def close_memory(self) -> None:
-        """Read the memory peaks of the section that began at load (once)."""
-        if self.memory is not None:
-            self.peak_mem_mb, self.peak_rss_mb = self.memory.peak_mb(), self.memory.absolute_peak_mb()
-            self.memory = None
+    def target_options(self) -> dict[str, str | None]:
+        """The options only some targets take, by BenchOptions field (see load_runner)."""
+        return {"device": self.device, "perf_hint": self.perf_hint, "compute_units": self.compute_units}
 
 
 def bench_artifact(path: str | Path, options: BenchOptions | None = None, progress: Progress | None = None) -> BenchRow:
@@ -122,6 +115,8 @@ def finish_row(art: Artifact, options: BenchOptions, timing: Timing, progress: P
         pre_ms, post_ms = acc.preprocess_ms, acc.postprocess_ms
     else:
         pre_ms, post_ms = _time_pre_post(art, timing.first_output, repeats=min(options.runs, 10))
+    if timing.prepare_ms:  # the runner's conversion to its runtime's input, outside the timed call
+        pre_ms += float(np.mean(timing.prepare_ms)) / options.batch
     return _make_row(art, options, timing, acc, pre_ms, post_ms, data)
 
 
@@ -167,7 +162,7 @@ def load_timed(art: Artifact, options: BenchOptions) -> tuple[Timing, np.ndarray
     mem = PeakMemory()
     mem.start()
     t0 = time.perf_counter_ns()
-    loaded = load_runner(art, threads=options.threads, precision_hint=options.precision_hint)
+    loaded = load_runner(art, threads=options.threads, precision_hint=options.precision_hint, options=options.target_options())
     load_s = (time.perf_counter_ns() - t0) / 1e9
     if loaded.static_batch is not None and loaded.static_batch != options.batch:
         raise ConfigError(
@@ -183,26 +178,9 @@ def load_timed(art: Artifact, options: BenchOptions) -> tuple[Timing, np.ndarray
     return timing, x
 
 
-def timed_runs(
-    run: Callable[[np.ndarray], Any], x: np.ndarray, warmup: int, runs: int, tick: Callable[[], None] | None = None
-) -> list[float]:
-    """`warmup` untimed calls, then the milliseconds of `runs` calls of run(x) each."""
-    for _ in range(warmup):
-        run(x)
-        if tick:
-            tick()
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter_ns()
-        run(x)
-        samples.append((time.perf_counter_ns() - start) / 1e6)
-        if tick:
-            tick()
-    return samples
-
-
 def measure_latency(art: Artifact, options: BenchOptions, progress: Progress | None = None) -> Timing:
-    """Load, first run, warm-up, then `runs` timed calls of the model alone; peak memory over all."""
+    """Load, first run, warm-up, then `runs` timed calls of the model alone (and as many at full
+    load where the runner has it); peak memory over all."""
     timing, x = load_timed(art, options)
     total, done = options.warmup + options.runs, [0]
 
@@ -211,7 +189,9 @@ def measure_latency(art: Artifact, options: BenchOptions, progress: Progress | N
         if progress:
             progress("latency", done[0], total)
 
-    timing.samples_ms = timed_runs(timing.loaded.runner.run, x, options.warmup, options.runs, tick)
+    timed_runs(timing, x, options.warmup, options.runs, tick)
+    if at_full_load(timing.loaded):
+        full_load_runs(timing, x, options.runs)
     timing.close_memory()
     return timing
 
@@ -261,6 +241,7 @@ def _make_row(
     loaded = timing.loaded
     threads = options.threads or getattr(loaded.runner, "threads", None)
     stats = {k: round(v, 4) for k, v in latency_stats(timing.samples_ms).items()}
+    measured = timing_fields(timing, options.batch)
     return BenchRow(
         runtime=loaded.runtime,
         runtime_version=loaded.runtime_version,
@@ -277,7 +258,7 @@ def _make_row(
         warmup=options.warmup,
         latency=stats,
         latency_samples_ms=[round(s, 4) for s in timing.samples_ms],
-        throughput=round(throughput(timing.samples_ms, options.batch), 3),
+        throughput=measured.pop("throughput"),
         first_inference_s=round(timing.first_inference_s, 4),
         peak_mem_mb=None if timing.peak_mem_mb is None else round(timing.peak_mem_mb, 1),
         preprocess_ms=round(pre_ms, 4),
@@ -296,19 +277,31 @@ def _make_row(
         load_s=None if timing.load_s is None else round(timing.load_s, 4),
         peak_rss_mb=None if timing.peak_rss_mb is None else round(timing.peak_rss_mb, 1),
         round_p50_ms=None if timing.round_p50_ms is None else [round(v, 4) for v in timing.round_p50_ms],
+        notes="; ".join(timing_notes(timing)),
+        **measured,
     )
 
 
-def preflight(json_path: str | Path | None, paths: list[Path], options: BenchOptions) -> None:
-    """Check options, the results file, every artifact and its data before measuring anything."""
+def preflight(json_path: str | Path | None, paths: list[Path], options: BenchOptions, *, whole_command: bool = True) -> list[str]:
+    """Check options, the results file, every artifact and its data before measuring anything.
+
+    Returns the artifacts' targets. With `whole_command` (False: `paths` are part of a command
+    whose other parts are checked apart), an option that none of them takes is refused.
+    """
     options.check()
     if json_path is not None and Path(json_path).exists():
         load_results(json_path)
+    targets = []
     for path in paths:
         art = open_with(path, options)
         check_hint(options.precision_hint, art.target)
+        check_target_options(art.target, options.target_options())
         if options.accuracy:
             resolve_data(art, options)
+        targets.append(art.target)
+    if whole_command:
+        check_options_apply(targets, options.target_options())
+    return targets
 
 
 def bench_into(

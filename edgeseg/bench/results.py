@@ -50,10 +50,10 @@ class BenchRow:
     warmup: int
     latency: dict[str, float]  # p50, p90, p99, mean, std, min, max (ms)
     latency_samples_ms: list[float]
-    throughput: float  # images/s over the timed runs (batch included)
+    throughput: float  # images/s over the timed runs (batch included); at full load where infer_requests is set
     first_inference_s: float  # load + compile + first run
     peak_mem_mb: float | None  # MiB: resident-memory peak of load + runs, above the RSS before load
-    preprocess_ms: float | None  # per image: read array -> normalised NCHW
+    preprocess_ms: float | None  # per image: read array -> normalised NCHW (-> the runtime's input type, e.g. Core ML's PIL image)
     postprocess_ms: float | None  # per image: logits -> mask (resize + argmax)
     miou: float | None
     pixel_acc: float | None
@@ -71,6 +71,10 @@ class BenchRow:
     load_s: float | None = None  # loading the artifact: parse, compile, engine build where it happens
     peak_rss_mb: float | None = None  # MiB: the process's absolute resident-memory peak over load + runs
     round_p50_ms: list[float] | None = None  # p50 of each round when rows were benched interleaved
+    perf_hint: str | None = None  # the runtime's performance hint where it has one (OpenVINO: latency | throughput)
+    infer_requests: int | None = None  # requests in flight when throughput was measured at full load (read back from the runtime)
+    engine_latency: dict[str, float] | None = None  # p50, p90, ... (ms) of the engine alone on the device (TensorRT: CUDA events)
+    copy_ms: dict[str, float] | None = None  # p50 (ms) of the host-to-device ("h2d") and device-to-host ("d2h") copies
     row_id: str = field(default="")
 
     def __post_init__(self) -> None:
@@ -141,6 +145,7 @@ def _check_row(d: dict[str, Any], where: str) -> None:
             raise bad(key, f"must be a whole number >= {low}")
     if not isinstance(d["latency"], dict) or "p50" not in d["latency"] or not all(_number(v) and v >= 0 for v in d["latency"].values()):
         raise bad("latency", "must map p50, p90, ... to finite milliseconds >= 0")
+    _check_device_side(d, bad)
     rounds = d.get("round_p50_ms")
     if rounds is not None and (not isinstance(rounds, list) or not rounds or not all(_number(v) and v >= 0 for v in rounds)):
         raise bad("round_p50_ms", "must be null or a non-empty list of finite milliseconds >= 0")
@@ -156,6 +161,19 @@ def _check_row(d: dict[str, Any], where: str) -> None:
         raise bad("input_shape", "must be [N, C, H, W] of positive whole numbers")
     if not isinstance(d["device"], dict):
         raise bad("device", "must be an object")
+
+
+def _check_device_side(d: dict[str, Any], bad: Any) -> None:
+    """The optional fields of full-load throughput and device-side timing."""
+    if d.get("perf_hint") is not None and not isinstance(d["perf_hint"], str):
+        raise bad("perf_hint", "must be null or a string")
+    requests = d.get("infer_requests")
+    if requests is not None and (not isinstance(requests, int) or isinstance(requests, bool) or requests < 1):
+        raise bad("infer_requests", "must be null or a whole number >= 1")
+    for key in ("engine_latency", "copy_ms"):
+        value = d.get(key)
+        if value is not None and (not isinstance(value, dict) or not value or not all(_number(v) and v >= 0 for v in value.values())):
+            raise bad(key, "must be null or map names to finite milliseconds >= 0")
 
 
 def runtime_label(runtime: str) -> str:

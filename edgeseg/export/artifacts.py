@@ -72,6 +72,10 @@ class ExportResult:
 
 def export_artifact(request: ExportRequest, target: str) -> ExportResult:
     """Export `request` for one target into out_dir/<target>_<precision>_os<N>[_variant]/."""
+    from edgeseg.export.mixed import check_options, requested
+
+    if requested(request.options):  # before any work, and before they name the folder
+        check_options(request.precision, request.options)
     t = get_target(target)
     ok, why = t.is_available()
     if not ok:
@@ -93,8 +97,11 @@ def export_artifact(request: ExportRequest, target: str) -> ExportResult:
 
 
 def _variant(request: ExportRequest, target: str) -> str | None:
-    ptq = request.options.get("ptq")
-    return str(ptq) if (ptq and target == "openvino") else None
+    """nncf for OpenVINO's --ptq; float<K> or drop<D> for layers kept float (--keep-float, --max-drop)."""
+    ptq, k, d = request.options.get("ptq"), request.options.get("keep_float"), request.options.get("max_drop")
+    if ptq and target == "openvino":
+        return str(ptq)
+    return f"float{k}" if k is not None else f"drop{d:g}" if d is not None else None
 
 
 def _checkpoint_output_stride(checkpoint: Path) -> int:

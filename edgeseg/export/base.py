@@ -47,7 +47,15 @@ class ExportRequest:
 
 
 class Runner(Protocol):
-    """A loaded artifact: `run(x)` maps a float32 NCHW array to float32 logits."""
+    """A loaded artifact: `run(x)` maps a float32 NCHW array to float32 logits.
+
+    bench reads a few optional members where a runner has them (getattr, so a runner without them
+    still works): `threads`; `prepare(x)` + `run_prepared(p)`, which split `run` so a conversion
+    to the runtime's own input type (Core ML's PIL images) is timed as pre-processing, not as the
+    model; `last_times`, the device-side milliseconds of the last run ({"h2d", "engine", "d2h"}:
+    TensorRT's CUDA events); `perf_hint`, `infer_requests` and `run_full_load(x, count)`, the
+    seconds of `count` inferences with every parallel request busy (OpenVINO's throughput hint).
+    """
 
     def run(self, x: Any) -> Any: ...
 
@@ -72,6 +80,9 @@ class Target(Protocol):
     precisions: tuple[str, ...]  # what `export --precision` accepts for this target
     variants: tuple[tuple[str, str | None], ...]  # (precision, ptq) the pipeline exports
     precision_hints: tuple[str, ...]  # execution precisions `bench --precision-hint` accepts
+    # Optional (read with getattr, default {}): `bench_options`, BenchOptions field -> the values
+    # the target's `load` takes for it (OpenVINO: device, perf_hint; Core ML: compute_units), and
+    # `check_bench_options(**options)`, which raises when this machine cannot honour them.
 
     def is_available(self) -> tuple[bool, str]:
         """Whether this machine can export: (True, '') or (False, why, with the install command)."""
@@ -85,8 +96,13 @@ class Target(Protocol):
     def export(self, request: ExportRequest, out: Path) -> dict[str, Any]:
         """Write the artifact's model files into folder `out`; return its meta.json content."""
 
-    def load(self, artifact: Path, meta: dict[str, Any], *, threads: int | None = None, precision_hint: str | None = None) -> Loaded:
-        """Load an artifact for inference with this target's own runtime."""
+    def load(
+        self, artifact: Path, meta: dict[str, Any], *, threads: int | None = None, precision_hint: str | None = None, **options: Any
+    ) -> Loaded:
+        """Load an artifact for inference with this target's own runtime.
+
+        `options` are only those the target declares in its `bench_options` (bench passes no
+        others): a target without `bench_options` takes none."""
 
 
 def get_target(name: str) -> Target:

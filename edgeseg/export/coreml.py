@@ -211,6 +211,14 @@ def inspect_mlpackage(path: str | Path) -> dict[str, Any]:
         args = op.inputs["x"].arguments if "x" in op.inputs else []
         return bool(args) and int8_valued(args[0].name)
 
+    # adds of two computed tensors (residuals), in program order
+    adds = [[a.name for k in ("x", "y") for a in op.inputs[k].arguments] for op in ops if op.type == "add"]
+    adds = [args for args in adds if len(args) == 2 and all(a in producer and producer[a].type != "const" for a in args)]
+
+    def weight_shape(op: Any) -> tuple[int, ...]:
+        src = source(op, "weight")
+        return tuple(int(d.constant.size) for d in src.outputs[0].type.tensorType.dimensions) if src is not None else ()
+
     return {
         "spec_version": spec.specificationVersion,
         "opset": fn.opset,
@@ -220,12 +228,16 @@ def inspect_mlpackage(path: str | Path) -> dict[str, Any]:
         "convs": len(convs),
         "convs_int8_weights": sum(int8_weight(op) for op in convs),
         "convs_int8_inputs": sum(int8_input(op) for op in convs),
+        # per conv, in program order: (int8 weights, int8 input, weight shape), for layers kept float
+        "conv_states": [(int8_weight(op), int8_input(op), weight_shape(op)) for op in convs],
+        "add_states": [tuple(int8_valued(a) for a in args) for args in adds],
         "metadata": dict(spec.description.metadata.userDefined),
     }
 
 
-def verify_mlpackage(path: Path, meta: dict[str, Any], precision: str) -> dict[str, Any]:
-    """Check names, shapes, metadata, and (INT8) that every conv has int8 weights and inputs."""
+def verify_mlpackage(path: Path, meta: dict[str, Any], precision: str, plan: Any = None) -> dict[str, Any]:
+    """Check names, shapes, metadata, and (INT8) that every conv has int8 weights and inputs, or
+    with a `plan` (layers kept float, edgeseg.export.mixed) exactly those it says, matched by order."""
     info = inspect_mlpackage(path)
     h, w = meta["input_size"]
     n = len(meta["classes"]["names"])
@@ -237,7 +249,12 @@ def verify_mlpackage(path: Path, meta: dict[str, Any], precision: str) -> dict[s
         problems.append(f"output '{OUTPUT_NAME}' is {info['outputs'].get(OUTPUT_NAME)}, expected shape [1, {n}, {h}, {w}]")
     if json.loads(info["metadata"].get("edgeseg.classes", "[]")) != meta["classes"]["names"]:
         problems.append("class names are missing from the metadata")
-    if precision == "int8" and not info["convs"] == info["convs_int8_weights"] == info["convs_int8_inputs"]:
+    if plan is not None:
+        from edgeseg.export.mixed_verify import ordered_problems, summary
+
+        found = ordered_problems(info["conv_states"], info["add_states"], plan)
+        problems += [f"its float layers differ from meta.json: {summary(found)}"] if found else []
+    elif precision == "int8" and not info["convs"] == info["convs_int8_weights"] == info["convs_int8_inputs"]:
         problems.append(
             f"of {info['convs']} convs, {info['convs_int8_weights']} have int8 weights and {info['convs_int8_inputs']} int8 inputs"
         )
@@ -246,24 +263,48 @@ def verify_mlpackage(path: Path, meta: dict[str, Any], precision: str) -> dict[s
     return info
 
 
-class CoreMLRunner:
-    """A Core ML model (macOS only): `run(x)` takes normalised NCHW like the other runners."""
+# `bench --compute-units`: coremltools' ct.ComputeUnit members, in lower case. Which engines run
+# the model; INT8 activations (W8A8) speed up only the Neural Engine of A17 Pro / M4 and later.
+COMPUTE_UNITS = ("all", "cpu_and_ne", "cpu_and_gpu", "cpu_only")
 
-    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+
+def check_compute_units(units: str) -> str:
+    if units not in COMPUTE_UNITS:
+        raise ConfigError(f"--compute-units '{units}' is not a Core ML compute unit; use one of {', '.join(COMPUTE_UNITS)}")
+    return units
+
+
+class CoreMLRunner:
+    """A Core ML model (prediction on macOS only): `run(x)` takes normalised NCHW like the other runners.
+
+    `run` = `run_prepared(prepare(x))`: `prepare` turns the normalised array back into the PIL
+    images the model takes, so bench times that conversion as pre-processing and only the
+    prediction as the model. `compute_units` picks the engines (ct.ComputeUnit, lower case).
+    """
+
+    def __init__(self, path: Path, meta: dict[str, Any], compute_units: str = "all") -> None:
         ct = _ct()
-        self.model = ct.models.MLModel(str(path))
+        self.compute_units = check_compute_units(compute_units)
+        self.model = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, compute_units.upper()))
         norm = meta["normalization"]
         self.mean = np.asarray(norm["mean"], np.float32).reshape(1, 3, 1, 1)
         self.std = np.asarray(norm["std"], np.float32).reshape(1, 3, 1, 1)
         self.static_batch = 1
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def prepare(self, x: np.ndarray) -> list[Any]:
+        """Normalised NCHW -> one RGB PIL image per item (exact up to rounding for inputs made
+        from uint8 pixels)."""
         from PIL import Image
 
-        # Undo the normalisation (exact up to rounding for inputs made from uint8 pixels).
         pixels = np.clip(np.rint((x * self.std + self.mean) * 255.0), 0, 255).astype(np.uint8)
-        outs = [self.model.predict({INPUT_NAME: Image.fromarray(p.transpose(1, 2, 0))})[OUTPUT_NAME] for p in pixels]
+        return [Image.fromarray(np.ascontiguousarray(p.transpose(1, 2, 0))) for p in pixels]
+
+    def run_prepared(self, images: list[Any]) -> np.ndarray:
+        outs = [self.model.predict({INPUT_NAME: image})[OUTPUT_NAME] for image in images]
         return np.concatenate([np.asarray(o, np.float32) for o in outs])
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.run_prepared(self.prepare(x))
 
 
 def is_macos() -> bool:
@@ -280,6 +321,7 @@ class CoreMLTarget:
     precisions = ("fp32", "fp16", "int8")
     variants: tuple[tuple[str, str | None], ...] = (("fp16", None), ("int8", None))
     precision_hints: tuple[str, ...] = ()
+    bench_options = {"compute_units": COMPUTE_UNITS}
 
     def is_available(self) -> tuple[bool, str]:
         try:
@@ -302,11 +344,21 @@ class CoreMLTarget:
         c = meta.get("coreml", {})
         return f"Core ML spec checked: {c.get('convs_int8_weights')}/{c.get('convs')} convs with int8 weights; prediction needs macOS"
 
-    def load(self, artifact: Path, meta: dict[str, Any], *, threads: int | None = None, precision_hint: str | None = None) -> Loaded:
+    def load(
+        self,
+        artifact: Path,
+        meta: dict[str, Any],
+        *,
+        threads: int | None = None,
+        precision_hint: str | None = None,
+        compute_units: str | None = None,
+    ) -> Loaded:
+        """Load with ct.models.MLModel(compute_units=...) (default all); the row's provider names them."""
+        units = check_compute_units(compute_units or "all")
         if not is_macos():
             raise TargetError(f"Core ML prediction needs macOS; copy '{artifact}' to a Mac (macOS 14+) and bench it there")
-        runner = CoreMLRunner(Path(artifact) / meta["model_file"], meta)
-        return Loaded(runner, self.runtime, package_version("coremltools"), "Core ML (all compute units)", None, runner.static_batch)
+        runner = CoreMLRunner(Path(artifact) / meta["model_file"], meta, units)
+        return Loaded(runner, self.runtime, package_version("coremltools"), f"Core ML ({units} compute units)", None, runner.static_batch)
 
 
 def export_coreml(request: ExportRequest, out: Path) -> dict[str, Any]:
@@ -326,7 +378,9 @@ def export_coreml(request: ExportRequest, out: Path) -> dict[str, Any]:
     mlmodel = convert(source, precision=request.precision, input_size=tuple(meta["input_size"]), meta=meta)
     path = out / MODEL_FILE
     mlmodel.save(str(path))
-    info = verify_mlpackage(path, meta, request.precision)
+    from edgeseg.export.mixed import plan_of
+
+    info = verify_mlpackage(path, meta, request.precision, plan_of(model))
     meta.update(
         {
             "target": "coreml",

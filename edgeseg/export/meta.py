@@ -14,13 +14,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgeseg.constants import MAX_SIDE
 from edgeseg.errors import CheckpointError, TargetError, did_you_mean
 from edgeseg.export.base import PRECISIONS, TARGETS
 from edgeseg.fsutil import write_json
-from edgeseg.schemas import ClassesMeta, NormalizationMeta, OutputStride, one_line
+from edgeseg.schemas import ClassesMeta, NormalizationMeta, OutputStride, UniqueNames, one_line
 
 META_FILE = "meta.json"
 META_SCHEMA_VERSION = 1
@@ -49,6 +49,12 @@ class ArtifactMeta(BaseModel):
     source_checkpoint_sha256: str | None
     recipe_hash: str | None
     tool_versions: dict[str, str | None]
+    # Mixed precision (edgeseg export --keep-float/--max-drop; see edgeseg.export.mixed): the
+    # sensitivity layers kept in float, the convolutions whose weights stay float as a result
+    # (every other one is INT8, weights and input), and how the layers were chosen.
+    float_layers: UniqueNames = Field(default_factory=list)
+    float_convs: UniqueNames = Field(default_factory=list)
+    float_source: dict[str, Any] | None = None
 
     @field_validator("target")
     @classmethod
@@ -77,6 +83,14 @@ class ArtifactMeta(BaseModel):
         if not all(8 <= s <= MAX_SIDE for s in v):
             raise ValueError(f"must be [height, width], each in 8..{MAX_SIDE}")
         return v
+
+    @model_validator(mode="after")
+    def _float_layers(self) -> ArtifactMeta:
+        if (self.float_layers or self.float_convs) and self.precision != "int8":
+            raise ValueError(f"float_layers/float_convs belong to INT8 artifacts, this one is {self.precision}")
+        if self.float_convs and not self.float_layers:
+            raise ValueError("float_convs lists convolutions but float_layers is empty")
+        return self
 
 
 def validate_meta(meta: Any, where: str) -> ArtifactMeta:

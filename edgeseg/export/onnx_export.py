@@ -89,18 +89,23 @@ def constants(graph: Any) -> dict[str, np.ndarray]:
     return out
 
 
-def check_qdq(proto: Any) -> list[str]:
+def check_qdq(proto: Any, plan: Any = None) -> list[str]:
     """Graph rules of a Q/DQ INT8 model; returns the violations (empty when it is sound).
 
     Every Conv weight comes from a DequantizeLinear with axis 0, a per-output-channel scale and
     int8 zero points (of a QuantizeLinear of a float constant, or of an int8 constant); every
     Conv input comes from a DequantizeLinear, or from a Concat (or Expand) of DequantizeLinear
     outputs that share one scale; every zero point is int8 and 0.
+
+    With a `plan` (edgeseg.export.mixed: layers kept float), each Conv is held to the plan
+    instead: float weights (a float constant) and a float input exactly where it says, the rules
+    above everywhere else, and no QuantizeLinear on an activation it keeps float.
     """
     graph = proto.graph
     const = constants(graph)
     producer = {out: node for node in graph.node for out in node.output}
     problems: list[str] = []
+    states: dict[str, tuple[bool, bool]] = {}
     for node in graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             zp = const.get(node.input[2]) if len(node.input) > 2 else None
@@ -109,15 +114,21 @@ def check_qdq(proto: Any) -> list[str]:
         if node.op_type != "Conv":
             continue
         weight = const.get(node.input[1])
-        dq = producer.get(node.input[1])
-        channels = None if weight is not None else _dq_channels(dq, const, producer)
-        if channels is None:
+        float_weight = plan is not None and weight is not None and weight.dtype == np.float32
+        channels = None if weight is not None else _dq_channels(producer.get(node.input[1]), const, producer)
+        if channels is None and not float_weight:
             problems.append(f"Conv '{node.name}' weight is not behind a per-channel (axis 0) DequantizeLinear")
         scales = _dq_scales(node.input[0], const, producer)
-        if not scales:
+        if not scales and plan is None:
             problems.append(f"Conv '{node.name}' input is not behind a DequantizeLinear")
         elif len(set(scales)) > 1:
             problems.append(f"Conv '{node.name}' input is a Concat of tensors with different scales {sorted(set(scales))[:3]}")
+        states[node.name] = (channels is not None, bool(scales))
+    if plan is not None:
+        from edgeseg.export.mixed_verify import graph_problems
+
+        quantized = [n.name for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in const]
+        problems += graph_problems(states, quantized, plan)
     return problems
 
 
@@ -159,14 +170,14 @@ def _dq_channels(dq: Any, const: dict[str, np.ndarray], producer: dict[str, Any]
     return int(scale.shape[0]) if ok and weight is not None and weight.shape[0] == scale.shape[0] else None
 
 
-def _simplify(proto: Any, quantized: bool) -> tuple[Any, bool]:
+def _simplify(proto: Any, quantized: bool, plan: Any = None) -> tuple[Any, bool]:
     onnxsim = _import("onnxsim")
     try:
         simple, ok = onnxsim.simplify(proto)
     except Exception as exc:  # noqa: BLE001 - onnxsim raises many types; the unsimplified graph is valid
         log.warning("onnxsim failed (%s); keeping the unsimplified graph", exc)
         return proto, False
-    if not ok or (quantized and check_qdq(simple)):
+    if not ok or (quantized and check_qdq(simple, plan)):
         log.warning("onnxsim output failed its check; keeping the unsimplified graph")
         return proto, False
     return simple, True
@@ -224,10 +235,12 @@ def export_onnx(
         A report: path, opset, simplified, nodes (count per op), qdq_problems, max_abs_diff,
         argmax_agreement, size_bytes and seconds per step.
     """
+    from edgeseg.export.mixed import plan_of
     from edgeseg.quant.quantize import is_quantized, quantizers, uncalibrated
 
     onnx = _import("onnx")
     quantized = is_quantized(model) and any(q.mode == "quant" for _, q in quantizers(model))
+    plan = plan_of(model) if quantized else None  # layers kept float (edgeseg.export.mixed)
     if quantized and uncalibrated(model):
         raise CheckpointError(f"quantizer '{uncalibrated(model)[0]}' has no range; run 'edgeseg calibrate' on the FP32 checkpoint")
     model.eval()
@@ -241,10 +254,14 @@ def export_onnx(
         proto = onnx.load(str(tmp / "model.onnx"))
     seconds["export"] = time.perf_counter() - tick
     tick = time.perf_counter()
-    proto, simplified = _simplify(proto, quantized)
+    proto, simplified = _simplify(proto, quantized, plan)
     seconds["simplify"] = time.perf_counter() - tick
     onnx.helper.set_model_props(proto, {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()})
-    problems = check_qdq(proto) if quantized else []
+    problems = check_qdq(proto, plan) if quantized else []
+    if problems and plan is not None:
+        from edgeseg.export.mixed_verify import fail
+
+        fail(problems, "the INT8 ONNX")
     if problems:
         raise NumericalError(f"the INT8 ONNX breaks the Q/DQ rules: {problems[0]} ({len(problems)} problems)")
     data = proto.SerializeToString()
@@ -257,6 +274,8 @@ def export_onnx(
     write_bytes(path, data)
     nodes = collections.Counter(n.op_type for n in proto.graph.node if n.op_type != "Constant")
     report.update({"nodes": dict(sorted(nodes.items())), "qdq_problems": problems, "size_bytes": len(data), "seconds": seconds})
+    if plan is not None:
+        report["float_layers_verified"] = {"layers": len(plan.layers), "float_convs": len(plan.float_convs), "convs": len(plan.convs)}
     return report
 
 

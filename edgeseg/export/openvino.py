@@ -21,13 +21,14 @@ The hint is recorded in meta.json ("precision_hint") and used again by `load` an
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgeseg.errors import ConfigError, missing_dependency
+from edgeseg.errors import ConfigError, TargetError, missing_dependency
 from edgeseg.export.base import ExportRequest, Loaded, package_version
 from edgeseg.export.common import FLOAT_AGREEMENT, INT8_AGREEMENT, onnx_reference, require_int8_ranges
 from edgeseg.export.openvino_ir import (
@@ -52,6 +53,8 @@ PRECISION_REPORT = "precision_report.json"
 # smoke model). The conversion itself is checked at INT8_AGREEMENT on the signed grid first.
 LOWERED_AGREEMENT = 0.97
 PTQ_METHODS = ("nncf",)
+DEVICES = ("CPU", "GPU", "NPU", "AUTO")  # what `bench --device` takes (AUTO: OpenVINO picks among those here)
+PERF_HINTS = ("latency", "throughput")  # `bench --hint`: OpenVINO's PERFORMANCE_HINT, in lower case
 NNCF_FIX = (
     "NNCF's post-training quantization lost too much against the FP32 model; calibrate on more representative images "
     "(recipe quant.calib_list, quant.calib_num_images) or export a calibrated or QAT checkpoint without --ptq"
@@ -62,7 +65,10 @@ class OpenVINORunner:
     """A compiled IR with one infer request: `run(x)` maps float32 NCHW to float32 logits.
 
     With `copy=False` (bench), `run` returns a view of the request's output tensor, valid until
-    the next call, so timing measures inference and not a copy.
+    the next call, so timing measures inference and not a copy. What the model was compiled with
+    is read back from it: the precision (`hint`), PERFORMANCE_HINT (`perf_hint`), the devices
+    that run it (`execution_devices`, what AUTO chose) and OPTIMAL_NUMBER_OF_INFER_REQUESTS
+    (`infer_requests`), the size of the queue `run_full_load` keeps busy.
     """
 
     def __init__(self, compiled: Any, *, copy: bool = True) -> None:
@@ -70,13 +76,30 @@ class OpenVINORunner:
         self.request = compiled.create_infer_request()
         self.copy = copy
         self.hint = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        mode = compiled.get_property("PERFORMANCE_HINT")  # a PerformanceMode, or its name from some plugins
+        self.perf_hint = str(getattr(mode, "name", mode)).rsplit(".", 1)[-1].lower()
+        self.infer_requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self.execution_devices = [str(d) for d in compiled.get_property("EXECUTION_DEVICES")]
         shape = compiled.inputs[0].get_partial_shape()
         self.static_batch = shape[0].get_length() if shape[0].is_static else None
+        self._queue: Any = None
 
     def run(self, x: np.ndarray) -> np.ndarray:
         self.request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
         out = self.request.get_output_tensor(0).data
         return np.array(out, dtype=np.float32, copy=True) if self.copy else out
+
+    def run_full_load(self, x: np.ndarray, count: int) -> float:
+        """Seconds to run `count` inferences of `x` through an AsyncInferQueue of `infer_requests`
+        requests, each started as soon as one is free (the throughput hint's full load)."""
+        if self._queue is None:
+            self._queue = _ov().AsyncInferQueue(self.compiled, self.infer_requests)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        start = time.perf_counter_ns()
+        for _ in range(count):
+            self._queue.start_async({0: x}, share_inputs=True)  # x never changes: no copy per request
+        self._queue.wait_all()
+        return (time.perf_counter_ns() - start) / 1e9
 
 
 class OpenVINOTarget:
@@ -89,6 +112,7 @@ class OpenVINOTarget:
     precisions = ("fp32", "fp16", "int8")
     variants: tuple[tuple[str, str | None], ...] = (("fp32", None), ("fp16", None), ("int8", None), ("int8", "nncf"))
     precision_hints = ("f32", "bf16", "f16")
+    bench_options = {"device": DEVICES, "perf_hint": PERF_HINTS}
 
     def is_available(self) -> tuple[bool, str]:
         try:
@@ -114,16 +138,45 @@ class OpenVINOTarget:
     def export(self, request: ExportRequest, out: Path) -> dict[str, Any]:
         return export_openvino(request, out)
 
-    def load(self, artifact: Path, meta: dict[str, Any], *, threads: int | None = None, precision_hint: str | None = None) -> Loaded:
-        """Compile with the LATENCY hint; precision: `precision_hint`, else meta.json's, else f32 for
-        an FP32 artifact (OpenVINO would otherwise run it in bf16 on CPUs that have it), else the
-        runtime's default, read back and recorded."""
+    def check_bench_options(self, *, device: str | None = None, perf_hint: str | None = None) -> None:
+        """Refuse a device OpenVINO does not list here, or a hint it does not have (one line each)."""
+        if perf_hint is not None and perf_hint not in PERF_HINTS:
+            raise ConfigError(f"--hint '{perf_hint}' is not an OpenVINO performance hint; use one of {', '.join(PERF_HINTS)}")
+        if device is None or device == "AUTO":  # AUTO picks among the devices that are here
+            return
+        available = [str(d) for d in _ov().Core().available_devices]
+        if not any(d == device or d.split(".")[0] == device for d in available):
+            raise TargetError(
+                f"OpenVINO device '{device}' is not available here (available: {', '.join(available) or 'none'}); "
+                f"pass --device {' or '.join([*dict.fromkeys(d.split('.')[0] for d in available), 'AUTO'])}"
+            )
+
+    def load(
+        self,
+        artifact: Path,
+        meta: dict[str, Any],
+        *,
+        threads: int | None = None,
+        precision_hint: str | None = None,
+        device: str | None = None,
+        perf_hint: str | None = None,
+    ) -> Loaded:
+        """Compile for `device` (default: meta.json's, CPU) with PERFORMANCE_HINT `perf_hint`
+        (default latency); precision: `precision_hint`, else meta.json's, else f32 for an FP32
+        artifact (OpenVINO would otherwise run it in bf16 on CPUs that have it), else the
+        runtime's default. What it compiled with is read back and recorded."""
+        device = device or meta.get("device", "CPU")
+        # Listing the devices costs ~50 ms (inside load_s): the CPU plugin is always there.
+        self.check_bench_options(device=None if device == "CPU" else device, perf_hint=perf_hint)
+        if threads and device in ("GPU", "NPU"):
+            raise ConfigError(f"--threads sets OpenVINO's CPU threads; leave it out with --device {device}")
         hint = precision_hint or meta.get("precision_hint") or ("f32" if meta["precision"] == "fp32" else None)
-        device = meta.get("device", "CPU")
-        compiled = compile_ir(Path(artifact) / meta["model_file"], hint=hint, device=device, threads=threads, performance="LATENCY")
+        xml = Path(artifact) / meta["model_file"]
+        compiled = compile_ir(xml, hint=hint, device=device, threads=threads, performance=(perf_hint or "latency").upper())
         runner = OpenVINORunner(compiled, copy=False)
         version = package_version("openvino") or _ov().get_version()
-        return Loaded(runner, self.runtime, version, device, runner.hint, runner.static_batch)
+        provider = f"AUTO ({', '.join(runner.execution_devices)})" if device == "AUTO" else device
+        return Loaded(runner, self.runtime, version, provider, runner.hint, runner.static_batch)
 
 
 def check_request(request: ExportRequest, has_ranges: bool) -> str | None:
@@ -183,6 +236,7 @@ def export_openvino(request: ExportRequest, out: Path) -> dict[str, Any]:
         xml, lowered = _build_ir(request, ref.onnx_path, out, ckpt, meta, ptq=ptq)
         hint = opts.get("precision_hint") or precision_hint(request.precision)
         report = _verify(request, xml, ref, tmp, hint=hint, ptq=ptq, lowered=lowered)
+        _check_float_layers(model, xml, report)
     write_json(out / PRECISION_REPORT, report)
     _describe_artifact(meta, request, xml, report, hint=hint, ptq=ptq, lowered=lowered, data_desc=data_desc)
     if request.precision != "int8":
@@ -215,7 +269,8 @@ def _verify(request: ExportRequest, xml: Path, ref: _Reference, tmp: Path, *, hi
     # gate against the FP32 model, so an NNCF artifact that lost too much is never written.
     min_agree = float(opts.get("min_agreement", INT8_AGREEMENT if int8 else FLOAT_AGREEMENT))
     fix = NNCF_FIX if ptq else None
-    fallback_ok = bool(opts.get("allow_fallback"))
+    # Layers kept float (--keep-float/--max-drop) run in f32: _check_float_layers holds them exactly.
+    fallback_ok = bool(opts.get("allow_fallback")) or bool(opts.get("float_layers"))
     # Verify at f32 execution: the check measures the conversion (weights, Q/DQ, layout), not
     # the bf16 rounding this CPU's default hint adds to the layers left in floating point.
     exact_agreement = None
@@ -234,6 +289,17 @@ def _verify(request: ExportRequest, xml: Path, ref: _Reference, tmp: Path, *, hi
     if hint != "f32":  # also record what the deployed hint (bf16 here for FP16) runs and costs
         report["deployed"] = _deployed(xml, ref, hint=hint, int8=int8)
     return report
+
+
+def _check_float_layers(model: Any, xml: Path, report: dict[str, Any]) -> None:
+    """With layers kept float: exactly those convolutions are float in the IR and run f32, the rest u8/i8."""
+    from edgeseg.export.mixed import plan_of
+    from edgeseg.export.mixed_verify import fail
+    from edgeseg.export.openvino_ir import float_layer_problems
+
+    plan = plan_of(model)
+    if plan is not None:
+        fail(float_layer_problems(xml, plan, report["layers"]), f"the OpenVINO IR '{xml.name}'")
 
 
 def _deployed(xml: Path, ref: _Reference, *, hint: str, int8: bool) -> dict[str, Any]:

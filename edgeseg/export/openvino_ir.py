@@ -278,3 +278,64 @@ def nncf_quantize_ir(fp32_onnx: Path, out_dir: Path, calibration: list[np.ndarra
     xml = Path(out_dir) / MODEL_FILE
     ov.save_model(quantized, str(xml), compress_to_fp16=False)
     return xml
+
+
+# --- layers kept float (edgeseg.export.mixed) ------------------------------------------------------
+
+_WEIGHT_PATH = {"Convert", "Reshape", "Unsqueeze", "Squeeze", "Transpose"}
+
+
+def _int8_weights(node: Any) -> bool:
+    """Weights that are INT8: an i8/u8 constant dequantized (Convert, Subtract, Multiply), or a FakeQuantize."""
+    kind = node.get_type_name()
+    if kind == "FakeQuantize":
+        return True
+    if kind == "Constant":
+        return node.get_output_element_type(0).get_type_name() in INT8_PRECISIONS
+    if kind in ("Multiply", "Subtract"):
+        return any(_int8_weights(i.get_source_output().get_node()) for i in node.inputs())
+    return kind in _WEIGHT_PATH and _int8_weights(node.input(0).get_source_output().get_node())
+
+
+def _int8_input(node: Any) -> bool:
+    """An activation that is INT8: a FakeQuantize, moved by a pass-through op or a Concat of them."""
+    kind = node.get_type_name()
+    if kind == "Concat":
+        return all(_int8_input(i.get_source_output().get_node()) for i in node.inputs())
+    if kind in _PASS_THROUGH:
+        return _int8_input(node.input(0).get_source_output().get_node())
+    return kind == "FakeQuantize"
+
+
+def float_layer_problems(xml: Path, plan: Any, runtime: list[dict[str, str]] | None = None) -> list[str]:
+    """An INT8 IR with layers kept float against its plan (edgeseg.export.mixed), read back twice.
+
+    In the IR: each convolution's weights (an i8 constant with its dequantization, or a
+    FakeQuantize) and input (a FakeQuantize, or a Concat of them) are INT8 exactly where the plan
+    says, and no FakeQuantize quantizes an activation it keeps float. In the compiled model
+    (`runtime`: runtime_layers at the f32 hint, compiled here when None): exactly the convolutions
+    the plan has INT8 in weights and input run in u8/i8.
+    """
+    from edgeseg.export.mixed_verify import graph_problems, module_of
+
+    model = _ov().Core().read_model(str(xml))
+    convs: dict[str, tuple[bool, bool]] = {}
+    quantized = []
+    for op in model.get_ordered_ops():
+        kind = op.get_type_name()
+        if kind == "FakeQuantize" and op.input(0).get_source_output().get_node().get_type_name() != "Constant":
+            quantized.append(op.get_friendly_name())
+        elif kind in ("Convolution", "GroupConvolution"):
+            source = [op.input(i).get_source_output().get_node() for i in (0, 1)]
+            convs[op.get_friendly_name().removesuffix("/WithoutBiases")] = (_int8_weights(source[1]), _int8_input(source[0]))
+    problems = graph_problems(convs, quantized, plan)
+    for row in runtime if runtime is not None else runtime_layers(compile_ir(xml, hint="f32")):
+        if row["type"] not in WEIGHTED_LAYERS:
+            continue
+        name = module_of(row["name"].removesuffix("/WithoutBiases"), plan.convs)
+        runs = row["runtime_precision"] in INT8_PRECISIONS
+        if name is None:
+            problems.append(f"runtime layer '{row['name']}' matches no convolution of the model")
+        elif runs != all(plan.convs[name]):
+            problems.append(f"conv '{name}' runs in {row['runtime_precision']} on OpenVINO, expected {'float' if runs else 'u8/i8'}")
+    return problems

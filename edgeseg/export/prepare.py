@@ -32,6 +32,8 @@ def load_for_export(request: ExportRequest) -> tuple[torch.nn.Module, dict[str, 
 
     Returns (model, ckpt, meta) where meta holds every ArtifactMeta field except target,
     precision, model_file, input_name/output_name and tool_versions (the target fills those).
+    With --keep-float/--max-drop in the request's options, the chosen layers are float in the
+    model and listed in meta (edgeseg.export.mixed.apply).
     """
     ckpt = load_checkpoint(request.checkpoint)
     recipe = recipe_from_dict(ckpt["recipe"])
@@ -64,4 +66,7 @@ def load_for_export(request: ExportRequest) -> tuple[torch.nn.Module, dict[str, 
         "recipe_hash": ckpt.get("recipe_hash"),
         "recipe_name": recipe.name,
     }
+    from edgeseg.export.mixed import apply
+
+    apply(model, request, meta)  # --keep-float/--max-drop: those layers float, recorded in meta
     return model, ckpt, meta

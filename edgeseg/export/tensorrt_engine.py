@@ -9,6 +9,7 @@ and cuda-python only, never torch, so `edgeseg bench` works where only JetPack i
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 from pathlib import Path
@@ -265,11 +266,22 @@ class TensorRTRunner:
     Uses TensorRT's name-based tensor API (set_input_shape / set_tensor_address /
     execute_async_v3) with device buffers from cuda-python. The DLA core comes from build.json
     unless `dla_core` is given.
+
+    The input and the logits pass through pinned (page-locked) host buffers (cudaMallocHost), so
+    both copies are DMA transfers queued on the stream, not staged through pageable memory. Four
+    CUDA events around the host-to-device copy, the engine and the device-to-host copy time each
+    on the device: after every run `last_times` holds their milliseconds ({"h2d", "engine",
+    "d2h"}), which bench records beside the wall-clock latency. `run` returns a view of the pinned
+    output buffer, valid until the next call (copy it to keep it).
     """
 
     def __init__(self, bundle: Path, workspace_gb: float | None = None, dla_core: int | None = None) -> None:
         trt = _trt()
         self.cudart = cudart = _cudart()
+        self.buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
+        self.host: dict[str, tuple[int, int]] = {}  # name -> (pinned host pointer, bytes)
+        self.events: list[Any] = []
+        self.last_times: dict[str, float] = {}
         if _check(cudart, cudart.cudaGetDeviceCount()) < 1:
             raise TargetError("no NVIDIA GPU found; TensorRT engines run on a Jetson or a machine with an NVIDIA GPU")
         bundle = Path(bundle)
@@ -292,7 +304,8 @@ class TensorRTRunner:
             )
         self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
         self.stream = _check(cudart, cudart.cudaStreamCreate())
-        self.buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
+        for _ in range(4):  # before the input copy, after it, after the engine, after the output copy
+            self.events.append(_check(cudart, cudart.cudaEventCreate()))
         batch = self.engine.get_tensor_shape(self.inputs[0])[0]
         self.static_batch = int(batch) if batch > 0 else None
 
@@ -307,6 +320,19 @@ class TensorRTRunner:
             raise TargetError(f"TensorRT refused the buffer of '{name}' ({_last_error(self.log_lines)}); report this with the bundle")
         return ptr
 
+    def _host(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A pinned host array of `shape` for tensor `name` (its buffer grows, never shrinks)."""
+        dtype = self.dtypes[name]
+        count = int(np.prod(shape))
+        nbytes = count * dtype.itemsize
+        ptr, size = self.host.get(name, (0, 0))
+        if size < nbytes:
+            if ptr:
+                _check(self.cudart, self.cudart.cudaFreeHost(ptr))
+            ptr = _check(self.cudart, self.cudart.cudaMallocHost(nbytes))
+            self.host[name] = (ptr, nbytes)
+        return np.frombuffer((ctypes.c_byte * nbytes).from_address(ptr), dtype=dtype, count=count).reshape(shape)
+
     def _set_input_shape(self, name: str, shape: tuple[int, ...]) -> None:
         if not self.context.set_input_shape(name, shape):
             prof = self.profiles.get(name, {})
@@ -317,20 +343,38 @@ class TensorRTRunner:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         cudart, kind = self.cudart, self.cudart.cudaMemcpyKind
-        x = np.ascontiguousarray(x, dtype=self.dtypes[self.inputs[0]])
+        x = np.asarray(x)
         self._set_input_shape(self.inputs[0], tuple(x.shape))
-        ptr = self._buffer(self.inputs[0], x.nbytes)
-        _check(cudart, cudart.cudaMemcpyAsync(ptr, x.ctypes.data, x.nbytes, kind.cudaMemcpyHostToDevice, self.stream))
-        out = np.empty(tuple(self.context.get_tensor_shape(self.outputs[0])), dtype=self.dtypes[self.outputs[0]])
-        optr = self._buffer(self.outputs[0], out.nbytes)
+        host_in = self._host(self.inputs[0], tuple(x.shape))
+        np.copyto(host_in, x, casting="unsafe")  # into pinned memory (and the engine's input dtype)
+        iptr = self._buffer(self.inputs[0], host_in.nbytes)
+        host_out = self._host(self.outputs[0], tuple(self.context.get_tensor_shape(self.outputs[0])))
+        optr = self._buffer(self.outputs[0], host_out.nbytes)
         for extra in self.outputs[1:]:
             shape = tuple(self.context.get_tensor_shape(extra))
             self._buffer(extra, int(np.prod(shape)) * self.dtypes[extra].itemsize)
+        before, copied_in, computed, copied_out = self.events
+        self._record(before)
+        _check(cudart, cudart.cudaMemcpyAsync(iptr, host_in.ctypes.data, host_in.nbytes, kind.cudaMemcpyHostToDevice, self.stream))
+        self._record(copied_in)
         if not self.context.execute_async_v3(self.stream):
             raise TargetError(f"TensorRT inference failed ({_last_error(self.log_lines)}); see the TensorRT messages above")
-        _check(cudart, cudart.cudaMemcpyAsync(out.ctypes.data, optr, out.nbytes, kind.cudaMemcpyDeviceToHost, self.stream))
-        _check(cudart, cudart.cudaStreamSynchronize(self.stream))
-        return out.astype(np.float32, copy=False)
+        self._record(computed)
+        _check(cudart, cudart.cudaMemcpyAsync(host_out.ctypes.data, optr, host_out.nbytes, kind.cudaMemcpyDeviceToHost, self.stream))
+        self._record(copied_out)
+        _check(cudart, cudart.cudaEventSynchronize(copied_out))
+        self.last_times = {
+            "h2d": self._elapsed(before, copied_in),
+            "engine": self._elapsed(copied_in, computed),
+            "d2h": self._elapsed(computed, copied_out),
+        }
+        return host_out.astype(np.float32, copy=False)
+
+    def _record(self, event: Any) -> None:
+        _check(self.cudart, self.cudart.cudaEventRecord(event, self.stream))
+
+    def _elapsed(self, start: Any, end: Any) -> float:
+        return float(_check(self.cudart, self.cudart.cudaEventElapsedTime(start, end)))
 
     def __del__(self) -> None:
         cudart = getattr(self, "cudart", None)
@@ -338,5 +382,9 @@ class TensorRTRunner:
             return
         for ptr, _ in getattr(self, "buffers", {}).values():
             cudart.cudaFree(ptr)
+        for ptr, _ in getattr(self, "host", {}).values():
+            cudart.cudaFreeHost(ptr)
+        for event in getattr(self, "events", []):
+            cudart.cudaEventDestroy(event)
         if getattr(self, "stream", None) is not None:
             cudart.cudaStreamDestroy(self.stream)

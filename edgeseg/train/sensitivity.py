@@ -16,10 +16,12 @@ not summed). The images are preprocessed once and kept in memory.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 MAX_IMAGES = 10_000
+MAX_FILE_BYTES = 64 << 20  # a sensitivity JSON of a few hundred layers is well under 1 MiB
 
 
 @dataclass
@@ -65,6 +68,8 @@ class Sensitivity:
     layers: list[LayerScore]  # ranked: most mIoU recovered first
     cumulative: list[dict[str, Any]] = field(default_factory=list)  # {"k", "miou", "layers"}
     seconds: float = 0.0
+    checkpoint: str | None = None  # the checkpoint measured (checkpoint_sensitivity), so a ranking
+    checkpoint_sha256: str | None = None  # is never applied to another one (edgeseg export --sensitivity)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -227,7 +232,7 @@ def checkpoint_sensitivity(
 ) -> Sensitivity:
     """sensitivity() of an INT8 checkpoint (PTQ or QAT) on the first `images` of its val split."""
     from edgeseg.data.dataset import eval_dataset
-    from edgeseg.train.checkpoint import checkpoint_recipe, load_checkpoint, model_from_checkpoint
+    from edgeseg.train.checkpoint import checkpoint_recipe, file_hash, load_checkpoint, model_from_checkpoint
 
     if not 1 <= cumulative <= 1000:
         raise ConfigError(f"--cumulative {cumulative} is out of range; use 1..1000")
@@ -239,4 +244,30 @@ def checkpoint_sensitivity(
     model = model_from_checkpoint(c)
     ds = eval_dataset(checkpoint_recipe(c), split, data, fmt)
     batches = load_batches(ds, images)
-    return sensitivity(model, batches, list(ds.classes.names), ds.classes.ignore_index, cumulative=cumulative, progress=progress)
+    result = sensitivity(model, batches, list(ds.classes.names), ds.classes.ignore_index, cumulative=cumulative, progress=progress)
+    result.checkpoint, result.checkpoint_sha256 = str(ckpt), file_hash(ckpt)
+    return result
+
+
+def read_sensitivity(path: str | Path) -> Sensitivity:
+    """Read and validate a file written by `edgeseg sensitivity --json` (untrusted input).
+
+    Raises:
+        CheckpointError: no such file, not JSON, or a field out of range (one line, with the fix).
+    """
+    from edgeseg.schemas import validate_sensitivity
+
+    path = Path(path)
+    fix = f"write it again with 'edgeseg sensitivity CKPT --json {path.name}'"
+    if not path.is_file():
+        raise CheckpointError(f"sensitivity file '{path}' does not exist; {fix}")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise CheckpointError(f"'{path}' is {path.stat().st_size >> 20} MiB, far more than a sensitivity file; {fix}")
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"'{path}' is not readable JSON ({type(exc).__name__}); {fix}") from None
+    d = validate_sensitivity(data, f"'{path}'", fix)
+    layers = [LayerScore(s["name"], list(s["convs"]), s["miou"], s["gain"], dict(s["per_class_iou"])) for s in d["layers"]]
+    keep = {k: d[k] for k in ("images", "float_miou", "int8_miou", "float_per_class", "int8_per_class", "cumulative", "seconds")}
+    return Sensitivity(**keep, layers=layers, checkpoint=d.get("checkpoint"), checkpoint_sha256=d.get("checkpoint_sha256"))

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from fake_cudart import FakeCudart, cudaError_t
+from fake_cudart import PINNED_BYTES_PER_MS, FakeCudart, cudaError_t
 from fake_tensorrt import FakeTensorRT, install
 from onnx import TensorProto, helper, numpy_helper
 
@@ -90,10 +90,46 @@ def test_runner_matches_onnxruntime(
         got = runner.run(x)
         assert got.shape == (batch, 4, 64, 64) and got.dtype == np.float32
         np.testing.assert_allclose(got, _reference(bundle / "model.onnx", x), rtol=1e-5, atol=1e-5)
-    assert cudart._in_use() == (2, 1)  # one input and one output buffer, one stream
+    # one input and one output buffer on the device and pinned on the host, one stream, four events
+    assert cudart._in_use() == {"device": 2, "pinned": 2, "streams": 1, "events": 4}
     del runner
     gc.collect()
-    assert cudart._in_use() == (0, 0)  # freed and destroyed
+    assert cudart._in_use() == {"device": 0, "pinned": 0, "streams": 0, "events": 0}  # freed and destroyed
+
+
+@pytest.mark.parametrize("engine_ms", [0.25, 3.0])
+def test_runner_times_the_engine_and_the_copies_on_the_device(
+    deeplab_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine_ms: float
+) -> None:
+    """Engine-only and copy times are the device clock between the runner's events: each copy's
+    bytes at the pinned bandwidth (a pageable copy would be 4x slower), the engine `engine_ms`;
+    the logits read back from pinned memory still equal onnxruntime's."""
+    bundle = Path(shutil.copytree(deeplab_bundle, tmp_path / "bundle"))
+    cudart = FakeCudart(engine_ms=engine_ms)
+    install(monkeypatch, FakeTensorRT("10.7.0", cudart=cudart), cudart)
+    runner = TE.TensorRTRunner(bundle)
+    assert runner.last_times == {}
+    for seed, batch in enumerate([1, 3]):
+        x = _images(batch, 64, seed)
+        got = runner.run(x)
+        np.testing.assert_allclose(got, _reference(bundle / "model.onnx", x), rtol=1e-5, atol=1e-5)
+        assert set(runner.last_times) == {"h2d", "engine", "d2h"}
+        assert runner.last_times["h2d"] == pytest.approx(x.nbytes / PINNED_BYTES_PER_MS, rel=1e-9)
+        assert runner.last_times["engine"] == pytest.approx(engine_ms, rel=1e-9)
+        assert runner.last_times["d2h"] == pytest.approx(batch * 4 * 64 * 64 * 4 / PINNED_BYTES_PER_MS, rel=1e-9)
+    assert cudart._copies == [("h2d", True), ("d2h", True)] * 2  # every copy from and to pinned memory
+
+
+def test_runner_output_is_a_view_of_pinned_memory(deeplab_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The returned logits live in the pinned output buffer: the next run overwrites them (bench
+    and the callers copy what they keep)."""
+    cudart = FakeCudart()
+    install(monkeypatch, FakeTensorRT("10.7.0", cudart=cudart), cudart)
+    runner = TE.TensorRTRunner(Path(shutil.copytree(deeplab_bundle, tmp_path / "bundle")))
+    first = runner.run(_images(1, 64, 0))
+    kept = first.copy()
+    second = runner.run(_images(1, 64, 1))
+    assert np.shares_memory(first, second) and np.array_equal(first, second) and not np.array_equal(kept, second)
 
 
 def test_runner_shapes_outside_the_profile(deeplab_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -153,10 +189,17 @@ def test_runner_cuda_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         install(monkeypatch, FakeTensorRT("10.7.0", cudart=cudart), cudart)
         with pytest.raises(TargetError, match=message):
             TE.TensorRTRunner(bundle)
-    cudart = FakeCudart(fail={"cudaMalloc": cudaError_t.cudaErrorMemoryAllocation})
+    for call in ("cudaMalloc", "cudaMallocHost"):
+        cudart = FakeCudart(fail={call: cudaError_t.cudaErrorMemoryAllocation})
+        install(monkeypatch, FakeTensorRT("10.7.0", cudart=cudart), cudart)
+        with pytest.raises(TargetError, match=r"CUDA call failed \(cudaErrorMemoryAllocation\); this needs an NVIDIA GPU"):
+            TE.TensorRTRunner(bundle).run(_images(1, 8))
+    cudart = FakeCudart(fail={"cudaEventCreate": cudaError_t.cudaErrorMemoryAllocation})
     install(monkeypatch, FakeTensorRT("10.7.0", cudart=cudart), cudart)
-    with pytest.raises(TargetError, match=r"CUDA call failed \(cudaErrorMemoryAllocation\); this needs an NVIDIA GPU"):
-        TE.TensorRTRunner(bundle).run(_images(1, 8))
+    with pytest.raises(TargetError, match=r"CUDA call failed \(cudaErrorMemoryAllocation\)"):
+        TE.TensorRTRunner(bundle)
+    gc.collect()
+    assert cudart._in_use() == {"device": 0, "pinned": 0, "streams": 0, "events": 0}  # a runner that failed half-built frees what it made
 
 
 def test_runner_inference_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
