@@ -29,6 +29,7 @@ class Entry:
     speedup: float | None  # reference p50 / row p50, same device only
     pareto: bool  # on the front of its (device, data, output stride)
     runtime_speedup: float | None = None  # the same runtime's FP32 p50 / row p50 (same device, stride)
+    runtime_reference: BenchRow | None = None  # that FP32 row
     worst_class: tuple[str, float] | None = None  # the class losing most IoU against the reference
 
     @property
@@ -133,6 +134,7 @@ def analyse(rows: list[BenchRow]) -> list[Entry]:
         own = _runtime_reference(row, rows)
         if own is not None and row.latency["p50"] > 0:
             entry.runtime_speedup = own.latency["p50"] / row.latency["p50"]
+            entry.runtime_reference = own
         entry.worst_class = worst_class(row, ref)
         entries.append(entry)
     # A front per output stride: a stride is chosen first (it sets the mask's detail), then a row.

@@ -105,6 +105,36 @@ def test_first_run_makes_every_artifact_row_and_report(finished: tuple[Path, lis
     assert not [line for line in lines if "skipped" in line], lines
 
 
+BASELINE = REPO / "tests" / "fixtures" / "results" / "smoke_pipeline_baseline.json"
+# mIoU of the 2 val scenes is deterministic on the CPU; latency is gated only as each row's ratio to
+# torch FP32 on the same run, loosely: a 2-core CI runs two test files at once.
+GATE = ["--tolerance", "0.5", "--latency-tolerance", "3"]
+
+
+def _gate(results: Path, out: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "edgeseg", "report", str(results), "--out", str(out), "--baseline", str(BASELINE), *GATE]
+    return subprocess.run(cmd, env=_env(out.parent / "gate"), capture_output=True, text=True, cwd=REPO, timeout=300)
+
+
+def test_report_gate_against_the_committed_baseline(finished: tuple[Path, list[str]], tmp_path: Path) -> None:
+    """The regression gate CI runs: this run's results pass against the committed baseline; the
+    same results with one row 1 mIoU worse fail it, naming that row."""
+    out, _ = finished
+    ok = _gate(out / "results.json", tmp_path / "ok")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "no regression against" in " ".join(ok.stdout.split())
+    doc = json.loads((out / "results.json").read_text())
+    worse = next(r for r in doc["rows"] if r["precision"] == "int8" and r["quant_method"] == "qat")
+    worse["miou"] -= 1.0
+    worse["row_id"] = ""
+    bad_file = tmp_path / "worse.json"
+    bad_file.write_text(json.dumps(doc))
+    bad = _gate(bad_file, tmp_path / "bad")
+    text = " ".join(bad.stderr.split())
+    assert bad.returncode == 1, bad.stderr[-2000:]
+    assert "OS16 INT8 (qat) OpenVINO (openvino," in text and "1 regression(s) against" in text
+
+
 def test_second_run_skips_every_stage_and_writes_nothing(finished: tuple[Path, list[str]], tmp_path: Path) -> None:
     out = tmp_path / "run"
     shutil.copytree(finished[0], out)  # copy2 keeps mtimes

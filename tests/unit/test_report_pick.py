@@ -128,7 +128,7 @@ def test_gate_passes_on_the_baseline_and_fails_on_worse_rows(tmp_path: Path) -> 
     assert problems == [
         f"OS16 INT8 (qat) OpenVINO (openvino, {device}): mIoU 69.20 < baseline 69.70 - 0.3",
         f"OS8 INT8 (qat) OpenVINO (openvino, {device}): in the baseline, not in the results",
-        f"OS32 INT8 (qat) OpenVINO (openvino, {device}): latency 0.520x its FP32 reference, baseline 0.400x (+30 % > 25 %)",
+        f"OS32 INT8 (qat) OpenVINO (openvino, {device}): latency 0.520x its FP32 row, baseline 0.400x (+30 % > 25 %)",
     ]
     assert regressions(base, worse, Tolerance(miou=0.5, latency=0.3)) == problems[1:2]  # within both tolerances
     # a uniformly slower machine is no regression: ratios hold
