@@ -210,7 +210,8 @@ def sensitivity_table(result: Any, top: int) -> Table:
         )
     )
     for col in ("rank", "layer kept float", "convs", "mIoU", "gain", "keep 1..k float: mIoU"):
-        table.add_column(col, justify="right" if col != "layer kept float" else "left")
+        wide = col == "layer kept float"  # module paths are the answer: never cut them
+        table.add_column(col, justify="left" if wide else "right", overflow="fold" if wide else "ellipsis", no_wrap=not wide)
     for i, layer in enumerate(result.layers[: max(top, 0)]):
         curve = result.cumulative[i]["miou"] if i < len(result.cumulative) else None
         table.add_row(

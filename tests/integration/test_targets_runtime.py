@@ -123,7 +123,9 @@ def test_export_all_int8_cli(ckpts: dict, tmp_path: Path) -> None:
     assert folders == ["coreml_int8_os16", "jetson_int8_os16", "onnx_int8_os16", "openvino_int8_os16"]
     for name in folders:
         meta = json.loads((tmp_path / name / "meta.json").read_text())
-        assert set(ArtifactMeta.model_fields) <= set(meta) and meta["precision"] == "int8" and meta["output_stride"] == 16
+        required = {k for k, f in ArtifactMeta.model_fields.items() if f.is_required()}
+        assert required <= set(meta) and meta["precision"] == "int8" and meta["output_stride"] == 16
+        assert meta.get("float_layers", []) == []  # no --keep-float: every layer INT8
         assert meta["quant"]["method"] == "percentile" and meta["classes"]["names"] == list(SYNTHETIC.names)
         assert f"edgeseg bench {tmp_path / name} --json results.json" in (tmp_path / name / "README.md").read_text()
     ov = json.loads((tmp_path / "openvino_int8_os16" / "meta.json").read_text())
