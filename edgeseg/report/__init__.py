@@ -89,8 +89,7 @@ def build_report(
     out = check_writable(out)
     entries = analyse(rows)
     device = resolve_device(device, entries) if device else None
-    blocks, images = _document(entries, results)
-    blocks[3:3] = _pick(entries, budgets, device) + pending_lines(rows, artifacts or [])
+    blocks, images = _document(entries, results, _pick(entries, budgets, device) + pending_lines(rows, artifacts or []))
     written: dict[str, Path] = {}
     for name, png in images.items():
         write_bytes(out / name, png)
@@ -169,12 +168,14 @@ def _table_row(e: Entry) -> list[str]:
     ]
 
 
-def _document(entries: list[Entry], sources: list[Path]) -> tuple[list[Block], dict[str, bytes]]:
+def _document(entries: list[Entry], sources: list[Path], front: list[Block]) -> tuple[list[Block], dict[str, bytes]]:
+    """The report's blocks and plots; `front` (the Pick and not-measured sections) comes before the summary."""
     devices = group_by(entries, lambda e: e.device)
     blocks: list[Block] = [
         ("h1", "edgeseg report"),
         ("p", f"{len(entries)} measurements on {len(devices)} device(s) from {', '.join(str(s) for s in sources)}."),
         ("p", INTRO),
+        *front,
         ("h2", "Summary"),
     ]
     for device, lines in summary_lines(entries).items():
