@@ -228,9 +228,19 @@ def export(
         Path | None,
         typer.Option("--sensitivity", help="With --keep-float/--max-drop: a ranking from 'edgeseg sensitivity --json' (default: measure)"),
     ] = None,
+    model_input: Annotated[
+        str | None,
+        typer.Option(
+            "--input", help="image: uint8 pixels, normalised in the model (default for openvino, jetson); tensor: normalised float32"
+        ),
+    ] = None,
+    model_output: Annotated[
+        str | None,
+        typer.Option("--output", help="labels: the class map, argmax in the model (default for openvino, jetson); logits: float32"),
+    ] = None,
 ) -> None:
     """Export a checkpoint to a target's artifact folder (model + meta.json), verified on export."""
-    from edgeseg.export.artifacts import export_targets
+    from edgeseg.export.artifacts import check_io, export_targets
     from edgeseg.export.base import ExportRequest
     from edgeseg.export.mixed import requested, resolve
     from edgeseg.sizes import check_dla_core, parse_size
@@ -254,8 +264,11 @@ def export(
             "keep_float": keep_float,
             "max_drop": max_drop,
             "sensitivity": sensitivity_json,
+            "input": model_input,
+            "output": model_output,
         },  # fmt: skip
     )
+    check_io(request, [target])
     if requested(request.options):  # choose the float layers once for every target (measuring them takes a while)
         with render.progress() as bar:
             resolve(request, progress=render.lazy_task(bar, "sensitivity", "layers"))

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.data.preprocess import preprocess
 from edgeseg.data.sources import Source
+from edgeseg.export.io_spec import IOSpec, class_map, feed
 from edgeseg.metrics import ConfusionMatrix
 
 
@@ -73,12 +73,16 @@ def evaluate_runner(
     batch: int = 1,
     limit: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    io: IOSpec | None = None,
 ) -> AccuracyResult:
     """mIoU, pixel accuracy and per-class IoU of `run` over `source`.
 
     Images are fed in batches of `batch`; the last batch is padded by repeating its last image
-    (so static-batch models work) and the padded outputs are dropped.
+    (so static-batch models work) and the padded outputs are dropped. `io` says what the model
+    takes and gives (edgeseg.export.io_spec; default: a normalised tensor in, logits out); pre- and
+    post-processing time whatever runs outside the model for it.
     """
+    io = io or IOSpec()
     cm = ConfusionMatrix(len(names), ignore_index)
     n = len(source) if limit is None else min(limit, len(source))
     pre_ns = post_ns = 0
@@ -88,14 +92,14 @@ def evaluate_runner(
         for i in idx:
             image, mask = source.load(i)
             t0 = time.perf_counter_ns()
-            inputs.append(preprocess(image, input_size, mean, std))
+            inputs.append(feed(image, io, input_size, mean, std))
             pre_ns += time.perf_counter_ns() - t0
             masks.append(mask)
         x = np.concatenate(inputs + [inputs[-1]] * (batch - len(inputs)), axis=0)
-        logits = run(x)
+        out = run(x)
         for k, mask in enumerate(masks):
             t0 = time.perf_counter_ns()
-            pred = postprocess(logits[k], mask.shape[:2])
+            pred = class_map(out[k], io, mask.shape[:2])
             post_ns += time.perf_counter_ns() - t0
             cm.update(pred, mask)
         if progress:

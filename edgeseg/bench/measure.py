@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg import __version__
-from edgeseg.bench.accuracy import AccuracyResult, evaluate_runner, postprocess
+from edgeseg.bench.accuracy import AccuracyResult, evaluate_runner
 from edgeseg.bench.artifact import Artifact, open_artifact
 from edgeseg.bench.device import device_record
 from edgeseg.bench.memory import PeakMemory
@@ -30,10 +30,10 @@ from edgeseg.bench.results import BenchRow, load_results, save_results
 from edgeseg.bench.runners import canonical_options, check_hint, check_options_apply, check_target_options, load_runner
 from edgeseg.bench.stats import latency_stats
 from edgeseg.bench.timing import Timing, at_full_load, full_load_runs, timed_runs, timing_fields, timing_notes
-from edgeseg.data.preprocess import preprocess
 from edgeseg.data.sources import Source, open_source
 from edgeseg.errors import CheckpointError, ConfigError, DataError, NumericalError
 from edgeseg.export.base import Loaded
+from edgeseg.export.io_spec import class_map, feed, io_of, output_problem, random_input
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,7 @@ def finish_row(art: Artifact, options: BenchOptions, timing: Timing, progress: P
             batch=options.batch,
             limit=options.limit,
             progress=(lambda i, n: progress("accuracy", i, n)) if progress else None,
+            io=io_of(art.meta),
         )
         pre_ms, post_ms = acc.preprocess_ms, acc.postprocess_ms
     else:
@@ -157,8 +158,7 @@ def open_data(art: Artifact, options: BenchOptions) -> tuple[Source, dict[str, A
 def load_timed(art: Artifact, options: BenchOptions) -> tuple[Timing, np.ndarray]:
     """Load the artifact and run it once: load time, first-inference time, memory peaks, and the
     input (batch of the options) the timed runs use."""
-    h, w = art.input_size
-    x = np.random.default_rng(0).standard_normal((options.batch, 3, h, w), dtype=np.float32)
+    x = random_input(io_of(art.meta), options.batch, art.input_size)
     mem = PeakMemory()
     mem.start()
     t0 = time.perf_counter_ns()
@@ -171,7 +171,7 @@ def load_timed(art: Artifact, options: BenchOptions) -> tuple[Timing, np.ndarray
     y = loaded.runner.run(x)
     first_s = (time.perf_counter_ns() - t0) / 1e9
     _check_output(art, loaded, np.asarray(y), options.batch)
-    first_output = np.array(y[0], dtype=np.float32)  # a copy: some runners reuse their buffer
+    first_output = np.array(y[0])  # a copy: some runners reuse their buffer
     log.info("%s: loaded with %s %s, first inference %.2fs", art.path, loaded.runtime, loaded.runtime_version, first_s)
     timing = Timing(loaded, [], first_s, None, first_output, load_s, None)
     timing.memory = mem
@@ -197,31 +197,34 @@ def measure_latency(art: Artifact, options: BenchOptions, progress: Progress | N
 
 
 def _check_output(art: Artifact, loaded: Loaded, y: np.ndarray, batch: int) -> None:
-    classes = len(art.meta["classes"]["names"])
-    if y.ndim != 4 or y.shape[0] != batch or y.shape[1] != classes:
-        raise CheckpointError(
-            f"'{art.path}' returned logits of shape {tuple(y.shape)} with {loaded.runtime}, expected ({batch}, {classes}, H, W); "
-            "its meta.json does not match the model: re-export it"
-        )
-    if not np.isfinite(y).all():
+    problem = output_problem(y, io_of(art.meta), batch, len(art.meta["classes"]["names"]))
+    if problem is None:
+        return
+    if "NaN" in problem:
         raise NumericalError(
-            f"'{art.path}' returned NaN/inf logits with {loaded.runtime} ({art.precision}); re-export it or bench another precision"
+            f"'{art.path}' returned {problem} with {loaded.runtime} ({art.precision}); re-export it or bench another precision"
         )
+    raise CheckpointError(f"'{art.path}' returned {problem} with {loaded.runtime}; its meta.json does not match the model: re-export it")
 
 
-def _time_pre_post(art: Artifact, logits: np.ndarray, repeats: int) -> tuple[float, float]:
+def _time_pre_post(art: Artifact, output: np.ndarray, repeats: int) -> tuple[float, float]:
     """Per-image pre/post-processing time on a random image of the input size (no resize)."""
     image = np.random.default_rng(0).integers(0, 256, (*art.input_size, 3), dtype=np.uint8)
-    norm = art.meta["normalization"]
+    norm, io = art.meta["normalization"], io_of(art.meta)
     pre = post = 0
     for _ in range(repeats):
         t0 = time.perf_counter_ns()
-        preprocess(image, art.input_size, norm["mean"], norm["std"])
+        feed(image, io, art.input_size, norm["mean"], norm["std"])
         t1 = time.perf_counter_ns()
-        postprocess(logits, art.input_size)
+        class_map(output, io, art.input_size)
         post += time.perf_counter_ns() - t1
         pre += t1 - t0
     return pre / 1e6 / repeats, post / 1e6 / repeats
+
+
+def _io_label(meta: dict[str, Any]) -> str | None:
+    io = io_of(meta)
+    return None if io.plain else f"{io.input}->{io.output}"
 
 
 @functools.lru_cache(maxsize=1)
@@ -277,6 +280,7 @@ def _make_row(
         load_s=None if timing.load_s is None else round(timing.load_s, 4),
         peak_rss_mb=None if timing.peak_rss_mb is None else round(timing.peak_rss_mb, 1),
         round_p50_ms=None if timing.round_p50_ms is None else [round(v, 4) for v in timing.round_p50_ms],
+        io=_io_label(art.meta),
         notes="; ".join(timing_notes(timing)),
         **measured,
     )

@@ -53,8 +53,8 @@ class BenchRow:
     throughput: float  # images/s over the timed runs (batch included); at full load where infer_requests is set
     first_inference_s: float  # load + compile + first run
     peak_mem_mb: float | None  # MiB: resident-memory peak of load + runs, above the RSS before load
-    preprocess_ms: float | None  # per image: read array -> normalised NCHW (-> the runtime's input type, e.g. Core ML's PIL image)
-    postprocess_ms: float | None  # per image: logits -> mask (resize + argmax)
+    preprocess_ms: float | None  # per image: decoded image -> the model's input (resize, and normalise unless io takes the image)
+    postprocess_ms: float | None  # per image: the model's output -> mask (resize + argmax of logits; resize of a class map)
     miou: float | None
     pixel_acc: float | None
     per_class_iou: dict[str, float | None] | None
@@ -75,6 +75,7 @@ class BenchRow:
     infer_requests: int | None = None  # requests in flight when throughput was measured at full load (read back from the runtime)
     engine_latency: dict[str, float] | None = None  # p50, p90, ... (ms) of the engine alone on the device (TensorRT: CUDA events)
     copy_ms: dict[str, float] | None = None  # p50 (ms) of the host-to-device ("h2d") and device-to-host ("d2h") copies
+    io: str | None = None  # what the artifact takes and gives when not tensor->logits: image->labels, tensor->labels, image->logits
     row_id: str = field(default="")
 
     def __post_init__(self) -> None:
@@ -165,8 +166,9 @@ def _check_row(d: dict[str, Any], where: str) -> None:
 
 def _check_device_side(d: dict[str, Any], bad: Any) -> None:
     """The optional fields of full-load throughput and device-side timing."""
-    if d.get("perf_hint") is not None and not isinstance(d["perf_hint"], str):
-        raise bad("perf_hint", "must be null or a string")
+    for key in ("perf_hint", "io"):
+        if d.get(key) is not None and not isinstance(d[key], str):
+            raise bad(key, "must be null or a string")
     requests = d.get("infer_requests")
     if requests is not None and (not isinstance(requests, int) or isinstance(requests, bool) or requests < 1):
         raise bad("infer_requests", "must be null or a whole number >= 1")

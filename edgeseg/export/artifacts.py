@@ -17,6 +17,8 @@ from typing import Any
 
 from edgeseg.errors import EdgesegError, TargetError
 from edgeseg.export.base import TARGETS, ExportRequest, get_target
+from edgeseg.export.io_spec import IOSpec
+from edgeseg.export.io_wrap import resolve_io
 from edgeseg.export.meta import model_size, validate_meta, write_meta
 from edgeseg.fsutil import atomic_dir, write_text
 
@@ -77,6 +79,7 @@ def export_artifact(request: ExportRequest, target: str) -> ExportResult:
     if requested(request.options):  # before any work, and before they name the folder
         check_options(request.precision, request.options)
     t = get_target(target)
+    io = resolve_io(t, request.options)
     ok, why = t.is_available()
     if not ok:
         raise TargetError(f"target '{target}' cannot export here: {why}")
@@ -85,29 +88,44 @@ def export_artifact(request: ExportRequest, target: str) -> ExportResult:
 
     def build(tmp: Path) -> dict[str, Any]:
         meta = t.export(request, tmp)
+        # The core (tensor in, logits out) is exported and verified; then wrapped as asked.
+        if not io.plain and "io" not in meta:  # (a target with io_in_export wrapped its model itself)
+            meta = t.wrap_io(tmp, meta, io)  # type: ignore[attr-defined]
+        meta.setdefault("io", io.as_meta())
         staged.update(meta)
         return meta
 
     # The folder name needs the output stride the exporter resolves; export into a staging
     # name first only when the request does not pin it.
     os_ = request.output_stride or _checkpoint_output_stride(request.checkpoint)
-    folder = Path(request.out_dir) / artifact_name(target, request.precision, os_, _variant(request, target))
+    folder = Path(request.out_dir) / artifact_name(target, request.precision, os_, _variant(request, target, io))
     meta = write_artifact(folder, build)
     return ExportResult(target, folder, meta, time.perf_counter() - start, model_size(folder, meta["model_file"]))
 
 
-def _variant(request: ExportRequest, target: str) -> str | None:
-    """nncf for OpenVINO's --ptq; float<K> or drop<D> for layers kept float (--keep-float, --max-drop)."""
+def _variant(request: ExportRequest, target: str, io: IOSpec | None = None) -> str | None:
+    """nncf for OpenVINO's --ptq; float<K> or drop<D> for layers kept float (--keep-float, --max-drop);
+    <input>-<output> where --input/--output differ from the target's default (e.g. tensor-logits)."""
     ptq, k, d = request.options.get("ptq"), request.options.get("keep_float"), request.options.get("max_drop")
-    if ptq and target == "openvino":
-        return str(ptq)
-    return f"float{k}" if k is not None else f"drop{d:g}" if d is not None else None
+    parts = [str(ptq)] if ptq and target == "openvino" else []
+    parts += [f"float{k}"] if k is not None else [f"drop{d:g}"] if d is not None else []
+    if io is not None and (io.input, io.output) != tuple(getattr(get_target(target), "io_defaults", ("tensor", "logits"))):
+        parts.append(f"{io.input}-{io.output}")
+    return "_".join(parts) or None
 
 
 def _checkpoint_output_stride(checkpoint: Path) -> int:
     from edgeseg.train.checkpoint import load_checkpoint
 
     return int(load_checkpoint(checkpoint)["arch"]["output_stride"])
+
+
+def check_io(request: ExportRequest, targets: Iterable[str]) -> None:
+    """Refuse --input/--output values a named target cannot give, before any work ('all' is
+    checked per target during the export, where a target that cannot is recorded as failed)."""
+    for name in targets:
+        if name != "all":
+            resolve_io(get_target(name), request.options)
 
 
 def export_targets(request: ExportRequest, targets: Iterable[str]) -> list[ExportResult]:

@@ -50,15 +50,15 @@ def require_int8_ranges(model: Any, checkpoint: Any, also: str = "") -> None:
     )
 
 
-def verification_images(meta: dict[str, Any], count: int, split: str | None = None) -> tuple[list[np.ndarray], str]:
-    """Up to `count` preprocessed images (float32 1x3xHxW) from the artifact's data set.
+def verification_frames(meta: dict[str, Any], count: int, split: str | None = None) -> tuple[list[np.ndarray], str]:
+    """Up to `count` uint8 H x W x 3 images from the artifact's data set, resized to its input size.
 
-    Returns (images, description). Uses the data set meta names (CamVid val, synthetic scenes,
+    Returns (frames, description). Uses the data set meta names (CamVid val, synthetic scenes,
     ...); when its root is absent here, falls back to the built-in synthetic scenes and says so
     in the description, which exporters record in meta.json.
     """
     from edgeseg.data import open_source
-    from edgeseg.data.preprocess import preprocess
+    from edgeseg.data.preprocess import resize_image
 
     d = meta["data"]
     split = split or d.get("split") or "val"
@@ -69,13 +69,21 @@ def verification_images(meta: dict[str, Any], count: int, split: str | None = No
         log.warning("verification data unavailable (%s); using synthetic scenes", exc)
         source = open_source("synthetic", None, "val", {"num_val": count, "size": meta["input_size"]})
         desc = f"synthetic val (fallback: {d['format']} data not found)"
-    norm = meta["normalization"]
     size = tuple(meta["input_size"])
     n = min(count, len(source))
     # Spread the picks over the split rather than taking its first (often similar) frames.
     picks = np.unique(np.linspace(0, len(source) - 1, n).round().astype(int))
-    images = [preprocess(source.load(int(i))[0], size, norm["mean"], norm["std"]) for i in picks]
-    return images, f"{desc}, {len(images)} images"
+    frames = [np.asarray(resize_image(source.load(int(i))[0], size), dtype=np.uint8) for i in picks]
+    return frames, f"{desc}, {len(frames)} images"
+
+
+def verification_images(meta: dict[str, Any], count: int, split: str | None = None) -> tuple[list[np.ndarray], str]:
+    """verification_frames preprocessed: float32 1x3xHxW, normalised as the eval transform does."""
+    from edgeseg.data.preprocess import preprocess
+
+    frames, desc = verification_frames(meta, count, split)
+    norm = meta["normalization"]
+    return [preprocess(f, None, norm["mean"], norm["std"]) for f in frames], desc
 
 
 def argmax_agreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -118,14 +126,20 @@ def source_onnx(
     return export_onnx(source, path, input_size=tuple(meta["input_size"]), meta=meta, opset=opset, dynamic_batch=dynamic_batch, check=True)
 
 
-def onnx_reference(onnx_path: Path, images: list[np.ndarray], extra: str = "onnx") -> np.ndarray:
-    """Logits of an ONNX file in onnxruntime (CPU): the reference converted models are compared with."""
+def onnx_session(onnx_path: Path | bytes, threads: int = 2, extra: str = "onnx") -> Any:
+    """An onnxruntime CPU session of an ONNX file or serialized model (the reference converted models are compared with)."""
     try:
         import onnxruntime as ort
     except ImportError:
         raise missing_dependency("onnxruntime", extra) from None
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    opts.intra_op_num_threads = threads
+    source = onnx_path if isinstance(onnx_path, bytes) else str(onnx_path)
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+
+
+def onnx_reference(onnx_path: Path, images: list[np.ndarray], extra: str = "onnx") -> np.ndarray:
+    """Outputs of an ONNX file in onnxruntime (CPU) for `images`, concatenated."""
+    sess = onnx_session(onnx_path, 2, extra)
     name = sess.get_inputs()[0].name
     return np.concatenate([sess.run(None, {name: x})[0] for x in images])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -26,6 +26,25 @@ META_FILE = "meta.json"
 META_SCHEMA_VERSION = 1
 # Files an artifact may gain on the device (engine cache, build logs): not part of its identity.
 DERIVED_SUFFIXES = (".engine", ".plan", ".cache", ".log", ".tmp")
+
+
+class IOMeta(BaseModel):
+    """What the model takes and gives (edgeseg.export.io_spec reads it): absent means tensor in, logits out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: Literal["image", "tensor"]
+    layout: Literal["NCHW", "NHWC"]
+    output: Literal["labels", "logits"]
+    labels_dtype: Literal["uint8", "int32"] | None = None
+    # How the wrapped model was checked against the model it wraps (argmax agreement on real images).
+    verification: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _dtype_with_labels(self) -> IOMeta:
+        if (self.output == "labels") != (self.labels_dtype is not None):
+            raise ValueError("labels_dtype is given exactly when output is 'labels'")
+        return self
 
 
 class ArtifactMeta(BaseModel):
@@ -55,6 +74,7 @@ class ArtifactMeta(BaseModel):
     float_layers: UniqueNames = Field(default_factory=list)
     float_convs: UniqueNames = Field(default_factory=list)
     float_source: dict[str, Any] | None = None
+    io: IOMeta | None = None
 
     @field_validator("target")
     @classmethod

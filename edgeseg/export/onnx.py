@@ -13,6 +13,7 @@ import numpy as np
 
 from edgeseg.errors import CheckpointError, missing_dependency
 from edgeseg.export.base import ExportRequest, Loaded, package_version
+from edgeseg.export.io_spec import IOSpec, model_input
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
@@ -54,7 +55,7 @@ class OnnxRunner:
         self.version = ort.__version__
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
+        return self.session.run([self.output_name], {self.input_name: model_input(x)})[0]
 
 
 class OnnxTarget:
@@ -116,6 +117,13 @@ class OnnxTarget:
         # `out` is the temporary folder of an atomic build: record the path inside the artifact.
         meta["export_report"] = {**report, "path": meta["model_file"]}
         return meta
+
+    def wrap_io(self, folder: Path, meta: dict[str, Any], io: IOSpec) -> dict[str, Any]:
+        """Wrap the verified core ONNX in `folder` for `io` and check it against the core in
+        onnxruntime on 16 images of the artifact's data (edgeseg.export.io_wrap)."""
+        from edgeseg.export.io_wrap import wrap_checked_onnx
+
+        return {**meta, **wrap_checked_onnx(folder / meta["model_file"], io, meta, self.name)}
 
     def load(self, artifact: Path, meta: dict[str, Any], *, threads: int | None = None, precision_hint: str | None = None) -> Loaded:
         runner = OnnxRunner(

@@ -31,6 +31,7 @@ import numpy as np
 from edgeseg.errors import ConfigError, TargetError, missing_dependency
 from edgeseg.export.base import ExportRequest, Loaded, package_version
 from edgeseg.export.common import FLOAT_AGREEMENT, INT8_AGREEMENT, onnx_reference, require_int8_ranges
+from edgeseg.export.io_spec import IOSpec, model_input
 from edgeseg.export.openvino_ir import (
     MODEL_FILE,
     _ov,
@@ -62,7 +63,8 @@ NNCF_FIX = (
 
 
 class OpenVINORunner:
-    """A compiled IR with one infer request: `run(x)` maps float32 NCHW to float32 logits.
+    """A compiled IR with one infer request: `run(x)` maps the model's input to its output
+    (float32 NCHW to float32 logits, or what meta.json's "io" says: edgeseg.export.io_spec).
 
     With `copy=False` (bench), `run` returns a view of the request's output tensor, valid until
     the next call, so timing measures inference and not a copy. What the model was compiled with
@@ -85,16 +87,16 @@ class OpenVINORunner:
         self._queue: Any = None
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        self.request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
+        self.request.infer({0: model_input(x)})
         out = self.request.get_output_tensor(0).data
-        return np.array(out, dtype=np.float32, copy=True) if self.copy else out
+        return np.array(out, copy=True) if self.copy else out
 
     def run_full_load(self, x: np.ndarray, count: int) -> float:
         """Seconds to run `count` inferences of `x` through an AsyncInferQueue of `infer_requests`
         requests, each started as soon as one is free (the throughput hint's full load)."""
         if self._queue is None:
             self._queue = _ov().AsyncInferQueue(self.compiled, self.infer_requests)
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = model_input(x)
         start = time.perf_counter_ns()
         for _ in range(count):
             self._queue.start_async({0: x}, share_inputs=True)  # x never changes: no copy per request
@@ -113,6 +115,10 @@ class OpenVINOTarget:
     variants: tuple[tuple[str, str | None], ...] = (("fp32", None), ("fp16", None), ("int8", None), ("int8", "nncf"))
     precision_hints = ("f32", "bf16", "f16")
     bench_options = {"device": DEVICES, "perf_hint": PERF_HINTS}
+    # A decoded frame in (uint8 NHWC, normalised by the PrePostProcessor), a uint8 class map out.
+    io_defaults = ("image", "labels")
+    io_layout = "NHWC"
+    labels_dtype = "uint8"
 
     def is_available(self) -> tuple[bool, str]:
         try:
@@ -137,6 +143,26 @@ class OpenVINOTarget:
 
     def export(self, request: ExportRequest, out: Path) -> dict[str, Any]:
         return export_openvino(request, out)
+
+    def wrap_io(self, folder: Path, meta: dict[str, Any], io: IOSpec) -> dict[str, Any]:
+        """Wrap the verified core IR in `folder` for `io` (edgeseg.export.io_wrap) and check the
+        wrapped IR against it on 16 images of the artifact's data, compiled as bench compiles both."""
+        from edgeseg.export.common import verification_frames
+        from edgeseg.export.io_wrap import check_agreement, io_agreement, wrap_openvino
+
+        xml, staged = folder / meta["model_file"], folder / "wrapped.xml"
+        norm = meta["normalization"]
+        output_name = wrap_openvino(xml, staged, io, norm["mean"], norm["std"])
+        hint = meta.get("precision_hint") or ("f32" if meta["precision"] == "fp32" else None)
+        frames, desc = verification_frames(meta, 16)
+        core, wrapped = OpenVINORunner(compile_ir(xml, hint=hint)), OpenVINORunner(compile_ir(staged, hint=hint))
+        agreement = io_agreement(core.run, wrapped.run, frames, io, norm["mean"], norm["std"])
+        del core, wrapped  # the compiled models map the .bin files replaced next
+        check_agreement(agreement, io, self.name)
+        staged.replace(xml)
+        staged.with_suffix(".bin").replace(xml.with_suffix(".bin"))
+        verification = {"reference": "the core IR (tensor in, logits out), OpenVINO CPU", "data": desc, "agreement": agreement}
+        return {**meta, "output_name": output_name, "io": {**io.as_meta(), "verification": verification}}
 
     def check_bench_options(self, *, device: str | None = None, perf_hint: str | None = None) -> None:
         """Refuse a device OpenVINO does not list here, or a hint it does not have (one line each)."""

@@ -75,9 +75,31 @@ def check_onnx(
     model = load_model(path)
     g = Graph(model)
     out = check_opset(model, trt_version) + check_ops(g, trt_version) + _check_qdq(g) + check_shapes(g, shapes) + check_int64(g)
+    out += _check_io(g)
     if dla is not None:
         out += _check_dla(g, trt_version, dla, shapes)
     return sorted(out, key=lambda v: v.severity != "error")
+
+
+# --- image in, class map out (export --input image --output labels) ------------------------------
+
+
+def _check_io(g: Graph) -> list[Violation]:
+    """A uint8 input must go straight into Cast layers (TensorRT's rule for 8-bit integer I/O), and
+    an ArgMax/ArgMin must take the first index of ties (its TopK layer has no other)."""
+    tp, out = g.onnx.TensorProto, []
+    for inp in g.inputs():
+        if g.elem_type.get(inp.name) not in (tp.UINT8, tp.INT8):
+            continue
+        for n, _ in g.consumers.get(inp.name, []):
+            if n.op_type != "Cast":
+                out.append(
+                    Violation("io-uint8", f"input '{inp.name}'", f"8-bit input feeds {node_name(n)}; TensorRT takes it into a Cast only")
+                )
+    for n in (n for n in g.nodes if n.op_type in ("ArgMax", "ArgMin")):
+        if g.attr(n, "select_last_index", 0):
+            out.append(Violation("argmax", node_name(n), "select_last_index=1 is not supported by TensorRT; export with the default (0)"))
+    return out
 
 
 # --- Q/DQ -----------------------------------------------------------------------------------------
@@ -103,6 +125,17 @@ def _check_qdq(g: Graph) -> list[Violation]:
             out.append(
                 Violation("qdq-activation-per-tensor", node_name(n), f"activation has {scale.size} scales; TensorRT needs one per tensor")
             )
+    float_weights = [n for n in g.nodes if n.op_type == "QuantizeLinear" and is_constant(g, n.input[0])]
+    if float_weights:
+        out.append(
+            Violation(
+                "qdq-float-weights",
+                node_name(float_weights[0]),
+                f"{len(float_weights)} weights are stored as float + QuantizeLinear (4x the bytes of int8); "
+                "the Jetson bundle of edgeseg export stores them as int8 initializers",
+                "warning",
+            )
+        )
     return out
 
 
@@ -175,6 +208,8 @@ def _dla_warn(n: Any, what: str) -> Violation:
 
 
 def _dla_node(g: Graph, n: Any) -> list[Violation]:
+    if n.op_type in ("ArgMax", "ArgMin", "TopK"):  # int64 indices out, but a TopK layer, not shape arithmetic
+        return [_dla_warn(n, f"{n.op_type} is a TopK layer, which DLA does not run (the class map of --output labels)")]
     if n.op_type not in DLA_OPS:
         # Shape arithmetic (int64) folds into constants at build time; only data ops matter.
         return [] if g.elem_type.get(n.output[0]) == g.onnx.TensorProto.INT64 else [_dla_warn(n, f"{n.op_type} is not a DLA layer")]

@@ -28,6 +28,7 @@ import numpy as np
 
 from edgeseg.errors import ConfigError, NumericalError, TargetError, missing_dependency
 from edgeseg.export.base import ExportRequest, Loaded, package_version
+from edgeseg.export.io_spec import IOSpec, feed
 from edgeseg.export.tensorrt_engine import (
     BUILD_FILE,
     CACHE_FILE,
@@ -141,16 +142,22 @@ def fp16_onnx(src: Path, dst: Path) -> bool:
     return True
 
 
-def fp16_agreement(fp32_path: Path, fp16_path: Path, meta: dict[str, Any], count: int = 4) -> dict[str, Any]:
-    """Argmax agreement of the FP16 ONNX with the FP32 ONNX in onnxruntime, on the artifact's data."""
-    from edgeseg.export.common import argmax_agreement, onnx_reference, verification_images
+def fp16_agreement(fp32_path: Path, fp16_path: Path, meta: dict[str, Any], count: int = 16, io: IOSpec | None = None) -> dict[str, Any]:
+    """Class agreement of the FP16 ONNX with the FP32 ONNX in onnxruntime, on `count` images of
+    the artifact's data, each fed as `io` says (both ONNX take and give the same)."""
+    from edgeseg.export.common import onnx_reference, verification_frames
 
-    images, desc = verification_images(meta, count)
-    ref, half = onnx_reference(fp32_path, images), onnx_reference(fp16_path, images)
+    io = io or IOSpec()
+    frames, desc = verification_frames(meta, count)
+    norm, size = meta["normalization"], tuple(meta["input_size"])
+    inputs = [feed(f, io, size, norm["mean"], norm["std"]) for f in frames]
+    ref, half = onnx_reference(fp32_path, inputs), onnx_reference(fp16_path, inputs)
+    if io.output == "labels":
+        return {"reference": "onnxruntime FP32 ONNX", "data": desc, "argmax_agreement": float((half == ref).mean())}
     return {
         "reference": "onnxruntime FP32 ONNX",
         "data": desc,
-        "argmax_agreement": argmax_agreement(half, ref),
+        "argmax_agreement": float((half.argmax(1) == ref.argmax(1)).mean()),
         "max_abs_diff": float(np.abs(half - ref).max()),
     }
 
@@ -165,6 +172,13 @@ class JetsonTarget:
     precisions = ("fp32", "fp16", "int8")
     variants: tuple[tuple[str, str | None], ...] = (("int8", None),)
     precision_hints: tuple[str, ...] = ()
+    # uint8 NCHW pixels in (normalised by the graph's first layers), the class map out as int32:
+    # TensorRT's ArgMax is a TopK layer whose indices are int32. The bundle's ONNX is wrapped
+    # before its build config and preflight are written (export_bundle), so both see what runs.
+    io_defaults = ("image", "labels")
+    io_layout = "NCHW"
+    labels_dtype = "int32"
+    io_in_export = True
 
     def is_available(self) -> tuple[bool, str]:
         # The bundle needs onnx only; building and running an engine need tensorrt + a GPU.
@@ -213,6 +227,7 @@ def _provider(bundle: Path) -> str:
 def export_bundle(request: ExportRequest, out: Path) -> dict[str, Any]:
     """Write the Jetson bundle into `out`: ONNX (+ FP16 ONNX), build.json, preflight; return meta."""
     from edgeseg.export.common import FLOAT_AGREEMENT, source_onnx
+    from edgeseg.export.io_wrap import resolve_io, wrap_checked_onnx
     from edgeseg.export.prepare import load_for_export, tool_versions
 
     opts = request.options
@@ -223,17 +238,27 @@ def export_bundle(request: ExportRequest, out: Path) -> dict[str, Any]:
     from edgeseg.config import recipe_from_dict
 
     opset = int(opts.get("opset") or recipe_from_dict(ckpt["recipe"]).export.opset)  # the recipe's, as for the onnx target
+    io = resolve_io(TARGET, opts)
     report = source_onnx(
         model, out / MODEL_FILE, meta=meta, int8=request.precision == "int8", dynamic_batch=request.dynamic_batch, opset=opset
     )
-    has_fp16 = request.precision == "fp16" and fp16_onnx(out / MODEL_FILE, out / FP16_FILE)
     verification = {
         "reference": "PyTorch (export_onnx)",
         "argmax_agreement": report.get("argmax_agreement"),
         "max_abs_diff": report.get("max_abs_diff"),
     }
+    if request.precision == "int8":  # weights as int8 initializers (4x smaller), proven identical in onnxruntime
+        from edgeseg.export.common import verification_images
+        from edgeseg.export.qdq_weights import int8_weights
+
+        images, desc = verification_images(meta, int(opts.get("verify_images", 16)))
+        meta["int8_weights"] = {**int8_weights(out / MODEL_FILE, out / MODEL_FILE, images), "data": desc}
+    # The core ONNX is verified against torch; wrapped (uint8 image in, class map out) before
+    # anything else reads it, and checked against the core in onnxruntime.
+    meta["io"] = wrap_checked_onnx(out / MODEL_FILE, io, meta, "jetson")["io"] if not io.plain else io.as_meta()
+    has_fp16 = request.precision == "fp16" and fp16_onnx(out / MODEL_FILE, out / FP16_FILE)
     if has_fp16:
-        verification = {"fp16_onnx": fp16_agreement(out / MODEL_FILE, out / FP16_FILE, meta, int(opts.get("verify_images", 4)))}
+        verification = {"fp16_onnx": fp16_agreement(out / MODEL_FILE, out / FP16_FILE, meta, int(opts.get("verify_images", 16)), io)}
         agree, need = verification["fp16_onnx"]["argmax_agreement"], float(opts.get("min_agreement", FLOAT_AGREEMENT))
         if agree < need:
             raise NumericalError(
@@ -244,9 +269,9 @@ def export_bundle(request: ExportRequest, out: Path) -> dict[str, Any]:
     cfg = build_config(request.precision, inputs, dla_core=dla, workspace_gb=workspace, fp16_onnx=has_fp16)
     preflight(out, cfg, trt_major)
     write_json(out / BUILD_FILE, cfg)
-    io = _io_names(out / MODEL_FILE)
+    names = _io_names(out / MODEL_FILE)
     meta.update({
-        "target": "jetson", "precision": request.precision, "model_file": MODEL_FILE, "input_name": io[0], "output_name": io[1],
+        "target": "jetson", "precision": request.precision, "model_file": MODEL_FILE, "input_name": names[0], "output_name": names[1],
         "tool_versions": tool_versions("torch", "onnx", "onnxruntime", "tensorrt"),
         "tensorrt": {"build": BUILD_FILE, "trt_version": trt_major, "dla_core": dla, "preflight": PREFLIGHT_FILE},
         "verification": verification,

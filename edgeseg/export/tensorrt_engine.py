@@ -368,7 +368,8 @@ class TensorRTRunner:
             "engine": self._elapsed(copied_in, computed),
             "d2h": self._elapsed(computed, copied_out),
         }
-        return host_out.astype(np.float32, copy=False)
+        # A class map (int32: TensorRT's ArgMax) as it is; logits as float32 whatever the engine's output type.
+        return host_out if host_out.dtype.kind in "iu" else host_out.astype(np.float32, copy=False)
 
     def _record(self, event: Any) -> None:
         _check(self.cudart, self.cudart.cudaEventRecord(event, self.stream))

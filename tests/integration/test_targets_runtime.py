@@ -138,13 +138,17 @@ def test_export_all_int8_cli(ckpts: dict, tmp_path: Path) -> None:
     assert cm["convs"] == cm["convs_int8_weights"] == cm["convs_int8_inputs"] > 60
     assert "wrote" in run.stdout and "preflight" in run.stdout
 
-    # The IR through its runner against PyTorch's fake-quant model (an independent reference).
+    # The IR (uint8 NHWC frame in, class map out) through its runner against PyTorch's fake-quant
+    # model's argmax (an independent reference).
     from edgeseg.export.openvino import TARGET
 
-    images = _val_images()
+    assert ov["io"]["input"] == "image" and ov["io"]["output"] == "labels"
+    source = open_source("synthetic", None, "val", SYNTH)
+    frames = [source.load(i)[0] for i in range(2)]
     runner = TARGET.load(tmp_path / "openvino_int8_os16", ov).runner
-    got = np.concatenate([runner.run(x).copy() for x in images])  # bench runners return a view
-    assert argmax_agreement(got, _torch_logits(ptq, images, quantized=True)) >= 0.99
+    got = np.concatenate([runner.run(f[None]).copy() for f in frames])  # bench runners return a view
+    want = _torch_logits(ptq, [preprocess(f, SIZE) for f in frames], quantized=True).argmax(1)
+    assert got.dtype == np.uint8 and (got == want).mean() >= 0.99
 
 
 @pytest.mark.parametrize("output_stride", [8, 32])
@@ -172,7 +176,7 @@ def test_int8_openvino_and_jetson_at_output_stride(ckpts: dict, tmp_path: Path, 
 
 def test_openvino_fp32_and_fp16(ckpts: dict, tmp_path: Path) -> None:
     fp32 = ckpts[16][0]
-    folder, meta = _export(fp32, "openvino", "fp32", tmp_path)
+    folder, meta = _export(fp32, "openvino", "fp32", tmp_path, input="tensor", output="logits")  # logits, to compare with torch's
     assert meta["precision_hint"] == "f32" and meta["quant"] is None
     from edgeseg.export.openvino import TARGET
 
@@ -252,7 +256,9 @@ def test_jetson_fp16_bundle_with_dla(ckpts: dict, tmp_path: Path) -> None:
     assert {i.data_type for i in half.graph.initializer if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)} == {
         onnx.TensorProto.FLOAT16
     }
-    assert half.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # FP32 I/O kept
+    # The I/O kept as exported: uint8 pixels in, the int32 class map out.
+    assert half.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert half.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.INT32
     assert meta["verification"]["fp16_onnx"]["argmax_agreement"] >= 0.995
     build = json.loads((folder / "build.json").read_text())
     assert build["dla_core"] == 0 and build["onnx"]["11"] == "model_fp16.onnx"

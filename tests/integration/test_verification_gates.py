@@ -52,6 +52,8 @@ from edgeseg.train.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.integration
 SIZE = (64, 64)
+# The FP16 gate is checked on the logits a broken model gives (its class map would hide how far off they are).
+LOGITS = {"input": "tensor", "output": "logits"}
 SYNTH = {"num_train": 8, "num_val": 4, "size": list(SIZE), "seed": 0}
 CLASSES = ClassInfo(("sky", "road", "car", "tree"), ((128, 128, 128), (128, 64, 128), (64, 0, 128), (128, 128, 0)))
 AGREES = re.compile(r"on (?:only )?([\d.]+)% of pixels")
@@ -307,13 +309,13 @@ def test_jetson_fp16_gate(ckpts: dict[str, Path], tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(T, "fp16_onnx", broken)
     bound = 1 - round(fraction * PIXELS) / PIXELS
     if not fires:
-        v = _export(ckpts["fp32"], "jetson", "fp16", tmp_path)["verification"]["fp16_onnx"]
+        v = _export(ckpts["fp32"], "jetson", "fp16", tmp_path, **LOGITS)["verification"]["fp16_onnx"]
         assert FLOAT_AGREEMENT <= v["argmax_agreement"] <= bound
         return
     with pytest.raises(NumericalError, match=r"^the FP16 ONNX agrees with FP32 on .*; use TensorRT 10 with --fp16 or report this$") as exc:
-        _export(ckpts["fp32"], "jetson", "fp16", tmp_path)
+        _export(ckpts["fp32"], "jetson", "fp16", tmp_path, **LOGITS)
     assert f"(< {FLOAT_AGREEMENT:.1%})" in str(exc.value) and _measured(exc) <= bound + 1e-4
-    assert not (tmp_path / "jetson_fp16_os16").exists()
+    assert not (tmp_path / "jetson_fp16_os16_tensor-logits").exists()
 
 
 def test_jetson_fp16_gate_on_logits_beyond_fp16(tmp_path: Path) -> None:
@@ -329,7 +331,7 @@ def test_jetson_fp16_gate_on_logits_beyond_fp16(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "big.pt", model=model, recipe=recipe, classes=CLASSES)
     _export(tmp_path / "big.pt", "jetson", "fp32", tmp_path / "out")  # sound in FP32 (within FP32_TOLERANCE of PyTorch)
     with pytest.raises(NumericalError, match=rf"the FP16 ONNX agrees with FP32 on .* \(< {FLOAT_AGREEMENT:.1%}\)") as exc:
-        _export(tmp_path / "big.pt", "jetson", "fp16", tmp_path / "out")
+        _export(tmp_path / "big.pt", "jetson", "fp16", tmp_path / "out", **LOGITS)
     assert _measured(exc) < 0.5
 
 
