@@ -200,7 +200,9 @@ def calibrate(
 def export(
     ckpt: Annotated[Path, typer.Argument(help="Checkpoint (.pt): FP32, calibrated (PTQ) or QAT")],
     target: Annotated[str, typer.Option("--target", help=f"{', '.join(TARGETS)} or all")] = "onnx",
-    precision: Annotated[str, typer.Option("--precision", help="fp32 or int8 (fp16 where the target has it)")] = "int8",
+    precision: Annotated[
+        str, typer.Option("--precision", help="fp32 or int8 (fp16 where the target has it; w8 on coreml: int8 weights, FP16 activations)")
+    ] = "int8",
     output_stride: Annotated[int | None, typer.Option("--output-stride", help="Export at output stride 8/16/32")] = None,
     input_size: Annotated[str | None, typer.Option("--input-size", help="HxW (default: the recipe's export/eval size)")] = None,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Dynamic batch dimension")] = False,
@@ -228,6 +230,10 @@ def export(
         Path | None,
         typer.Option("--sensitivity", help="With --keep-float/--max-drop: a ranking from 'edgeseg sensitivity --json' (default: measure)"),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Write the artifact even when a verification gate fails, marked verified: false in meta.json"),
+    ] = False,
     model_input: Annotated[
         str | None,
         typer.Option(
@@ -266,6 +272,7 @@ def export(
             "sensitivity": sensitivity_json,
             "input": model_input,
             "output": model_output,
+            "force": force,
         },  # fmt: skip
     )
     check_io(request, [target])

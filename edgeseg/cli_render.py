@@ -119,6 +119,17 @@ def print_export_results(results: Iterable[ExportResult]) -> None:
         out_console.print(f"wrote {r.folder} ({r.size_bytes / 1e6:.1f} MB) in {r.seconds:.1f}s{detail}")
         if describe(r):
             out_console.print(f"  {describe(r)}", highlight=False, markup=False)
+        io = r.meta.get("io") or {}
+        if io.get("verification"):
+            out_console.print(
+                f"  takes {io['input']} ({io['layout']}), gives {io['output']}{' as ' + io['labels_dtype'] if io.get('labels_dtype') else ''}; "
+                f"against its core: {io['verification']['agreement']:.4%} of pixels agree",
+                highlight=False,
+                markup=False,
+            )
+        if r.meta.get("verified") is False:
+            for failure in r.meta.get("verification_failures", []):
+                console.print(f"[red]NOT VERIFIED (kept by --force):[/red] {failure['error']}", highlight=False, soft_wrap=True)
         if r.meta.get("float_source") is not None:
             layers, convs = r.meta.get("float_layers", []), r.meta.get("float_convs", [])
             shown = ", ".join(layers[:4]) + (f" and {len(layers) - 4} more" if len(layers) > 4 else "")

@@ -173,6 +173,8 @@ def load_timed(art: Artifact, options: BenchOptions) -> tuple[Timing, np.ndarray
     _check_output(art, loaded, np.asarray(y), options.batch)
     first_output = np.array(y[0])  # a copy: some runners reuse their buffer
     log.info("%s: loaded with %s %s, first inference %.2fs", art.path, loaded.runtime, loaded.runtime_version, first_s)
+    for failure in art.meta.get("verification_failures", []) if art.meta.get("verified") is False else []:
+        log.warning("%s is NOT VERIFIED (exported with --force): %s", art.path, failure.get("error"))
     timing = Timing(loaded, [], first_s, None, first_output, load_s, None)
     timing.memory = mem
     return timing, x
@@ -281,6 +283,8 @@ def _make_row(
         peak_rss_mb=None if timing.peak_rss_mb is None else round(timing.peak_rss_mb, 1),
         round_p50_ms=None if timing.round_p50_ms is None else [round(v, 4) for v in timing.round_p50_ms],
         io=_io_label(art.meta),
+        verified=False if art.meta.get("verified") is False else None,
+        float_convs=len(art.meta.get("float_convs") or []) or None,
         notes="; ".join(timing_notes(timing)),
         **measured,
     )

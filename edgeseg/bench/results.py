@@ -75,6 +75,8 @@ class BenchRow:
     infer_requests: int | None = None  # requests in flight when throughput was measured at full load (read back from the runtime)
     engine_latency: dict[str, float] | None = None  # p50, p90, ... (ms) of the engine alone on the device (TensorRT: CUDA events)
     copy_ms: dict[str, float] | None = None  # p50 (ms) of the host-to-device ("h2d") and device-to-host ("d2h") copies
+    float_convs: int | None = None  # INT8 artifacts with layers kept float (export --keep-float/--max-drop): the float convs
+    verified: bool | None = None  # False: the artifact failed its export verification and was kept by --force
     io: str | None = None  # what the artifact takes and gives when not tensor->logits: image->labels, tensor->labels, image->logits
     row_id: str = field(default="")
 
@@ -169,6 +171,12 @@ def _check_device_side(d: dict[str, Any], bad: Any) -> None:
     for key in ("perf_hint", "io"):
         if d.get(key) is not None and not isinstance(d[key], str):
             raise bad(key, "must be null or a string")
+    if d.get("float_convs") is not None and (
+        not isinstance(d["float_convs"], int) or isinstance(d["float_convs"], bool) or d["float_convs"] < 0
+    ):
+        raise bad("float_convs", "must be null or a whole number >= 0")
+    if d.get("verified") is not None and not isinstance(d["verified"], bool):
+        raise bad("verified", "must be null or true/false")
     requests = d.get("infer_requests")
     if requests is not None and (not isinstance(requests, int) or isinstance(requests, bool) or requests < 1):
         raise bad("infer_requests", "must be null or a whole number >= 1")

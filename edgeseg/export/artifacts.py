@@ -8,6 +8,7 @@ edgeseg.export.common; this module only drives targets through their interface.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -17,6 +18,7 @@ from typing import Any
 
 from edgeseg.errors import EdgesegError, TargetError
 from edgeseg.export.base import TARGETS, ExportRequest, get_target
+from edgeseg.export.common import forced_gates
 from edgeseg.export.io_spec import IOSpec
 from edgeseg.export.io_wrap import resolve_io
 from edgeseg.export.meta import model_size, validate_meta, write_meta
@@ -87,11 +89,19 @@ def export_artifact(request: ExportRequest, target: str) -> ExportResult:
     staged: dict[str, Any] = {}
 
     def build(tmp: Path) -> dict[str, Any]:
-        meta = t.export(request, tmp)
-        # The core (tensor in, logits out) is exported and verified; then wrapped as asked.
-        if not io.plain and "io" not in meta:  # (a target with io_in_export wrapped its model itself)
-            meta = t.wrap_io(tmp, meta, io)  # type: ignore[attr-defined]
+        # --force: a verification gate that fails is recorded, the artifact written and marked.
+        keep: contextlib.AbstractContextManager[list[dict[str, Any]]] = (
+            forced_gates() if request.options.get("force") else contextlib.nullcontext([])
+        )
+        with keep as failures:
+            meta = t.export(request, tmp)
+            # The core (tensor in, logits out) is exported and verified; then wrapped as asked.
+            if not io.plain and "io" not in meta:  # (a target with io_in_export wrapped its model itself)
+                meta = t.wrap_io(tmp, meta, io)  # type: ignore[attr-defined]
         meta.setdefault("io", io.as_meta())
+        meta["verified"] = not failures
+        if failures:
+            meta["verification_failures"] = failures
         staged.update(meta)
         return meta
 

@@ -6,13 +6,16 @@ numpy only at import time; torch, onnx and the data loaders are imported inside 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgeseg.errors import CheckpointError, DataError, TargetError, missing_dependency
+from edgeseg.errors import CheckpointError, DataError, NumericalError, TargetError, missing_dependency
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,33 @@ FLOAT_AGREEMENT = 0.995
 # the tiny smoke model, whose logits are close together, 98.9-99.0%. A conversion bug (a wrong
 # scale, a lost Q/DQ) drops far below this.
 INT8_AGREEMENT = 0.98
+
+
+# Gates that `export --force` may keep an artifact past (edgeseg.export.artifacts): inside
+# forced_gates(), a failed gate is recorded in the list it yields instead of raised.
+_FORCED: contextvars.ContextVar[list[dict[str, Any]] | None] = contextvars.ContextVar("edgeseg_forced_gates", default=None)
+
+
+def gate(ok: bool, error: NumericalError, **figures: Any) -> None:
+    """A verification gate: raise `error` unless `ok`; under forced_gates() record it (with its figures) instead."""
+    if ok:
+        return
+    failures = _FORCED.get()
+    if failures is None:
+        raise error
+    failures.append({"error": str(error), **figures})
+    log.warning("verification failed, kept because of --force: %s", error)
+
+
+@contextlib.contextmanager
+def forced_gates() -> Iterator[list[dict[str, Any]]]:
+    """Within this block, failed gates are collected in the yielded list instead of raised."""
+    failures: list[dict[str, Any]] = []
+    token = _FORCED.set(failures)
+    try:
+        yield failures
+    finally:
+        _FORCED.reset(token)
 
 
 def require_int8_ranges(model: Any, checkpoint: Any, also: str = "") -> None:

@@ -235,6 +235,20 @@ def inspect_mlpackage(path: str | Path) -> dict[str, Any]:
     }
 
 
+def int8_weights_only(mlmodel: Any) -> Any:
+    """W8: every weight (conv kernels included, however small) to int8, symmetric per output
+    channel (coremltools' linear_quantize_weights); activations stay FP16. Weights only need no
+    calibration, so this runs on any OS."""
+    _ct()
+    from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_weights
+
+    config = OptimizationConfig(
+        global_config=OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=1)
+    )
+    with _quiet_progress():
+        return linear_quantize_weights(mlmodel, config)
+
+
 def verify_mlpackage(path: Path, meta: dict[str, Any], precision: str, plan: Any = None) -> dict[str, Any]:
     """Check names, shapes, metadata, and (INT8) that every conv has int8 weights and inputs, or
     with a `plan` (layers kept float, edgeseg.export.mixed) exactly those it says, matched by order."""
@@ -257,6 +271,11 @@ def verify_mlpackage(path: Path, meta: dict[str, Any], precision: str, plan: Any
     elif precision == "int8" and not info["convs"] == info["convs_int8_weights"] == info["convs_int8_inputs"]:
         problems.append(
             f"of {info['convs']} convs, {info['convs_int8_weights']} have int8 weights and {info['convs_int8_inputs']} int8 inputs"
+        )
+    elif precision == "w8" and not (info["convs"] == info["convs_int8_weights"] and info["convs_int8_inputs"] == 0):
+        problems.append(
+            f"of {info['convs']} convs, {info['convs_int8_weights']} have int8 weights and {info['convs_int8_inputs']} int8 inputs "
+            "(W8: every weight int8, every input FP16)"
         )
     if problems:
         raise TargetError(f"Core ML package '{path}' failed verification: {'; '.join(problems)}; run with --verbose")
@@ -318,8 +337,8 @@ class CoreMLTarget:
     runtime = "coreml"
     runtime_label = "Core ML"
     extra = "coreml"
-    precisions = ("fp32", "fp16", "int8")
-    variants: tuple[tuple[str, str | None], ...] = (("fp16", None), ("int8", None))
+    precisions = ("fp32", "fp16", "int8", "w8")
+    variants: tuple[tuple[str, str | None], ...] = (("fp16", None), ("w8", None), ("int8", None))
     precision_hints: tuple[str, ...] = ()
     bench_options = {"compute_units": COMPUTE_UNITS}
 
@@ -375,7 +394,10 @@ def export_coreml(request: ExportRequest, out: Path) -> dict[str, Any]:
     if request.precision == "int8" and not is_quantized(model):
         raise TargetError(f"checkpoint '{request.checkpoint}' has no INT8 ranges; calibrate it ('edgeseg calibrate') or train with QAT")
     source = model if request.precision == "int8" else float_model_of(model)
-    mlmodel = convert(source, precision=request.precision, input_size=tuple(meta["input_size"]), meta=meta)
+    w8 = request.precision == "w8"  # the FP16 model, then its weights to int8
+    mlmodel = convert(source, precision="fp16" if w8 else request.precision, input_size=tuple(meta["input_size"]), meta=meta)
+    if w8:
+        mlmodel = int8_weights_only(mlmodel)
     path = out / MODEL_FILE
     mlmodel.save(str(path))
     from edgeseg.export.mixed import plan_of
@@ -393,6 +415,8 @@ def export_coreml(request: ExportRequest, out: Path) -> dict[str, Any]:
                 "minimum_deployment_target": f"{DEPLOYMENT_TARGET} / macOS14",
                 "input": "RGB image, pixels 0-255, normalisation inside",
                 "compute_precision": "float32" if request.precision == "fp32" else "float16",
+                "weights": "int8 (per channel)" if request.precision in ("int8", "w8") else "float",
+                "activations": "int8 (the checkpoint's ranges)" if request.precision == "int8" else "float",
                 "convs": info["convs"],
                 "convs_int8_weights": info["convs_int8_weights"],
                 "convs_int8_inputs": info["convs_int8_inputs"],

@@ -172,8 +172,10 @@ def io_agreement(
 
 
 def check_agreement(agreement: float, io: IOSpec, target: str) -> None:
-    if agreement < IO_AGREEMENT:
-        raise NumericalError(
-            f"the {target} model wrapped for {io.input} in, {io.output} out agrees with its core on {agreement:.3%} of pixels "
-            f"(< {IO_AGREEMENT:.1%}); export with --input tensor --output logits and report this"
-        )
+    from edgeseg.export.common import gate
+
+    message = (
+        f"the {target} model wrapped for {io.input} in, {io.output} out agrees with its core on {agreement:.3%} of pixels "
+        f"(< {IO_AGREEMENT:.1%}); export with --input tensor --output logits and report this"
+    )
+    gate(agreement >= IO_AGREEMENT, NumericalError(message), io_agreement=agreement)

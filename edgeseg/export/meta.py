@@ -75,6 +75,9 @@ class ArtifactMeta(BaseModel):
     float_convs: UniqueNames = Field(default_factory=list)
     float_source: dict[str, Any] | None = None
     io: IOMeta | None = None
+    # False when `export --force` kept an artifact that failed a verification gate (listed, with figures).
+    verified: bool = True
+    verification_failures: list[dict[str, Any]] = Field(default_factory=list)
 
     @field_validator("target")
     @classmethod

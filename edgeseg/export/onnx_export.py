@@ -31,6 +31,7 @@ from edgeseg.fsutil import scratch_dir, write_bytes
 
 log = logging.getLogger(__name__)
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+VERIFY_IMAGES = 16  # real images of the artifact's data set every export is checked on, beside one noise input
 FP32_TOLERANCE = 1e-4  # max |onnxruntime - torch| of FP32 logits, relative to max(1, max |logit|)
 
 
@@ -191,20 +192,60 @@ def _reference(model: torch.nn.Module, size: tuple[int, int]) -> tuple[np.ndarra
     return x.numpy(), y.float().numpy()
 
 
-def _compare(proto_bytes: bytes, x: np.ndarray, ref: np.ndarray, quantized: bool) -> dict[str, Any]:
+def _real_pairs(
+    model: torch.nn.Module, meta: dict[str, Any], size: tuple[int, int], count: int
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
+    """(image, torch logits) for `count` images of the data set meta names (none when it names none)."""
+    if not {"data", "normalization"} <= meta.keys():
+        return [], ""
+    from edgeseg.export.common import verification_images
+
+    images, desc = verification_images({**meta, "input_size": list(size)}, count)
+    with torch.no_grad():
+        return [(x, model(torch.from_numpy(x)).float().numpy()) for x in images], desc
+
+
+def _compare(
+    proto_bytes: bytes, noise: tuple[np.ndarray, np.ndarray], real: list[tuple[np.ndarray, np.ndarray]], quantized: bool
+) -> dict[str, Any]:
+    """onnxruntime against torch on the noise input and the real images: FP32 logits within
+    FP32_TOLERANCE of the logit scale; INT8 (torch's fake-quant model is the reference) argmax
+    agreement on the real images at INT8_AGREEMENT."""
+    from edgeseg.export.common import INT8_AGREEMENT, gate
+
     ort = _import("onnxruntime")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
     sess = ort.InferenceSession(proto_bytes, opts, providers=["CPUExecutionProvider"])
-    out = sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
-    if not np.all(np.isfinite(out)):
-        raise NumericalError("onnxruntime produced NaN/inf logits for the exported model; the checkpoint's weights or ranges are broken")
-    diff = float(np.abs(out - ref).max())
-    report: dict[str, Any] = {"max_abs_diff": diff, "argmax_agreement": float((out.argmax(1) == ref.argmax(1)).mean())}
+    diff, same, total, tol = 0.0, 0, 0, 0.0
+    for k, (x, ref) in enumerate([noise, *real]):
+        out = sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        if not np.all(np.isfinite(out)):
+            raise NumericalError(
+                "onnxruntime produced NaN/inf logits for the exported model; the checkpoint's weights or ranges are broken"
+            )
+        diff = max(diff, float(np.abs(out - ref).max()))
+        tol = max(tol, FP32_TOLERANCE * max(1.0, float(np.abs(ref).max())))
+        if k > 0 or not real:  # agreement on the real images (on the noise input only when there are none)
+            same += int((out.argmax(1) == ref.argmax(1)).sum())
+            total += ref.shape[0] * ref.shape[2] * ref.shape[3]
+    report: dict[str, Any] = {"max_abs_diff": diff, "argmax_agreement": same / max(total, 1), "verify_images": len(real)}
     if not quantized:
-        tol = FP32_TOLERANCE * max(1.0, float(np.abs(ref).max()))
-        if diff > tol:
-            raise NumericalError(f"FP32 ONNX differs from PyTorch by {diff:.3g} (> {tol:.3g}); report this with the checkpoint")
+        gate(
+            diff <= tol,
+            NumericalError(f"FP32 ONNX differs from PyTorch by {diff:.3g} (> {tol:.3g}); report this with the checkpoint"),
+            max_abs_diff=diff,
+        )
+    elif real:
+        agreement = report["argmax_agreement"]
+        gate(
+            agreement >= INT8_AGREEMENT,
+            NumericalError(
+                f"the INT8 ONNX agrees with PyTorch's fake-quant model on {agreement:.2%} of pixels (< {INT8_AGREEMENT:.0%}) "
+                f"of {len(real)} images; recalibrate, or report this with the checkpoint"
+            ),
+            argmax_agreement=agreement,
+        )
     return report
 
 
@@ -269,7 +310,8 @@ def export_onnx(
     if check:
         tick = time.perf_counter()
         onnx.checker.check_model(proto, full_check=True)
-        report.update(_compare(data, x, ref, quantized))
+        real, desc = _real_pairs(model, meta, input_size, VERIFY_IMAGES)
+        report.update(_compare(data, (x, ref), real, quantized), verify_data=desc or "one seeded noise input")
         seconds["check"] = time.perf_counter() - tick
     write_bytes(path, data)
     nodes = collections.Counter(n.op_type for n in proto.graph.node if n.op_type != "Constant")

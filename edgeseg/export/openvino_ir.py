@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg.errors import NumericalError, TargetError, missing_dependency
-from edgeseg.export.common import FLOAT_AGREEMENT, argmax_agreement
+from edgeseg.export.common import FLOAT_AGREEMENT, argmax_agreement, gate
 
 MODEL_FILE = "model.xml"
 INT8_PRECISIONS = {"u8", "i8"}
@@ -255,7 +255,8 @@ def verify_ir(
             "a float IR this far off is a conversion bug; an INT8 one means near-tied logits flip between the two runtimes' "
             "INT8 kernels, so check the checkpoint's accuracy"
         )
-        raise NumericalError(f"OpenVINO '{xml}' agrees with its reference on only {agreement:.2%} of pixels (< {min_agreement:.1%}): {fix}")
+        message = f"OpenVINO '{xml.name}' agrees with its reference on only {agreement:.2%} of pixels (< {min_agreement:.1%}): {fix}"
+        gate(False, NumericalError(message), argmax_agreement=agreement)
     if report["fallbacks"] and not allow_fallback:
         names = ", ".join(f"{f['name']} ({f['runtime_precision']})" for f in report["fallbacks"][:4])
         more = f" and {len(report['fallbacks']) - 4} more" if len(report["fallbacks"]) > 4 else ""

@@ -79,12 +79,22 @@ def fold_weights(model: Any, feed: dict[str, np.ndarray]) -> tuple[Any, int]:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
+    # An int8 weight takes its float weight's name where that is an initializer (so engines and
+    # tools name layers as before), else the QuantizeLinear output's; every reader is rewired.
+    inits = {t.name for t in g.initializer}
+    rename = {n.output[0]: n.input[0] for n in weight_q if n.input[0] in inits}
+    kept = [t for t in g.initializer if t.name not in set(rename.values())]
+    del g.initializer[:]
+    g.initializer.extend(kept)
     # The weight QuantizeLinear nodes and whatever computed a scale or zero point now stored.
     nodes = [n for n in g.node if not all(o in values for o in n.output)]
+    for n in nodes:
+        for i, name in enumerate(n.input):
+            n.input[i] = rename.get(name, name)
     del g.node[:]
     g.node.extend(nodes)
-    for name, value in values.items():  # the int8 weights keep the Q output's name: every DQ reads them as before
-        g.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+    for name, value in values.items():
+        g.initializer.append(numpy_helper.from_array(np.asarray(value), rename.get(name, name)))
     _prune(g)
     return out, len(weight_q)
 

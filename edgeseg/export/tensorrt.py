@@ -226,7 +226,7 @@ def _provider(bundle: Path) -> str:
 
 def export_bundle(request: ExportRequest, out: Path) -> dict[str, Any]:
     """Write the Jetson bundle into `out`: ONNX (+ FP16 ONNX), build.json, preflight; return meta."""
-    from edgeseg.export.common import FLOAT_AGREEMENT, source_onnx
+    from edgeseg.export.common import FLOAT_AGREEMENT, gate, source_onnx
     from edgeseg.export.io_wrap import resolve_io, wrap_checked_onnx
     from edgeseg.export.prepare import load_for_export, tool_versions
 
@@ -260,10 +260,8 @@ def export_bundle(request: ExportRequest, out: Path) -> dict[str, Any]:
     if has_fp16:
         verification = {"fp16_onnx": fp16_agreement(out / MODEL_FILE, out / FP16_FILE, meta, int(opts.get("verify_images", 16)), io)}
         agree, need = verification["fp16_onnx"]["argmax_agreement"], float(opts.get("min_agreement", FLOAT_AGREEMENT))
-        if agree < need:
-            raise NumericalError(
-                f"the FP16 ONNX agrees with FP32 on {agree:.2%} of pixels (< {need:.1%}); use TensorRT 10 with --fp16 or report this"
-            )
+        message = f"the FP16 ONNX agrees with FP32 on {agree:.2%} of pixels (< {need:.1%}); use TensorRT 10 with --fp16 or report this"
+        gate(agree >= need, NumericalError(message), argmax_agreement=agree)
     inputs = onnx_inputs(out / MODEL_FILE)
     workspace = float(opts.get("workspace_gb", DEFAULT_WORKSPACE_GB))
     cfg = build_config(request.precision, inputs, dla_core=dla, workspace_gb=workspace, fp16_onnx=has_fp16)

@@ -18,7 +18,16 @@ from pathlib import Path
 from edgeseg.bench.results import SCHEMA_VERSION, BenchRow, ResultsError, load_results, merge_rows
 from edgeseg.fsutil import check_writable, write_bytes, write_json, write_text
 from edgeseg.report import plots
-from edgeseg.report.analysis import Entry, analyse, group_by, is_fp32_reference, precision_label, summary_lines
+from edgeseg.report.analysis import (
+    CLASS_LOSS_CALLOUT,
+    Entry,
+    analyse,
+    class_losses,
+    group_by,
+    is_fp32_reference,
+    precision_label,
+    summary_lines,
+)
 from edgeseg.report.pending import pending_lines
 from edgeseg.report.pick import DEFAULT_BUDGETS_MS, budget_lines, check_budgets, resolve_device, stride_lines
 from edgeseg.report.render import Block, Table, html_page, markdown, results_csv
@@ -180,6 +189,9 @@ def _document(entries: list[Entry], sources: list[Path], front: list[Block]) -> 
     ]
     for device, lines in summary_lines(entries).items():
         blocks += [("h3", device), ("ul", lines)]
+    losses = class_losses(entries)
+    if losses:
+        blocks += [("h3", f"Classes an INT8 row loses more than {CLASS_LOSS_CALLOUT:g} IoU on"), ("ul", losses)]
     strides = group_by(sorted(entries, key=lambda e: (e.device, e.row.latency["p50"])), lambda e: e.row.output_stride)
     for stride in sorted(strides, key=lambda s: s or 0):
         blocks += [("h2", f"Output stride {stride}"), ("table", Table(TABLE_HEADER, [_table_row(e) for e in strides[stride]]))]

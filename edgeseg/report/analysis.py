@@ -61,6 +61,10 @@ def precision_label(row: BenchRow) -> str:
         prec += f" ({hint} exec)"
     if row.perf_hint == "throughput":
         prec += " (throughput mode)"
+    if row.float_convs:
+        prec += f" ({row.float_convs} float convs)"
+    if row.verified is False:
+        prec += " (NOT VERIFIED)"
     return prec
 
 
@@ -121,6 +125,28 @@ def worst_class(row: BenchRow, ref: BenchRow | None) -> tuple[str, float] | None
         return None
     deltas = [(n, v - ref.per_class_iou[n]) for n, v in row.per_class_iou.items() if v is not None and ref.per_class_iou.get(n) is not None]
     return min(deltas, key=lambda d: d[1]) if deltas else None  # type: ignore[operator]
+
+
+CLASS_LOSS_CALLOUT = 1.0  # IoU points: an INT8 row losing more than this on a class is called out
+
+
+def class_losses(entries: list[Entry], limit: float = CLASS_LOSS_CALLOUT) -> list[str]:
+    """One line per INT8 row with classes losing more than `limit` IoU against its FP32 reference
+    (mIoU averages classes, so a thin class can lose several points while mIoU barely moves)."""
+    lines = []
+    for e in entries:
+        r, ref = e.row, e.reference
+        if r.precision != "int8" or ref is None or ref is r or not r.per_class_iou or not ref.per_class_iou:
+            continue
+        losses = sorted(
+            (v - ref.per_class_iou[n], n)
+            for n, v in r.per_class_iou.items()
+            if v is not None and ref.per_class_iou.get(n) is not None and v - ref.per_class_iou[n] < -limit
+        )
+        if losses:
+            shown = ", ".join(f"{n} {d:+.2f}" for d, n in losses)
+            lines.append(f"OS{r.output_stride} {e.label} on {e.device} ({e.row.target}): {shown} IoU vs {row_label(ref)}")
+    return lines
 
 
 def analyse(rows: list[BenchRow]) -> list[Entry]:

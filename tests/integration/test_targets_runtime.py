@@ -279,6 +279,25 @@ def test_coreml_fp16_spec(ckpts: dict, tmp_path: Path) -> None:
     assert info["opset"] == "CoreML7"  # iOS 17 / macOS 14
 
 
+def test_coreml_w8_spec(ckpts: dict, tmp_path: Path) -> None:
+    """W8: every conv weight int8 (per channel), every activation FP16 (no quantize ops), and the
+    package about half the FP16 one; the folder and meta name it."""
+    from edgeseg.export.coreml import inspect_mlpackage
+
+    fp16, _ = _export(ckpts[16][0], "coreml", "fp16", tmp_path)
+    folder, meta = _export(ckpts[16][0], "coreml", "w8", tmp_path)
+    assert folder.name == "coreml_w8_os16" and meta["precision"] == "w8" and meta["quant"] is None
+    info = inspect_mlpackage(folder / meta["model_file"])
+    assert info["convs"] > 60 and info["convs_int8_weights"] == info["convs"] and info["convs_int8_inputs"] == 0
+    assert "quantize" not in info["ops"]
+    assert meta["coreml"]["compute_precision"] == "float16" and meta["coreml"]["weights"] == "int8 (per channel)"
+
+    def size(f: Path) -> int:
+        return sum(p.stat().st_size for p in (f / "model.mlpackage").rglob("*") if p.is_file())
+
+    assert size(folder) < 0.7 * size(fp16)
+
+
 @pytest.mark.skipif(platform.system() != "Darwin", reason="Core ML prediction needs macOS")
 def test_coreml_prediction_matches_onnxruntime(ckpts: dict, tmp_path: Path) -> None:
     from edgeseg.export.coreml import TARGET

@@ -19,6 +19,7 @@ Tiny model: 4 classes, width 0.35, output stride 16, 64x64, synthetic scenes.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import re
 from collections.abc import Callable
@@ -316,6 +317,34 @@ def test_jetson_fp16_gate(ckpts: dict[str, Path], tmp_path: Path, monkeypatch: p
         _export(ckpts["fp32"], "jetson", "fp16", tmp_path, **LOGITS)
     assert f"(< {FLOAT_AGREEMENT:.1%})" in str(exc.value) and _measured(exc) <= bound + 1e-4
     assert not (tmp_path / "jetson_fp16_os16_tensor-logits").exists()
+
+
+def test_force_keeps_a_failed_artifact_marked_unverified(ckpts: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`export --force`: the same broken FP16 ONNX is written, meta.json says verified: false with the
+    gate's figure, and bench carries the mark into its row (and the report's label)."""
+    real = T.fp16_onnx
+
+    def broken(src: Path, dst: Path) -> bool:
+        made = real(src, dst)
+        break_onnx(dst, dst, fraction=ROLL_FLOAT_BAD)
+        return made
+
+    monkeypatch.setattr(T, "fp16_onnx", broken)
+    meta = _export(ckpts["fp32"], "jetson", "fp16", tmp_path, force=True, **LOGITS)
+    assert meta["verified"] is False and len(meta["verification_failures"]) == 1
+    failure = meta["verification_failures"][0]
+    assert failure["error"].startswith("the FP16 ONNX agrees with FP32 on ")
+    assert failure["argmax_agreement"] == meta["verification"]["fp16_onnx"]["argmax_agreement"] < FLOAT_AGREEMENT
+    assert (tmp_path / "jetson_fp16_os16_tensor-logits" / "model_fp16.onnx").is_file()
+    # A sound export under --force is verified as usual.
+    sound = _export(ckpts["fp32"], "onnx", "fp32", tmp_path, force=True)
+    assert sound["verified"] is True and "verification_failures" not in sound
+
+    from edgeseg.bench.results import load_results
+    from edgeseg.report.analysis import row_label
+
+    row = load_results(Path(__file__).parents[1] / "fixtures" / "results" / "jetson_orin_tensorrt.json")[0]
+    assert row_label(dataclasses.replace(row, verified=False)) == row_label(row).replace(" TensorRT", " (NOT VERIFIED) TensorRT")
 
 
 def test_jetson_fp16_gate_on_logits_beyond_fp16(tmp_path: Path) -> None:

@@ -217,3 +217,23 @@ def test_qat_weights_in_float_split_the_qat_delta() -> None:
     (lines,) = summary_lines(entries).values()
     assert "OS16 FP32 (qat weights) torch: -0.10 mIoU vs FP32 torch: what fine-tuning did, without INT8" in lines
     assert "OS16 INT8 (qat) OpenVINO: 5.0x faster than FP32 torch for -0.30 mIoU (QAT weights in float -0.10, INT8 on them -0.20)" in lines
+
+
+def test_int8_class_losses_are_called_out_and_float_convs_named(tmp_path: Path) -> None:
+    """A QAT row losing 2.5 IoU on 'sign' (mIoU barely moves) is called out; 0.9 on 'pole' is not;
+    an INT8 row with 3 float convs says so in its label; the report carries both."""
+    ref = _row("openvino", "fp32", 16, 60.0, 30.0, per_class_iou={"road": 90.0, "pole": 30.0, "sign": 60.0})
+    qat = _row("openvino", "int8", 16, 59.8, 10.0, per_class_iou={"road": 91.0, "pole": 29.1, "sign": 57.5})
+    mixed = _row("openvino", "int8", 16, 60.0, 11.0, per_class_iou={"road": 90.0, "pole": 30.0, "sign": 59.5}, float_convs=3)
+    from edgeseg.report.analysis import class_losses, row_label
+
+    entries = analyse([ref, qat, mixed])
+    lines = class_losses(entries)
+    assert len(lines) == 1 and lines[0].startswith("OS16 INT8 (qat) OpenVINO on ")
+    assert lines[0].endswith("(openvino): sign -2.50 IoU vs FP32 OpenVINO")
+    assert row_label(mixed) == "INT8 (qat) (3 float convs) OpenVINO"
+    save_results(tmp_path / "r.json", [ref, qat, mixed])
+    build_report([tmp_path / "r.json"], tmp_path / "out")
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "### Classes an INT8 row loses more than 1 IoU on" in text and "sign -2.50 IoU" in text
+    assert "INT8 (qat) (3 float convs) OpenVINO" in text
