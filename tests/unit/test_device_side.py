@@ -214,3 +214,16 @@ def test_a_new_target_is_one_module_and_one_table_line(tmp_path: Path, monkeypat
     row = bench_artifact(art, BenchOptions(runs=2, warmup=0, precision_hint="fake-f32"))
     assert (row.target, row.runtime, row.provider, row.precision_hint) == ("fake", "fakert", "host", "fake-f32")
     assert row.miou == pytest.approx(100.0) and row.label == "FP32 Fake RT"
+
+
+@pytest.mark.parametrize("major", [12, 13])
+def test_cuda_extras_pin_one_cuda_major(major: int) -> None:
+    """jetson-cuN / tensorrt-cuN install the cuda-python of CUDA N only (JetPack 6 is CUDA 12,
+    JetPack 7 CUDA 13), and the x86 one the TensorRT wheel built for it."""
+    import tomllib
+
+    extras = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for name in (f"jetson-cu{major}", f"tensorrt-cu{major}"):
+        assert f"cuda-python>={major},<{major + 1}" in extras[name]
+        assert ("onnx>=1.16" in extras[name]) and not any(d.startswith("tensorrt") for d in extras[name] if name.startswith("jetson"))
+    assert any(d.startswith(f"tensorrt-cu{major}>=") for d in extras[f"tensorrt-cu{major}"])
