@@ -19,7 +19,7 @@ model. Float layers: convolutions the runtime runs in neither u8 nor i8 (read ba
 compiled model).
 
     nice -n 5 .venv/bin/python benchmarks/accuracy_control.py FP32_CKPT PTQ_CKPT [--strides 8 16 32] \
-        [--max-drop 0.2] [--images 24] [--rounds 5] [--runs 20] [--out runs/accuracy_control] [--json FILE]
+        [--max-drop 0.2] [--images 24] [--sensitivity RANKING.json] [--rounds 5] [--runs 20] [--out runs/accuracy_control] [--json FILE]
 
 Artifacts go to --out (edgeseg's through `edgeseg export`, NNCF's as bare IRs).
 """
@@ -105,6 +105,9 @@ def main() -> None:
     ap.add_argument("--strides", type=int, nargs="+", default=[8, 16, 32])
     ap.add_argument("--max-drop", type=float, default=0.2)
     ap.add_argument("--images", type=int, default=24, help="selection images (the first of val), for both methods")
+    ap.add_argument(
+        "--sensitivity", type=Path, default=None, help="edgeseg's ranking from 'edgeseg sensitivity --json' (default: measured)"
+    )
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "accuracy_control")
@@ -122,7 +125,7 @@ def main() -> None:
         val = [(selection_images[i], source.load(i)[1]) for i in range(min(args.images, len(source)))]
         xmls = {"fp32": fp32 / meta["model_file"]}
         xmls["edgeseg int8"] = edgeseg_artifact(args.ptq, "int8", stride, out) / meta["model_file"]
-        drop_folder = edgeseg_artifact(args.ptq, "int8", stride, out, max_drop=args.max_drop)
+        drop_folder = edgeseg_artifact(args.ptq, "int8", stride, out, max_drop=args.max_drop, sensitivity=args.sensitivity)
         xmls[f"edgeseg drop {args.max_drop:g}"] = drop_folder / meta["model_file"]
         xmls.update(nncf_models(fp32, meta, args.ptq, val, args.max_drop, out / "nncf"))
         compiled = {k: compile_ir(x, hint="f32") for k, x in xmls.items()}
@@ -172,6 +175,10 @@ def main() -> None:
                     "vs_full_int8": float(np.median(medians[k]) / np.median(medians[base])) if base else None,
                 }
             )
+        show(table, args.json)  # after each stride: a long run keeps what it measured
+
+
+def show(table: list[dict[str, Any]], path: Path | None) -> None:
     print()
     print("| OS | model | mIoU | Δ vs FP32 | worst class Δ IoU | float convs | p50 ms (round spread) | latency vs its full INT8 |")
     print("|---|---|---|---|---|---|---|---|")
@@ -182,8 +189,8 @@ def main() -> None:
             f"| {t['output_stride']} | {t['model']} | {t['miou']:.2f} | {t['delta_miou']:+.2f} | {worst} | {t['float_convs']} | "
             f"{t['p50_ms']:.2f} ({t['spread_ms'][0]:.2f}-{t['spread_ms'][1]:.2f}) | {ratio} |"
         )
-    if args.json:
-        args.json.write_text(json.dumps(table, indent=1))
+    if path:
+        path.write_text(json.dumps(table, indent=1))
 
 
 if __name__ == "__main__":

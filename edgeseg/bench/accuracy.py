@@ -2,7 +2,8 @@
 
 Logits are resized back to the mask's size when the model's input size differs from the image's,
 by bilinear interpolation with torch's align_corners=False rule (the same resize
-edgeseg.train.evaluate applies before its argmax), written in numpy so no torch is needed.
+edgeseg.train.evaluate applies before its argmax), written in numpy so no torch is needed
+(edgeseg.export.io_spec.resize_bilinear; `postprocess` and `resize_bilinear` are re-exported here).
 """
 
 from __future__ import annotations
@@ -15,42 +16,10 @@ from typing import Any
 import numpy as np
 
 from edgeseg.data.sources import Source
-from edgeseg.export.io_spec import IOSpec, class_map, feed
+from edgeseg.export.io_spec import IOSpec, class_map, feed, postprocess, resize_bilinear
 from edgeseg.metrics import ConfusionMatrix
 
-
-def _source_index(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Neighbours and weights along one axis: torch's area_pixel_compute_source_index.
-
-    src = (dst + 0.5) * scale - 0.5 with the float32 scale in/out, clamped at 0; i0 = floor(src),
-    i1 = i0 + 1 unless at the last pixel; weight of i1 = src - i0. src is rounded to float32 once
-    (as torch's fused multiply-add does), computed exactly in float64 first.
-    """
-    scale = np.float64(np.float32(in_size) / np.float32(out_size))
-    src = ((np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
-    src = np.maximum(src, np.float32(0))
-    i0 = src.astype(np.int64)
-    i1 = np.minimum(i0 + 1, in_size - 1)
-    w1 = src - i0.astype(np.float32)
-    return i0, i1, w1
-
-
-def resize_bilinear(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize C x H x W logits to C x size[0] x size[1] (bilinear, align_corners=False)."""
-    c, h, w = logits.shape
-    out_h, out_w = size
-    if (h, w) == (out_h, out_w):
-        return logits
-    y0, y1, wy = _source_index(h, out_h)
-    x0, x1, wx = _source_index(w, out_w)
-    wy = wy[None, :, None]
-    rows = logits[:, y0, :] * (1 - wy) + logits[:, y1, :] * wy
-    return rows[:, :, x0] * (1 - wx) + rows[:, :, x1] * wx
-
-
-def postprocess(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """C x h x w logits -> H x W class-index mask (resized logits, then argmax)."""
-    return resize_bilinear(np.asarray(logits, dtype=np.float32), size).argmax(0)
+__all__ = ["AccuracyResult", "evaluate_runner", "postprocess", "resize_bilinear"]
 
 
 @dataclass

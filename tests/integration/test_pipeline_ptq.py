@@ -79,11 +79,13 @@ def ptq_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
 
 
 def _input_scale(onnx_path: Path) -> float:
-    """Scale of the QuantizeLinear that reads the graph input (the model's first quantizer)."""
+    """Scale of the QuantizeLinear that reads the normalised image (the model's first quantizer):
+    the graph input, or behind the uint8 input's Cast/Sub/Mul when the bundle takes pixels."""
     graph = onnx.load(str(onnx_path)).graph
     consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     consts.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node if n.op_type == "Constant"})
-    q = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == graph.input[0].name)
+    normalised = next((n.output[0] for n in graph.node if n.name == "edgeseg_divide_std"), graph.input[0].name)
+    q = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == normalised)
     return float(consts[q.input[1]])
 
 
