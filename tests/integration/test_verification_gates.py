@@ -298,8 +298,8 @@ def test_openvino_gates(ckpts: dict[str, Path], tmp_path: Path, monkeypatch: pyt
 # --- Jetson: the FP16 ONNX against the FP32 ONNX ------------------------------------------------------
 
 
-@pytest.mark.parametrize(("fraction", "fires"), [(ROLL_FLOAT_OK, False), (ROLL_FLOAT_BAD, True)], ids=["sound", "broken"])
-def test_jetson_fp16_gate(ckpts: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fraction: float, fires: bool) -> None:
+def _break_fp16(monkeypatch: pytest.MonkeyPatch, fraction: float) -> None:
+    """The Jetson exporter's FP16 ONNX, with `fraction` of its logits broken (break_onnx)."""
     real = T.fp16_onnx
 
     def broken(src: Path, dst: Path) -> bool:
@@ -308,6 +308,11 @@ def test_jetson_fp16_gate(ckpts: dict[str, Path], tmp_path: Path, monkeypatch: p
         return made
 
     monkeypatch.setattr(T, "fp16_onnx", broken)
+
+
+@pytest.mark.parametrize(("fraction", "fires"), [(ROLL_FLOAT_OK, False), (ROLL_FLOAT_BAD, True)], ids=["sound", "broken"])
+def test_jetson_fp16_gate(ckpts: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fraction: float, fires: bool) -> None:
+    _break_fp16(monkeypatch, fraction)
     bound = 1 - round(fraction * PIXELS) / PIXELS
     if not fires:
         v = _export(ckpts["fp32"], "jetson", "fp16", tmp_path, **LOGITS)["verification"]["fp16_onnx"]
@@ -322,14 +327,7 @@ def test_jetson_fp16_gate(ckpts: dict[str, Path], tmp_path: Path, monkeypatch: p
 def test_force_keeps_a_failed_artifact_marked_unverified(ckpts: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`export --force`: the same broken FP16 ONNX is written, meta.json says verified: false with the
     gate's figure, and bench carries the mark into its row (and the report's label)."""
-    real = T.fp16_onnx
-
-    def broken(src: Path, dst: Path) -> bool:
-        made = real(src, dst)
-        break_onnx(dst, dst, fraction=ROLL_FLOAT_BAD)
-        return made
-
-    monkeypatch.setattr(T, "fp16_onnx", broken)
+    _break_fp16(monkeypatch, ROLL_FLOAT_BAD)
     meta = _export(ckpts["fp32"], "jetson", "fp16", tmp_path, force=True, **LOGITS)
     assert meta["verified"] is False and len(meta["verification_failures"]) == 1
     failure = meta["verification_failures"][0]
