@@ -114,7 +114,10 @@ def wrap_openvino(xml: Path, dst: Path, io: IOSpec, mean: list[float], std: list
         squeezed = ops.squeeze(top.output(1), ops.constant(np.array([1], np.int64)))
         labels = ops.convert(squeezed, ov.Type.u8 if io.labels_dtype == "uint8" else ov.Type.i32)
         labels.output(0).set_names({LABELS_NAME})
-        model = ov.Model([labels.output(0)], model.get_parameters(), model.get_friendly_name())
+        # The Result reads the class map instead of the logits: the same model object, so its
+        # metadata (rt_info: classes, source checkpoint, ...) stays.
+        model.get_results()[0].input(0).replace_source_output(labels.output(0))
+        model.validate_nodes_and_infer_types()
         name = LABELS_NAME
     ov.save_model(model, str(dst), compress_to_fp16=False)
     return name
