@@ -100,7 +100,9 @@ def wrap_openvino(xml: Path, dst: Path, io: IOSpec, mean: list[float], std: list
     from openvino import opset13 as ops
     from openvino.preprocess import PrePostProcessor
 
-    model = ov.Core().read_model(str(xml))
+    core = ov.Core()
+    core.set_property({"ENABLE_MMAP": False})  # the .bin is replaced by the wrapped one next: never map it
+    model = core.read_model(str(xml))
     if io.input == "image":
         ppp = PrePostProcessor(model)
         ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout(io.layout))

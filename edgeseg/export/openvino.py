@@ -155,9 +155,14 @@ class OpenVINOTarget:
         output_name = wrap_openvino(xml, staged, io, norm["mean"], norm["std"])
         hint = meta.get("precision_hint") or ("f32" if meta["precision"] == "fp32" else None)
         frames, desc = verification_frames(meta, 16)
-        core, wrapped = OpenVINORunner(compile_ir(xml, hint=hint)), OpenVINORunner(compile_ir(staged, hint=hint))
+        core = OpenVINORunner(compile_ir(xml, hint=hint))
+        wrapped = OpenVINORunner(compile_ir(staged, hint=hint))
         agreement = io_agreement(core.run, wrapped.run, frames, io, norm["mean"], norm["std"])
-        del core, wrapped  # the compiled models map the .bin files replaced next
+        # Released in the reverse order of their making (OpenVINO restores the thread's signal
+        # stack on release: see edgeseg.train.loop.drop_alternate_signal_stack), and before
+        # the .bin files they map are replaced.
+        del wrapped
+        del core
         check_agreement(agreement, io, self.name)
         staged.replace(xml)
         staged.with_suffix(".bin").replace(xml.with_suffix(".bin"))

@@ -12,6 +12,7 @@ import io
 import logging
 import math
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -324,6 +325,7 @@ class Trainer:
         """SIGINT and SIGTERM save last.pt at the end of the step (rank 0); the old handlers to restore."""
         if self.rank != 0:
             return {}
+        drop_alternate_signal_stack()
         return {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def _save_last(self, st: _RunState) -> None:
@@ -395,3 +397,27 @@ class _EvalOnTrain(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):  # noqa: ANN204
         return self.transform(*self.source.load(i))
+
+
+def drop_alternate_signal_stack() -> None:
+    """Switch off the main thread's alternate signal stack (Linux), so CTRL-C/SIGTERM run on the
+    normal stack.
+
+    OpenVINO's CPU plugin gives the thread an alternate signal stack while a compiled model lives
+    and restores the previous one when it is destroyed; two compiled models destroyed in the
+    order they were made leave the thread pointing at freed memory, and Python's handlers (installed
+    with SA_ONSTACK) then crash the process on the next signal. A process that exported or benched
+    with OpenVINO before training (the tests, a notebook) hits it; nothing here needs that stack.
+    """
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    class StackT(ctypes.Structure):
+        _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+    ss_disable = 2
+    try:
+        ctypes.CDLL(None, use_errno=True).sigaltstack(ctypes.byref(StackT(None, ss_disable, 0)), None)
+    except (OSError, AttributeError):  # no libc symbol: nothing to switch off
+        return
