@@ -23,8 +23,6 @@ from edgeseg.data.preprocess import preprocess, resize_image
 
 INPUTS = ("image", "tensor")
 OUTPUTS = ("labels", "logits")
-LAYOUTS = ("NCHW", "NHWC")
-LABEL_DTYPES = ("uint8", "int32")
 
 
 @dataclass(frozen=True)

@@ -134,16 +134,19 @@ def ort_callable(path: Path, threads: int = 2) -> Callable[[np.ndarray], np.ndar
     return lambda x: session.run(None, {name: x})[0]
 
 
-def wrap_checked_onnx(path: Path, io: IOSpec, meta: dict[str, Any], target: str, images: int = 16) -> dict[str, Any]:
+def wrap_checked_onnx(
+    path: Path, io: IOSpec, meta: dict[str, Any], target: str, frames: tuple[list[np.ndarray], str] | None = None
+) -> dict[str, Any]:
     """Wrap the verified core ONNX at `path` in place for `io`, check it against the core in
-    onnxruntime on `images` images of the artifact's data (IO_AGREEMENT); return meta's "io" with
-    the figure, and the new input and output names under "input_name", "output_name"."""
+    onnxruntime on `frames` (common.verification_frames; default: 16 of the artifact's data)
+    (IO_AGREEMENT); return meta's "io" with the figure, and the new input and output names under
+    "input_name", "output_name"."""
     from edgeseg.export.common import verification_frames
 
     norm = meta["normalization"]
     staged = path.with_name(f"wrapped_{path.name}")
     names = wrap_onnx(path, staged, io, norm["mean"], norm["std"])
-    frames, desc = verification_frames(meta, images)
+    frames, desc = frames or verification_frames(meta, 16)
     agreement = io_agreement(ort_callable(path), ort_callable(staged), frames, io, norm["mean"], norm["std"])
     check_agreement(agreement, io, target)
     staged.replace(path)

@@ -211,12 +211,9 @@ def _compare(
     """onnxruntime against torch on the noise input and the real images: FP32 logits within
     FP32_TOLERANCE of the logit scale; INT8 (torch's fake-quant model is the reference) argmax
     agreement on the real images at INT8_AGREEMENT."""
-    from edgeseg.export.common import INT8_AGREEMENT, gate
+    from edgeseg.export.common import INT8_AGREEMENT, gate, onnx_session
 
-    ort = _import("onnxruntime")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    sess = ort.InferenceSession(proto_bytes, opts, providers=["CPUExecutionProvider"])
+    sess = onnx_session(proto_bytes)
     diff, same, total, tol = 0.0, 0, 0, 0.0
     for k, (x, ref) in enumerate([noise, *real]):
         out = sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0]

@@ -66,7 +66,8 @@ def fold_weights(model: Any, feed: dict[str, np.ndarray]) -> tuple[Any, int]:
         return model, 0
     qdq = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     wanted = [n.output[0] for n in weight_q]
-    wanted += sorted({i for n in qdq for i in n.input[1:] if i and i in constant and i not in {t.name for t in g.initializer}})
+    stored = {t.name for t in g.initializer}
+    wanted += sorted({i for n in qdq for i in n.input[1:] if i and i in constant and i not in stored})
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     types = {n.output[0]: onnx.TensorProto.INT8 for n in weight_q}
@@ -83,7 +84,8 @@ def fold_weights(model: Any, feed: dict[str, np.ndarray]) -> tuple[Any, int]:
     # tools name layers as before), else the QuantizeLinear output's; every reader is rewired.
     inits = {t.name for t in g.initializer}
     rename = {n.output[0]: n.input[0] for n in weight_q if n.input[0] in inits}
-    kept = [t for t in g.initializer if t.name not in set(rename.values())]
+    replaced = set(rename.values())
+    kept = [t for t in g.initializer if t.name not in replaced]
     del g.initializer[:]
     g.initializer.extend(kept)
     # The weight QuantizeLinear nodes and whatever computed a scale or zero point now stored.

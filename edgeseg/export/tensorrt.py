@@ -142,13 +142,16 @@ def fp16_onnx(src: Path, dst: Path) -> bool:
     return True
 
 
-def fp16_agreement(fp32_path: Path, fp16_path: Path, meta: dict[str, Any], count: int = 16, io: IOSpec | None = None) -> dict[str, Any]:
-    """Class agreement of the FP16 ONNX with the FP32 ONNX in onnxruntime, on `count` images of
-    the artifact's data, each fed as `io` says (both ONNX take and give the same)."""
-    from edgeseg.export.common import onnx_reference, verification_frames
+def fp16_agreement(
+    fp32_path: Path, fp16_path: Path, meta: dict[str, Any], frames: tuple[list[np.ndarray], str], io: IOSpec | None = None
+) -> dict[str, Any]:
+    """Class agreement of the FP16 ONNX with the FP32 ONNX in onnxruntime, on `frames` (uint8
+    images of the artifact's data and their description, common.verification_frames), each fed as
+    `io` says (both ONNX take and give the same)."""
+    from edgeseg.export.common import argmax_agreement, onnx_reference
 
     io = io or IOSpec()
-    frames, desc = verification_frames(meta, count)
+    frames, desc = frames
     norm, size = meta["normalization"], tuple(meta["input_size"])
     inputs = [feed(f, io, size, norm["mean"], norm["std"]) for f in frames]
     ref, half = onnx_reference(fp32_path, inputs), onnx_reference(fp16_path, inputs)
@@ -157,7 +160,7 @@ def fp16_agreement(fp32_path: Path, fp16_path: Path, meta: dict[str, Any], count
     return {
         "reference": "onnxruntime FP32 ONNX",
         "data": desc,
-        "argmax_agreement": float((half.argmax(1) == ref.argmax(1)).mean()),
+        "argmax_agreement": argmax_agreement(half, ref),
         "max_abs_diff": float(np.abs(half - ref).max()),
     }
 
@@ -226,7 +229,7 @@ def _provider(bundle: Path) -> str:
 
 def export_bundle(request: ExportRequest, out: Path) -> dict[str, Any]:
     """Write the Jetson bundle into `out`: ONNX (+ FP16 ONNX), build.json, preflight; return meta."""
-    from edgeseg.export.common import FLOAT_AGREEMENT, gate, source_onnx
+    from edgeseg.export.common import FLOAT_AGREEMENT, gate, source_onnx, verification_frames
     from edgeseg.export.io_wrap import resolve_io, wrap_checked_onnx
     from edgeseg.export.prepare import load_for_export, tool_versions
 
@@ -247,18 +250,21 @@ def export_bundle(request: ExportRequest, out: Path) -> dict[str, Any]:
         "argmax_agreement": report.get("argmax_agreement"),
         "max_abs_diff": report.get("max_abs_diff"),
     }
+    # The images every check of the bundle below runs on, read once (a plain FP32 bundle has none).
+    needs_images = request.precision != "fp32" or not io.plain
+    frames = verification_frames(meta, int(opts.get("verify_images", 16))) if needs_images else ([], "")
     if request.precision == "int8":  # weights as int8 initializers (4x smaller), proven identical in onnxruntime
-        from edgeseg.export.common import verification_images
         from edgeseg.export.qdq_weights import int8_weights
 
-        images, desc = verification_images(meta, int(opts.get("verify_images", 16)))
-        meta["int8_weights"] = {**int8_weights(out / MODEL_FILE, out / MODEL_FILE, images), "data": desc}
+        norm, size = meta["normalization"], tuple(meta["input_size"])
+        images = [feed(f, IOSpec(), size, norm["mean"], norm["std"]) for f in frames[0]]
+        meta["int8_weights"] = {**int8_weights(out / MODEL_FILE, out / MODEL_FILE, images), "data": frames[1]}
     # The core ONNX is verified against torch; wrapped (uint8 image in, class map out) before
     # anything else reads it, and checked against the core in onnxruntime.
-    meta["io"] = wrap_checked_onnx(out / MODEL_FILE, io, meta, "jetson")["io"] if not io.plain else io.as_meta()
+    meta["io"] = wrap_checked_onnx(out / MODEL_FILE, io, meta, "jetson", frames)["io"] if not io.plain else io.as_meta()
     has_fp16 = request.precision == "fp16" and fp16_onnx(out / MODEL_FILE, out / FP16_FILE)
     if has_fp16:
-        verification = {"fp16_onnx": fp16_agreement(out / MODEL_FILE, out / FP16_FILE, meta, int(opts.get("verify_images", 16)), io)}
+        verification = {"fp16_onnx": fp16_agreement(out / MODEL_FILE, out / FP16_FILE, meta, frames, io)}
         agree, need = verification["fp16_onnx"]["argmax_agreement"], float(opts.get("min_agreement", FLOAT_AGREEMENT))
         message = f"the FP16 ONNX agrees with FP32 on {agree:.2%} of pixels (< {need:.1%}); use TensorRT 10 with --fp16 or report this"
         gate(agree >= need, NumericalError(message), argmax_agreement=agree)

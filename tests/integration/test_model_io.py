@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
-from test_targets_runtime import SIZE, SYNTH, _checkpoints, _export
+from test_targets_runtime import SIZE, SYNTH, _checkpoints, _export, _torch_logits
 
 from edgeseg.bench import BenchOptions, bench_artifact
 from edgeseg.data import open_source
@@ -21,7 +20,6 @@ from edgeseg.export.common import FLOAT_AGREEMENT, INT8_AGREEMENT
 from edgeseg.export.io_spec import IOSpec
 from edgeseg.export.io_wrap import IO_AGREEMENT, io_agreement, ort_callable, wrap_onnx
 from edgeseg.export.preflight import check_onnx
-from edgeseg.train.checkpoint import load_checkpoint, model_from_checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -38,12 +36,7 @@ def _frames(n: int = 4) -> tuple[list[np.ndarray], list[np.ndarray]]:
 
 
 def _torch_classes(ckpt: Path, tensors: list[np.ndarray]) -> np.ndarray:
-    from edgeseg.export.common import float_model_of
-
-    model = float_model_of(model_from_checkpoint(load_checkpoint(ckpt)).eval())
-    model.set_input_size(SIZE)
-    with torch.no_grad():
-        return np.concatenate([model(torch.from_numpy(x)).numpy() for x in tensors]).argmax(1)
+    return _torch_logits(ckpt, tensors, quantized=False).argmax(1)
 
 
 def _ov_run(folder: Path, meta: dict, x: np.ndarray) -> tuple[np.ndarray, object]:
@@ -127,13 +120,7 @@ def test_jetson_bundle_wraps_before_preflight(ckpts: tuple[Path, Path], tmp_path
     run = ort_callable(folder / "model.onnx")
     labels = np.concatenate([run(np.ascontiguousarray(f.transpose(2, 0, 1)[None])) for f in frames])
     assert labels.dtype == np.int32
-    from edgeseg.quant import is_quantized
-
-    model = model_from_checkpoint(load_checkpoint(ptq)).eval()
-    assert is_quantized(model)
-    model.set_input_size(SIZE)
-    with torch.no_grad():
-        want = np.concatenate([model(torch.from_numpy(x)).numpy() for x in tensors]).argmax(1)
+    want = _torch_logits(ptq, tensors, quantized=True).argmax(1)
     assert (labels == want).mean() >= INT8_AGREEMENT
 
 
