@@ -655,6 +655,35 @@ CASES += [
         setup=lambda c: _row_with(c, latency={"p50": -1.0, "p90": 1.0}),
     ),
     Case(
+        "meta.json io with an unknown input kind",
+        lambda c: _artifact_with(
+            c, lambda a: _edit_json(a / "meta.json", io={"input": "rgb", "layout": "NCHW", "output": "logits", "labels_dtype": None})
+        ),
+        "'{c}/a/meta.json': 'io.input' = 'rgb' is invalid (Input should be 'image' or 'tensor'); re-export the artifact with this edgeseg",
+    ),
+    Case(
+        "meta.json io labels without their dtype",
+        lambda c: _artifact_with(
+            c, lambda a: _edit_json(a / "meta.json", io={"input": "image", "layout": "NCHW", "output": "labels", "labels_dtype": None})
+        ),
+        (
+            "'{c}/a/meta.json': 'io' = {'input': 'image', 'layout': 'NCHW', 'output': 'labels', ... is invalid (Value error, "
+            "labels_dtype is given exactly when output is 'labels'); re-export the artifact with this edgeseg"
+        ),
+    ),
+    Case(
+        "results row with text for verified",
+        lambda c: ["report", str(c / "r.json"), "--out", str(c / "rep")],
+        "row 0 of '{c}/r.json': field 'verified' = 'yes' must be null or true/false; the file is damaged: re-run 'edgeseg bench'",
+        setup=lambda c: _row_with(c, verified="yes"),
+    ),
+    Case(
+        "results row with negative float convs",
+        lambda c: ["report", str(c / "r.json"), "--out", str(c / "rep")],
+        "row 0 of '{c}/r.json': field 'float_convs' = -1 must be null or a whole number >= 0; the file is damaged: re-run 'edgeseg bench'",
+        setup=lambda c: _row_with(c, float_convs=-1),
+    ),
+    Case(
         "results row with text for a number",
         lambda c: ["report", str(c / "r.json"), "--out", str(c / "rep")],
         "row 0 of '{c}/r.json': field 'model_size_mb' = 'big' must be a finite number >= 0; the file is damaged: re-run 'edgeseg bench'",
