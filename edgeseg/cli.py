@@ -15,7 +15,7 @@ from rich.markup import escape
 from edgeseg import cli_render as render
 from edgeseg.cli_render import console, out_console
 from edgeseg.constants import OUTPUT_STRIDES
-from edgeseg.errors import EdgesegError, Interrupted, Terminated
+from edgeseg.errors import ConfigError, EdgesegError, Interrupted, Terminated
 from edgeseg.export.base import TARGETS
 from edgeseg.fsutil import spare_inputs
 
@@ -220,6 +220,9 @@ def export(
     trt_version: Annotated[
         int, typer.Option("--trt-version", help="Jetson: TensorRT major whose preflight errors stop the export (10 or 11)")
     ] = 10,
+    float_regions: Annotated[
+        str, typer.Option("--float-regions", help="Jetson INT8: precision of the layers outside Q/DQ, fp16 or fp32")
+    ] = "fp16",
     keep_float: Annotated[
         int | None, typer.Option("--keep-float", help="INT8: keep the K layers 'edgeseg sensitivity' ranks first in float")
     ] = None,
@@ -252,6 +255,8 @@ def export(
     from edgeseg.sizes import check_dla_core, parse_size
 
     check_dla_core(dla)
+    if float_regions not in ("fp16", "fp32"):
+        raise ConfigError(f"--float-regions {float_regions} is unknown; use fp16 (the default) or fp32")
 
     request = ExportRequest(
         checkpoint=ckpt,
@@ -267,6 +272,7 @@ def export(
             "dla": dla,
             "build_engine": build_engine,
             "trt_version": trt_version,
+            "float_regions": float_regions,
             "keep_float": keep_float,
             "max_drop": max_drop,
             "sensitivity": sensitivity_json,

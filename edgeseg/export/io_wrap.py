@@ -125,11 +125,11 @@ def wrap_openvino(xml: Path, dst: Path, io: IOSpec, mean: list[float], std: list
     return name
 
 
-def ort_callable(path: Path, threads: int = 2) -> Callable[[np.ndarray], np.ndarray]:
-    """An onnxruntime CPU session of `path` as a function of its one input."""
+def ort_callable(path: Path, threads: int = 2, *, literal: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    """An onnxruntime CPU session of `path` as a function of its one input (literal: see common.onnx_session)."""
     from edgeseg.export.common import onnx_session
 
-    session = onnx_session(path, threads)
+    session = onnx_session(path, threads, literal=literal)
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})[0]
 

@@ -115,7 +115,7 @@ def check_qdq(proto: Any, plan: Any = None) -> list[str]:
         if node.op_type != "Conv":
             continue
         weight = const.get(node.input[1])
-        float_weight = plan is not None and weight is not None and weight.dtype == np.float32
+        float_weight = plan is not None and weight is not None and np.issubdtype(weight.dtype, np.floating)  # FP32, or FP16 (Jetson)
         channels = None if weight is not None else _dq_channels(producer.get(node.input[1]), const, producer)
         if channels is None and not float_weight:
             problems.append(f"Conv '{node.name}' weight is not behind a per-channel (axis 0) DequantizeLinear")
@@ -164,7 +164,7 @@ def _dq_channels(dq: Any, const: dict[str, np.ndarray], producer: dict[str, Any]
     src = producer.get(dq.input[0])
     if src is not None and src.op_type == "QuantizeLinear":
         weight = const.get(src.input[0])
-        ok = weight is not None and weight.dtype == np.float32
+        ok = weight is not None and np.issubdtype(weight.dtype, np.floating)
     else:
         weight = const.get(dq.input[0])
         ok = weight is not None and weight.dtype == np.int8

@@ -125,6 +125,7 @@ def _check_qdq(g: Graph) -> list[Violation]:
             out.append(
                 Violation("qdq-activation-per-tensor", node_name(n), f"activation has {scale.size} scales; TensorRT needs one per tensor")
             )
+    out += _fp32_regions(g)
     float_weights = [n for n in g.nodes if n.op_type == "QuantizeLinear" and is_constant(g, n.input[0])]
     if float_weights:
         out.append(
@@ -137,6 +138,30 @@ def _check_qdq(g: Graph) -> list[Violation]:
             )
         )
     return out
+
+
+# Layers that compute nothing (type changes, constants, shape arithmetic) and so cost no FP32 time.
+_NO_COMPUTE = frozenset({"Cast", "Constant", "Shape", "Identity"})
+
+
+def _fp32_regions(g: Graph) -> list[Violation]:
+    """A Q/DQ graph whose float layers are FP32: a strongly typed network (TensorRT 11, and 10 with
+    --stronglyTyped) runs each layer in its ONNX type, so those layers run in FP32."""
+    if not any(n.op_type == "DequantizeLinear" for n in g.nodes):
+        return []
+    fp32 = g.onnx.TensorProto.FLOAT
+    found = [n for n in g.nodes if n.op_type not in _NO_COMPUTE and any(g.elem_type.get(o) == fp32 for o in n.output)]
+    if not found:
+        return []
+    return [
+        Violation(
+            "fp32-regions",
+            node_name(found[0]),
+            f"{len(found)} layers of this INT8 graph compute in FP32, which a strongly typed TensorRT network keeps; "
+            "edgeseg export --target jetson writes them as FP16 (--float-regions fp16, the default)",
+            "warning",
+        )
+    ]
 
 
 def _qdq_zero_point(g: Graph, n: Any) -> list[Violation]:

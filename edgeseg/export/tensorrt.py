@@ -16,6 +16,13 @@ Precision per TensorRT major (both documented in build.json and as trtexec lines
   model inputs/outputs kept), built strongly typed.
 - FP32: the float ONNX, no flags.
 DLA (`dla_core`) runs FP16/INT8 only, with GPU fallback for the layers it cannot run.
+
+The INT8 bundle's float regions (upsampling, concats, the logits, layers kept float) are FP16 in
+the ONNX itself (`--float-regions fp16`, the default, as NVIDIA advises for strongly typed Q/DQ
+networks): the graph is raised to opset 19, where Q/DQ scales may be FP16, and converted with
+onnxruntime's float16 tool; weights stay int8 initializers, Q/DQ placement and zero points are
+unchanged. A strongly typed network runs each layer in its ONNX type, so without this step those
+regions would run in FP32.
 """
 
 from __future__ import annotations
@@ -43,6 +50,9 @@ from edgeseg.fsutil import write_bytes, write_json, write_text
 MODEL_FILE = "model.onnx"
 PREFLIGHT_FILE = "preflight.txt"
 DEFAULT_WORKSPACE_GB = 2.0
+FLOAT_REGIONS = ("fp16", "fp32")
+# The first opset whose QuantizeLinear/DequantizeLinear take FP16 scales (and so give FP16 out).
+FP16_QDQ_OPSET = 19
 
 
 def _dims(shape: list[int]) -> str:
@@ -122,20 +132,26 @@ def onnx_inputs(path: Path, max_batch: int = 8) -> dict[str, dict[str, list[int]
     return out
 
 
-def fp16_onnx(src: Path, dst: Path) -> bool:
+def fp16_onnx(src: Path, dst: Path, min_opset: int = 0) -> bool:
     """Convert float weights and activations to FP16, keeping FP32 model inputs/outputs.
 
     Uses onnxruntime's float16 converter (from onnxconverter-common) and its topological sort
-    (the converter appends the I/O casts at the end of the graph). Returns False when it is not
-    installed; build.json then says how to make the FP16 ONNX on the device.
+    (the converter appends the I/O casts at the end of the graph). `min_opset`: raise the graph to
+    at least this opset first (onnx's version converter), e.g. FP16_QDQ_OPSET for a Q/DQ graph.
+    Returns False when it is not installed; build.json then says how to make the FP16 ONNX on the device.
     """
     try:
         import onnx
+        from onnx import version_converter
         from onnxruntime.transformers.float16 import convert_float_to_float16
         from onnxruntime.transformers.onnx_model import OnnxModel
     except ImportError:
         return False
-    half = OnnxModel(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True))
+    model = onnx.load(str(src))
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset < min_opset:
+        model = version_converter.convert_version(model, min_opset)
+    half = OnnxModel(convert_float_to_float16(model, keep_io_types=True))
     half.topological_sort()
     onnx.checker.check_model(half.model)
     write_bytes(dst, half.model.SerializeToString())
@@ -143,18 +159,24 @@ def fp16_onnx(src: Path, dst: Path) -> bool:
 
 
 def fp16_agreement(
-    fp32_path: Path, fp16_path: Path, meta: dict[str, Any], frames: tuple[list[np.ndarray], str], io: IOSpec | None = None
+    fp32_path: Path,
+    fp16_path: Path,
+    meta: dict[str, Any],
+    frames: tuple[list[np.ndarray], str],
+    io: IOSpec | None = None,
+    *,
+    literal: bool = False,
 ) -> dict[str, Any]:
     """Class agreement of the FP16 ONNX with the FP32 ONNX in onnxruntime, on `frames` (uint8
     images of the artifact's data and their description, common.verification_frames), each fed as
-    `io` says (both ONNX take and give the same)."""
+    `io` says (both ONNX take and give the same); literal: both run unoptimised (common.onnx_session)."""
     from edgeseg.export.common import argmax_agreement, onnx_reference
 
     io = io or IOSpec()
     frames, desc = frames
     norm, size = meta["normalization"], tuple(meta["input_size"])
     inputs = [feed(f, io, size, norm["mean"], norm["std"]) for f in frames]
-    ref, half = onnx_reference(fp32_path, inputs), onnx_reference(fp16_path, inputs)
+    ref, half = onnx_reference(fp32_path, inputs, literal=literal), onnx_reference(fp16_path, inputs, literal=literal)
     if io.output == "labels":
         return {"reference": "onnxruntime FP32 ONNX", "data": desc, "argmax_agreement": float((half == ref).mean())}
     return {
@@ -262,6 +284,8 @@ def export_bundle(request: ExportRequest, out: Path) -> dict[str, Any]:
     # The core ONNX is verified against torch; wrapped (uint8 image in, class map out) before
     # anything else reads it, and checked against the core in onnxruntime.
     meta["io"] = wrap_checked_onnx(out / MODEL_FILE, io, meta, "jetson", frames)["io"] if not io.plain else io.as_meta()
+    if request.precision == "int8":
+        meta["float_regions"] = _float_regions(model, out / MODEL_FILE, meta, frames, io, str(opts.get("float_regions") or "fp16"))
     has_fp16 = request.precision == "fp16" and fp16_onnx(out / MODEL_FILE, out / FP16_FILE)
     if has_fp16:
         verification = {"fp16_onnx": fp16_agreement(out / MODEL_FILE, out / FP16_FILE, meta, frames, io)}
@@ -285,6 +309,63 @@ def export_bundle(request: ExportRequest, out: Path) -> dict[str, Any]:
     if opts.get("build_engine"):
         build_engine(out, workspace_gb=workspace, dla_core=dla)
     return meta
+
+
+def _float_regions(
+    model: Any, path: Path, meta: dict[str, Any], frames: tuple[list[np.ndarray], str], io: IOSpec, precision: str
+) -> dict[str, Any]:
+    """Convert the INT8 ONNX's float regions to FP16 in place (precision "fp16") and verify it:
+    class agreement with the FP32-region graph and with PyTorch's fake-quant model on `frames`,
+    both in onnxruntime run literally (common.onnx_session), gated at INT8_AGREEMENT (an FP16
+    region moves activations across INT8 rounding steps, as a second INT8 engine does)."""
+    from edgeseg.export.common import INT8_AGREEMENT, gate
+    from edgeseg.fsutil import scratch_dir
+
+    if precision not in FLOAT_REGIONS:
+        raise ConfigError(f"--float-regions {precision} is unknown; use fp16 (the default) or fp32")
+    if precision == "fp32":
+        return {"precision": "fp32", "note": "layers outside Q/DQ run in FP32 (--float-regions fp32)"}
+    with scratch_dir(path.parent) as tmp:
+        if not fp16_onnx(path, tmp / "fp16.onnx", min_opset=FP16_QDQ_OPSET):
+            raise missing_dependency("onnxruntime", "onnx")
+        check = fp16_agreement(path, tmp / "fp16.onnx", meta, frames, io, literal=True)
+        vs_torch = _torch_agreement(model, tmp / "fp16.onnx", meta, frames[0], io)
+        (tmp / "fp16.onnx").replace(path)
+    agree = min(check["argmax_agreement"], vs_torch)
+    gate(
+        agree >= INT8_AGREEMENT,
+        NumericalError(
+            f"the INT8 bundle with FP16 float regions agrees with its FP32-region graph / PyTorch on "
+            f"{check['argmax_agreement']:.2%} / {vs_torch:.2%} of pixels (< {INT8_AGREEMENT:.0%}); export with --float-regions fp32"
+        ),
+        argmax_agreement=agree,
+    )
+    return {
+        "precision": "fp16",
+        "opset": FP16_QDQ_OPSET,
+        "data": check["data"],
+        "agreement_vs_fp32_regions": check["argmax_agreement"],
+        "agreement_vs_torch": vs_torch,
+        "reference": "onnxruntime CPU without graph optimizations; PyTorch fake-quant model",
+    }
+
+
+def _torch_agreement(model: Any, onnx_path: Path, meta: dict[str, Any], frames: list[np.ndarray], io: IOSpec) -> float:
+    """Class agreement of an ONNX (fed as `io` says) with the PyTorch model on `frames`."""
+    import torch
+
+    from edgeseg.export.common import onnx_session
+    from edgeseg.export.io_spec import class_map
+
+    norm, size = meta["normalization"], tuple(meta["input_size"])
+    sess = onnx_session(onnx_path, literal=True)
+    name, same, total = sess.get_inputs()[0].name, 0, 0
+    for f in frames:
+        with torch.no_grad():
+            want = model(torch.from_numpy(feed(f, IOSpec(), size, norm["mean"], norm["std"]))).argmax(1).numpy()[0]
+        got = class_map(sess.run(None, {name: feed(f, io, size, norm["mean"], norm["std"])})[0][0], io, size)
+        same, total = same + int((got == want).sum()), total + want.size
+    return same / max(total, 1)
 
 
 def preflight(bundle: Path, cfg: dict[str, Any], trt_major: int) -> None:

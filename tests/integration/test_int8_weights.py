@@ -1,5 +1,6 @@
 """The Jetson INT8 bundle stores weights as int8 initializers: identical outputs in onnxruntime,
-about a quarter of the bytes, every weight int8, and a fold that changes a value is refused."""
+about a quarter of the bytes, every weight int8, and a fold that changes a value is refused. Its
+float regions are FP16 (no layer computes in FP32), agreeing with PyTorch's fake-quant model."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from test_targets_runtime import _checkpoints, _export
+from test_targets_runtime import SIZE, _checkpoints, _export, _torch_logits
 
 from edgeseg.errors import NumericalError
 from edgeseg.export import qdq_weights
-from edgeseg.export.common import onnx_session
+from edgeseg.export import tensorrt
+from edgeseg.export.common import INT8_AGREEMENT, onnx_session, verification_frames
+from edgeseg.export.io_spec import IOSpec, feed
 from edgeseg.export.preflight import check_onnx
 
 pytestmark = pytest.mark.integration
@@ -76,3 +79,47 @@ def test_jetson_int8_bundle_records_the_fold(tmp_path: Path) -> None:
     assert w["weights_folded"] > 60 and w["bytes_after"] < 0.35 * w["bytes_before"]
     assert (folder / "model.onnx").stat().st_size < 0.35 * w["bytes_before"]  # wrapped for image in, labels out after the fold
     assert w["data"] == "synthetic val, 4 images" and w["checked_images"] == 4
+
+
+def _fp32_layers(path: Path) -> list[str]:
+    """Nodes of an ONNX file that compute (not a Cast or Constant) with an FP32 output."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    fp32 = {v.name for v in [*model.graph.value_info, *model.graph.output] if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    return [n.name for n in model.graph.node if n.op_type not in ("Cast", "Constant") and fp32 & set(n.output)]
+
+
+def test_jetson_int8_float_regions_are_fp16_and_agree_with_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, ptq = _checkpoints(tmp_path, 16)
+    folder, meta = _export(ptq, "jetson", "int8", tmp_path / "out", output="logits")
+    model = onnx.load(str(folder / "model.onnx"))
+    assert next(o.version for o in model.opset_import if o.domain == "") == tensorrt.FP16_QDQ_OPSET
+    assert _fp32_layers(folder / "model.onnx") == []
+    fp32_inits = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    assert {n.op_type for n in model.graph.node if fp32_inits & set(n.input)} <= {"Resize"}  # FP32 only where ONNX demands it
+    regions = meta["float_regions"]
+    assert regions["precision"] == "fp16" and min(regions["agreement_vs_fp32_regions"], regions["agreement_vs_torch"]) >= INT8_AGREEMENT
+    assert "fp32-regions" not in (folder / "preflight.txt").read_text()
+    # Independent of the export's own check: the bundle (FP32 logits out) against torch's fake-quant model.
+    frames, _ = verification_frames(meta, 4)
+    norm = meta["normalization"]
+    images = [feed(f, IOSpec(), SIZE, norm["mean"], norm["std"]) for f in frames]
+    sess = onnx_session(folder / "model.onnx", literal=True)
+    got = np.concatenate(
+        [
+            sess.run(None, {sess.get_inputs()[0].name: feed(f, IOSpec("image", "logits"), SIZE, norm["mean"], norm["std"])})[0]
+            for f in frames
+        ]
+    )
+    assert got.dtype == np.float32
+    assert (got.argmax(1) == _torch_logits(ptq, images, quantized=True).argmax(1)).mean() >= INT8_AGREEMENT
+
+    # Asked for FP32 regions: its own folder, and preflight says what that costs.
+    folder32, meta32 = _export(ptq, "jetson", "int8", tmp_path / "out", output="logits", float_regions="fp32")
+    assert folder32.name.endswith("_fp32-regions") and meta32["float_regions"]["precision"] == "fp32"
+    assert _fp32_layers(folder32 / "model.onnx") and "fp32-regions" in (folder32 / "preflight.txt").read_text()
+
+    # An FP16 graph that disagrees is refused, and names the way out.
+    monkeypatch.setattr(tensorrt, "_torch_agreement", lambda *a: 0.5)
+    with pytest.raises(NumericalError, match="--float-regions fp32"):
+        _export(ptq, "jetson", "int8", tmp_path / "bad", output="logits")
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())

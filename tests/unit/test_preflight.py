@@ -26,9 +26,11 @@ def _init(name: str, value: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(value), name)
 
 
-def _graph_io(shape: list[int | str] | None = None, out_shape: list[int] | None = None) -> tuple[onnx.ValueInfoProto, onnx.ValueInfoProto]:
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape or [1, C_IN, SIZE, SIZE])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape or [1, C_OUT, SIZE, SIZE])
+def _graph_io(
+    shape: list[int | str] | None = None, out_shape: list[int] | None = None, elem: int = TensorProto.FLOAT
+) -> tuple[onnx.ValueInfoProto, onnx.ValueInfoProto]:
+    x = helper.make_tensor_value_info("x", elem, shape or [1, C_IN, SIZE, SIZE])
+    y = helper.make_tensor_value_info("y", elem, out_shape or [1, C_OUT, SIZE, SIZE])
     return x, y
 
 
@@ -39,7 +41,8 @@ def qdq_conv(
     w_scale: np.ndarray | None = None,
     w_zp: np.ndarray | None = None,
     w_axis: int = 0,
-    opset: int = 17,
+    opset: int = 19,
+    float_type: type = np.float16,
     x_shape: list[int | str] | None = None,
     conv_attrs: dict | None = None,
     kernel: int = 3,
@@ -47,22 +50,25 @@ def qdq_conv(
     extra_inits: list[onnx.TensorProto] | None = None,
     tail: str = "r",
 ) -> onnx.ModelProto:
-    """x -> Q -> DQ -> Conv(W = DQ(int8 W, per-channel axis 0)) -> Relu -> y: the TensorRT-clean pattern.
+    """x -> Q -> DQ -> Conv(W = DQ(int8 W, per-channel axis 0)) -> Relu -> y: the TensorRT-clean pattern,
+    its float layers in FP16 (opset 19, FP16 scales) as edgeseg's Jetson INT8 bundle writes them.
 
     Each keyword breaks one thing; defaults give a model every rule accepts.
     """
     rng = np.random.default_rng(0)
     w = rng.integers(-127, 128, (C_OUT, C_IN, kernel, kernel)).astype(np.int8)
-    w_scale = np.full(C_OUT, 0.01, np.float32) if w_scale is None else w_scale
+    w_scale = np.full(C_OUT, 0.01, float_type) if w_scale is None else w_scale.astype(float_type)
+    if np.ndim(act_scale) == 0:
+        act_scale = float_type(act_scale)
     w_zp = np.zeros(np.shape(w_scale), np.int8) if w_zp is None else w_zp
     act_zp = np.int8(0) if act_zp is None else act_zp
     inits = [
-        _init("a_scale", np.float32(act_scale) if np.ndim(act_scale) == 0 else act_scale),
+        _init("a_scale", np.asarray(act_scale, float_type)),
         _init("a_zp", act_zp),
         _init("w_q", w),
         _init("w_scale", w_scale),
         _init("w_zp", w_zp),
-        _init("bias", np.zeros(C_OUT, np.float32)),
+        _init("bias", np.zeros(C_OUT, float_type)),
     ]
     attrs = {"kernel_shape": [kernel, kernel], "pads": [kernel // 2] * 4, **(conv_attrs or {})}
     nodes = [
@@ -73,7 +79,7 @@ def qdq_conv(
         helper.make_node("Relu", ["c"], [tail], name="relu"),
     ]
     nodes += extra_nodes or [helper.make_node("Identity", [tail], ["y"], name="out")]
-    x, y = _graph_io(x_shape)
+    x, y = _graph_io(x_shape, elem=helper.np_dtype_to_tensor_dtype(np.dtype(float_type)))
     graph = helper.make_graph(nodes, "g", [x], [y], initializer=inits + (extra_inits or []))
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
@@ -139,7 +145,7 @@ def test_resize_mode_restriction() -> None:
 
 def test_runtime_conv_weights_are_an_error() -> None:
     model = qdq_conv()
-    w_in = helper.make_tensor_value_info("w_runtime", TensorProto.FLOAT, [C_OUT, C_OUT, 1, 1])
+    w_in = helper.make_tensor_value_info("w_runtime", TensorProto.FLOAT16, [C_OUT, C_OUT, 1, 1])
     model.graph.input.append(w_in)
     model.graph.node[-1].CopyFrom(helper.make_node("Conv", ["r", "w_runtime"], ["y"], name="dyn_conv", kernel_shape=[1, 1]))
     assert [(v.rule, v.node, v.message) for v in check_onnx(model)] == [
@@ -253,12 +259,12 @@ def test_dla_padding_must_be_smaller_than_kernel_span() -> None:
 def test_dla_global_pool_window_limit() -> None:
     pool = [helper.make_node("GlobalAveragePool", ["r"], ["y"], name="gap")]
     model = qdq_conv(extra_nodes=pool)
-    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C_OUT, 1, 1]))
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, C_OUT, 1, 1]))
     assert check_onnx(model) == []
     found = _dla(model)  # 8x8 window: at DLA's limit of 8
     assert found == []
     wide = qdq_conv(extra_nodes=pool, x_shape=[1, C_IN, SIZE, 2 * SIZE])
-    wide.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C_OUT, 1, 1]))
+    wide.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, C_OUT, 1, 1]))
     found = _dla(wide)
     assert [(v.rule, v.node, v.message) for v in found] == [
         ("dla-layer", "GlobalAveragePool 'gap'", f"pooling window [8, 16] is outside DLA's range 1-8; {GPU}")
@@ -272,7 +278,7 @@ def test_dla_resize_scale_must_be_integer() -> None:
             "Resize", ["r", "", "", "sizes"], ["y"], name="up", mode="linear", coordinate_transformation_mode="half_pixel"
         )
         model = qdq_conv(extra_nodes=[node], extra_inits=[sizes])
-        model.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C_OUT, out_hw, out_hw]))
+        model.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, C_OUT, out_hw, out_hw]))
         return model
 
     assert _dla(resize(4 * SIZE)) == []
@@ -355,3 +361,19 @@ def test_check_cli_exit_codes(tmp_path: Path) -> None:
     )
     missing = subprocess.run([*cmd, str(tmp_path / "nope.onnx")], capture_output=True, text=True, cwd=REPO)
     assert (missing.returncode, missing.stdout, missing.stderr) == (2, "", f"error: {MISSING.format(tmp_path / 'nope.onnx')}\n")
+
+
+def test_fp32_float_regions_of_an_int8_graph_are_a_warning() -> None:
+    # The same Q/DQ conv with FP32 scales, bias and activations: both DQ, Conv and Relu compute in FP32.
+    found = check_onnx(qdq_conv(float_type=np.float32, opset=17))
+    assert [(v.rule, v.node, v.severity) for v in found] == [("fp32-regions", "DequantizeLinear 'dq_in'", "warning")]
+    assert found[0].message.startswith("4 layers of this INT8 graph compute in FP32")
+    # FP32 model I/O around an FP16 graph (casts only) is fine, and a float graph without Q/DQ is not an INT8 graph.
+    model = qdq_conv(extra_nodes=[helper.make_node("Cast", ["r"], ["y"], name="to_fp32", to=TensorProto.FLOAT)])
+    model.graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT
+    assert check_onnx(model) == []
+    x, y = _graph_io()
+    plain = helper.make_model(
+        helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    assert check_onnx(plain) == []
