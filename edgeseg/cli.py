@@ -114,6 +114,14 @@ def sensitivity(
     split: Annotated[str | None, typer.Option("--split", help="Split (default: the recipe's val split)")] = None,
     images: Annotated[int, typer.Option("--images", help="Score on the first N images of the split")] = 24,
     cumulative: Annotated[int, typer.Option("--cumulative", help="Length of the curve: keep the 1..K most sensitive layers float")] = 10,
+    output_stride: Annotated[
+        int | None,
+        typer.Option("--output-stride", help="Measure at output stride 8/16/32, the one you export at (default: the checkpoint's)"),
+    ] = None,
+    max_class_drop: Annotated[
+        float | None,
+        typer.Option("--max-class-drop", help="Order the curve for this per-class limit (IoU points), as export --max-class-drop uses it"),
+    ] = None,
     top: Annotated[int, typer.Option("--top", help="Layers shown in the table")] = 10,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write every layer's scores and the curve as JSON")] = None,
 ) -> None:
@@ -131,6 +139,8 @@ def sensitivity(
             split=split,
             images=images,
             cumulative=cumulative,
+            output_stride=output_stride,
+            max_class_drop=max_class_drop,
             progress=lambda i, n: bar.update(task, completed=i, total=n),
         )
     out_console.print(render.sensitivity_table(result, top))
@@ -229,6 +239,9 @@ def export(
     max_drop: Annotated[
         float | None, typer.Option("--max-drop", help="INT8: keep the fewest layers float that bring it within D mIoU points of FP32")
     ] = None,
+    max_class_drop: Annotated[
+        float | None, typer.Option("--max-class-drop", help="With --max-drop: and no class more than C IoU points under FP32")
+    ] = None,
     sensitivity_json: Annotated[
         Path | None,
         typer.Option("--sensitivity", help="With --keep-float/--max-drop: a ranking from 'edgeseg sensitivity --json' (default: measure)"),
@@ -275,6 +288,7 @@ def export(
             "float_regions": float_regions,
             "keep_float": keep_float,
             "max_drop": max_drop,
+            "max_class_drop": max_class_drop,
             "sensitivity": sensitivity_json,
             "input": model_input,
             "output": model_output,

@@ -214,23 +214,35 @@ def print_violations(found: list[Violation], onnx_file: Path, trt_version: int, 
 def sensitivity_table(result: Any, top: int) -> Table:
     """The `top` most sensitive layers and the cumulative curve of `edgeseg sensitivity`."""
     drop = result.float_miou - result.int8_miou
+    stride = f" at OS{result.output_stride}" if result.output_stride else ""
+    order = f"; curve ordered for <= {result.max_class_drop:g} IoU lost per class" if result.max_class_drop is not None else ""
     table = Table(
         title=(
-            f"INT8 sensitivity on {result.images} images: FP32 {result.float_miou:.2f} mIoU, INT8 {result.int8_miou:.2f} "
-            f"({-drop:+.2f}); {len(result.layers)} layers in {result.seconds:.0f}s"
+            f"INT8 sensitivity{stride} on {result.images} images: FP32 {result.float_miou:.2f} mIoU, INT8 {result.int8_miou:.2f} "
+            f"({-drop:+.2f}, worst class {_worst_class(result.float_per_class, result.int8_per_class)}); "
+            f"{len(result.layers)} layers in {result.seconds:.0f}s{order}"
         )
     )
-    for col in ("rank", "layer kept float", "convs", "mIoU", "gain", "keep 1..k float: mIoU"):
-        wide = col == "layer kept float"  # module paths are the answer: never cut them
+    cols = ["rank", "layer kept float", "convs", "mIoU", "gain", "keep 1..k float: mIoU", "worst class"]
+    if result.max_class_drop is not None:
+        cols.append("curve's k-th layer")
+    for col in cols:
+        wide = col in ("layer kept float", "curve's k-th layer")  # module paths are the answer: never cut them
         table.add_column(col, justify="left" if wide else "right", overflow="fold" if wide else "ellipsis", no_wrap=not wide)
     for i, layer in enumerate(result.layers[: max(top, 0)]):
-        curve = result.cumulative[i]["miou"] if i < len(result.cumulative) else None
-        table.add_row(
-            str(i + 1),
-            escape(layer.name),
-            str(len(layer.convs)),
-            f"{layer.miou:.2f}",
-            f"{layer.gain:+.2f}",
-            "-" if curve is None else f"{curve:.2f}",
-        )
+        point = result.cumulative[i] if i < len(result.cumulative) else None
+        row = [str(i + 1), escape(layer.name), str(len(layer.convs)), f"{layer.miou:.2f}", f"{layer.gain:+.2f}"]
+        row += ["-", "-"] if point is None else [f"{point['miou']:.2f}", _worst_class(result.float_per_class, point.get("per_class_iou"))]
+        if result.max_class_drop is not None:
+            row.append("-" if point is None else escape(point["layers"][-1]))
+        table.add_row(*row)
     return table
+
+
+def _worst_class(float_pc: dict[str, float | None], pc: dict[str, float | None] | None) -> str:
+    """'Fence -1.52': the class that loses most IoU against float, or '-' when unknown."""
+    drops = [(f - q, c) for c, f in float_pc.items() if pc and f is not None and (q := pc.get(c)) is not None]
+    if not drops:
+        return "-"
+    loss, name = max(drops)
+    return f"{escape(name)} {-loss:+.2f}"

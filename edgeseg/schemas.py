@@ -6,7 +6,7 @@ An error becomes one line naming the file, the key, the value and the fix (`one_
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -144,6 +144,7 @@ class CurvePointMeta(BaseModel):
 
     k: int = Field(ge=1, le=MAX_LAYERS)
     miou: Miou
+    per_class_iou: dict[str, Miou | None] | None = None  # absent in files written before it was recorded
     layers: UniqueNames
 
 
@@ -162,6 +163,8 @@ class SensitivityMeta(BaseModel):
     seconds: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     checkpoint: str | None = Field(default=None, max_length=4096)
     checkpoint_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    output_stride: Literal[8, 16, 32] | None = None
+    max_class_drop: float | None = Field(default=None, ge=0.0, le=100.0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _consistent(self) -> SensitivityMeta:
@@ -169,8 +172,13 @@ class SensitivityMeta(BaseModel):
         _unique(names)
         if any(a.gain < b.gain for a, b in zip(self.layers, self.layers[1:])):
             raise ValueError("layers must be ranked by gain, highest first, as 'edgeseg sensitivity' writes them")
-        if any(p.k != i + 1 or len(p.layers) != p.k or p.layers != names[: p.k] for i, p in enumerate(self.cumulative)):
-            raise ValueError("the cumulative curve must keep the 1, 2, 3... best-ranked layers in order")
+        # The curve keeps one more layer at each point: the best-ranked ones in order, or (with a
+        # class limit) its own order of the ranked layers.
+        order = self.cumulative[-1].layers if self.cumulative and self.max_class_drop is not None else names
+        if any(p.k != i + 1 or len(p.layers) != p.k or p.layers != order[: p.k] for i, p in enumerate(self.cumulative)):
+            raise ValueError("the cumulative curve must keep the 1, 2, 3... layers of its order, one more at each point")
+        if not set(order) <= set(names):
+            raise ValueError(f"the cumulative curve keeps '{sorted(set(order) - set(names))[0]}', which is not a ranked layer")
         return self
 
 

@@ -114,12 +114,13 @@ def export_artifact(request: ExportRequest, target: str) -> ExportResult:
 
 
 def _variant(request: ExportRequest, target: str, io: IOSpec | None = None) -> str | None:
-    """nncf for OpenVINO's --ptq; float<K> or drop<D> for layers kept float (--keep-float, --max-drop);
+    """nncf for OpenVINO's --ptq; float<K> or drop<D>[-class<C>] for layers kept float (--keep-float, --max-drop, --max-class-drop);
     <input>-<output> where --input/--output differ from the target's default (e.g. tensor-logits);
     fp32-regions for a Jetson INT8 bundle whose float layers stay FP32 (--float-regions fp32)."""
     ptq, k, d = request.options.get("ptq"), request.options.get("keep_float"), request.options.get("max_drop")
     parts = [str(ptq)] if ptq and target == "openvino" else []
-    parts += [f"float{k}"] if k is not None else [f"drop{d:g}"] if d is not None else []
+    c = request.options.get("max_class_drop")
+    parts += [f"float{k}"] if k is not None else [f"drop{d:g}" + (f"-class{c:g}" if c is not None else "")] if d is not None else []
     if io is not None and (io.input, io.output) != tuple(getattr(get_target(target), "io_defaults", ("tensor", "logits"))):
         parts.append(f"{io.input}-{io.output}")
     if target == "jetson" and request.precision == "int8" and request.options.get("float_regions") == "fp32":

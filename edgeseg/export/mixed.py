@@ -2,8 +2,9 @@
 
 `edgeseg export CKPT --precision int8 --keep-float K` keeps in float the K layers that
 `edgeseg sensitivity` ranks first; `--max-drop D` keeps the fewest that bring INT8 within D mIoU
-points of FP32 on the sensitivity run's images (its cumulative curve, `layers_for_drop`). The
-ranking comes from `--sensitivity FILE.json`, or is measured here on the recipe's val split.
+points of FP32 on the sensitivity run's images (its cumulative curve, `layers_for_drop`), and with
+`--max-class-drop C` every class within C IoU points too. The ranking comes from `--sensitivity
+FILE.json`, or is measured here on the recipe's val split, at the export's output stride.
 
 A layer is the unit of edgeseg.train.sensitivity: an activation quantizer and the convolutions
 reading it, or a convolution alone. Keeping it float switches those quantizers off in the
@@ -69,7 +70,7 @@ class Plan:
 
 
 def requested(options: dict[str, Any]) -> bool:
-    return any(options.get(k) is not None for k in ("keep_float", "max_drop", "sensitivity"))
+    return any(options.get(k) is not None for k in ("keep_float", "max_drop", "max_class_drop", "sensitivity"))
 
 
 def check_options(precision: str, options: dict[str, Any]) -> None:
@@ -77,6 +78,8 @@ def check_options(precision: str, options: dict[str, Any]) -> None:
     k, d = options.get("keep_float"), options.get("max_drop")
     if k is not None and d is not None:
         raise ConfigError("--keep-float and --max-drop are exclusive; pass one (K layers float, or the fewest within D mIoU points)")
+    if options.get("max_class_drop") is not None and d is None:
+        raise ConfigError("--max-class-drop limits the per-class loss of --max-drop's choice; pass --max-drop D with it")
     if k is None and d is None:
         raise ConfigError("--sensitivity FILE needs --keep-float K or --max-drop D to choose layers from it")
     if precision != "int8":
@@ -87,6 +90,9 @@ def check_options(precision: str, options: dict[str, Any]) -> None:
         raise ConfigError(f"--keep-float {k} is out of range; use 0..the number of layers")
     if d is not None and (isinstance(d, bool) or not isinstance(d, int | float) or not math.isfinite(d) or not 0 <= d <= 100):
         raise ConfigError(f"--max-drop {d} is out of range; use mIoU points in 0..100")
+    c = options.get("max_class_drop")
+    if c is not None and (isinstance(c, bool) or not isinstance(c, int | float) or not math.isfinite(c) or not 0 <= c <= 100):
+        raise ConfigError(f"--max-class-drop {c} is out of range; use IoU points in 0..100")
 
 
 def resolve(request: Any, *, progress: Progress | None = None, model: torch.nn.Module | None = None) -> None:
@@ -112,26 +118,30 @@ def resolve(request: Any, *, progress: Progress | None = None, model: torch.nn.M
             f"'{ckpt_path}' is an FP32 checkpoint; --keep-float/--max-drop need an INT8 one: "
             f"run 'edgeseg calibrate {ckpt_path} ...' (PTQ) or use qat.pt"
         )
+    stride = int(request.output_stride or ckpt["arch"]["output_stride"])  # the export's: sensitivity is measured there
     if model is None:
         model = model_from_checkpoint(ckpt)
         model.set_input_size((64, 64))  # any size: the layers do not depend on it
     names = [layer.name for layer in layers_of(model, torch.zeros(1, 3, *_size(model)))]
-    k, d, file = o.get("keep_float"), o.get("max_drop"), o.get("sensitivity")
+    k, d, c, file = o.get("keep_float"), o.get("max_drop"), o.get("max_class_drop"), o.get("sensitivity")
     if k is not None and k > len(names):
         raise ConfigError(f"--keep-float {k} is out of range; '{ckpt_path}' has {len(names)} layers: use 0..{len(names)}")
     sha = file_hash(ckpt_path)
     result = read_sensitivity(file) if file is not None else None
     if result is not None:
         _same_checkpoint(result, Path(file), ckpt_path, sha, names)
+        _same_stride(result, Path(file), ckpt_path, stride, int(ckpt["arch"]["output_stride"]))
     elif k != 0:
         curve = DEFAULT_CURVE if k is None else min(k, len(names))
-        result = checkpoint_sensitivity(ckpt_path, images=DEFAULT_IMAGES, cumulative=curve, progress=progress)
+        result = checkpoint_sensitivity(
+            ckpt_path, images=DEFAULT_IMAGES, cumulative=curve, output_stride=stride, max_class_drop=c, progress=progress
+        )
     if result is None:
         chosen: list[str] = []  # --keep-float 0: nothing to rank
     else:
-        chosen = [s.name for s in result.layers[:k]] if k is not None else layers_for_drop(result, float(d))
+        chosen = [s.name for s in result.layers[:k]] if k is not None else layers_for_drop(result, float(d), c)
     o["float_layers"] = chosen
-    o["float_source"] = _source(result, file, k, d, chosen, sha)
+    o["float_source"] = {**_source(result, file, k, d, chosen, sha), "max_class_drop": c, "output_stride": stride}
 
 
 def _size(model: torch.nn.Module) -> tuple[int, int]:
@@ -147,6 +157,15 @@ def _same_checkpoint(result: Any, file: Path, ckpt: Any, sha: str, names: list[s
     if sorted(ranked) != sorted(names):
         odd = sorted(set(ranked) ^ set(names))[0]
         raise CheckpointError(f"'{file}' was measured on another model: layer '{odd}' is in one of the two only; {fix}")
+
+
+def _same_stride(result: Any, file: Path, ckpt: Any, stride: int, own: int) -> None:
+    measured = result.output_stride or own  # a file that does not say was measured at the checkpoint's stride
+    if measured != stride:
+        raise CheckpointError(
+            f"'{file}' was measured at output stride {measured}, this export is at {stride}; "
+            f"measure it there with 'edgeseg sensitivity {ckpt} --output-stride {stride} --json FILE'"
+        )
 
 
 def _source(result: Any, file: Any, k: int | None, d: float | None, chosen: list[str], sha: str) -> dict[str, Any]:

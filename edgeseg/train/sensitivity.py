@@ -11,7 +11,15 @@ fixed subset of images. That measures what keeping it float buys in the model th
 rest quantized), which is the decision to make; quantizing one layer alone in a float model
 would measure its damage without the interactions with the other quantized layers. The layers
 ranked by mIoU recovered, the cumulative curve keeps the k best in float together (measured,
-not summed). The images are preprocessed once and kept in memory.
+not summed, with every class's IoU). The images are preprocessed once and kept in memory.
+
+With a per-class limit (`max_class_drop`, points of IoU any class may lose against float) the
+curve takes the layers in another order: fewest IoU points over the limit first, summed over the
+classes, with that layer alone kept float; then mIoU recovered. A layer that rescues one thin
+class then enters the curve before layers that only add mIoU where it is already within reach.
+
+The model is measured at the output stride it will be exported at (`output_stride`): dilations
+change with it, and so do the activation ranges a layer's INT8 error depends on.
 """
 
 from __future__ import annotations
@@ -66,8 +74,10 @@ class Sensitivity:
     float_per_class: dict[str, float | None]
     int8_per_class: dict[str, float | None]
     layers: list[LayerScore]  # ranked: most mIoU recovered first
-    cumulative: list[dict[str, Any]] = field(default_factory=list)  # {"k", "miou", "layers"}
+    cumulative: list[dict[str, Any]] = field(default_factory=list)  # {"k", "miou", "per_class_iou", "layers"}
     seconds: float = 0.0
+    output_stride: int | None = None  # the stride measured at (None: the checkpoint's, files before it was recorded)
+    max_class_drop: float | None = None  # the per-class limit the curve's order was chosen for (None: mIoU order)
     checkpoint: str | None = None  # the checkpoint measured (checkpoint_sensitivity), so a ranking
     checkpoint_sha256: str | None = None  # is never applied to another one (edgeseg export --sensitivity)
 
@@ -154,9 +164,11 @@ def sensitivity(
     ignore_index: int,
     *,
     cumulative: int = 10,
+    max_class_drop: float | None = None,
     progress: Progress | None = None,
 ) -> Sensitivity:
-    """Score every layer kept in float alone, rank them, then keep the 1..`cumulative` best together."""
+    """Score every layer kept in float alone, rank them, then keep the 1..`cumulative` best together
+    (in curve_order: by mIoU recovered, or first by what they fix of `max_class_drop`)."""
     from edgeseg.quant import set_quant_enabled
 
     start = time.perf_counter()
@@ -187,36 +199,61 @@ def sensitivity(
             tick()
         scores.sort(key=lambda s: -s.gain)
         by_name = {layer.name: layer for layer in layers}
+        order = curve_order(scores, float_pc, max_class_drop)
         curve = []
         for k in range(1, min(cumulative, len(layers)) + 1):
-            chosen = [by_name[s.name] for s in scores[:k]]
+            chosen = [by_name[name] for name in order[:k]]
             keep_float(model, chosen, saved)
-            miou, _ = _score(model, batches, names, ignore_index)
-            curve.append({"k": k, "miou": miou, "layers": [layer.name for layer in chosen]})
+            miou, pc = _score(model, batches, names, ignore_index)
+            curve.append({"k": k, "miou": miou, "per_class_iou": pc, "layers": [layer.name for layer in chosen]})
             tick()
     finally:
         state["disabled"] = saved
         set_quant_enabled(model, True)
+    images = len([y for _, ys in batches for y in ys])
     return Sensitivity(
-        len([y for _, ys in batches for y in ys]), float_miou, int8_miou, float_pc, int8_pc, scores, curve, time.perf_counter() - start
+        images, float_miou, int8_miou, float_pc, int8_pc, scores, curve, time.perf_counter() - start, max_class_drop=max_class_drop
     )
 
 
-def layers_for_drop(result: Sensitivity, max_drop: float) -> list[str]:
-    """The fewest layers (from the cumulative curve) that bring INT8 within `max_drop` mIoU of float.
+def class_excess(float_pc: dict[str, float | None], pc: dict[str, float | None] | None, max_class_drop: float) -> float:
+    """IoU points over `max_class_drop`, summed over the classes (those scored in both), that `pc`
+    loses against `float_pc`; inf when `pc` is unknown (a curve point of a file without classes)."""
+    if pc is None:
+        return float("inf")
+    return sum(max(0.0, f - q - max_class_drop) for c, f in float_pc.items() if f is not None and (q := pc.get(c)) is not None)
+
+
+def curve_order(scores: list[LayerScore], float_pc: dict[str, float | None], max_class_drop: float | None) -> list[str]:
+    """The order the cumulative curve keeps layers float in: `scores` as ranked (mIoU recovered),
+    or with a class limit, least class_excess with the layer alone float first (stable, so ties keep the mIoU rank)."""
+    if max_class_drop is None:
+        return [s.name for s in scores]
+    return [s.name for s in sorted(scores, key=lambda s: class_excess(float_pc, s.per_class_iou, max_class_drop))]
+
+
+def layers_for_drop(result: Sensitivity, max_drop: float, max_class_drop: float | None = None) -> list[str]:
+    """The fewest layers (from the cumulative curve) that bring INT8 within `max_drop` mIoU of float
+    and, with `max_class_drop`, every class within that many IoU points of float.
 
     Raises ConfigError when even the whole curve does not reach it.
     """
-    if result.float_miou - result.int8_miou <= max_drop:
+
+    def within(miou: float, pc: dict[str, float | None] | None) -> bool:
+        classes_ok = max_class_drop is None or class_excess(result.float_per_class, pc, max_class_drop) == 0.0
+        return result.float_miou - miou <= max_drop and classes_ok
+
+    if within(result.int8_miou, result.int8_per_class):
         return []
     for point in result.cumulative:
-        if result.float_miou - point["miou"] <= max_drop:
+        if within(point["miou"], point.get("per_class_iou")):
             return list(point["layers"])
+    what = f"a drop of {max_drop} mIoU" + (f" with no class losing more than {max_class_drop} IoU" if max_class_drop is not None else "")
     best = max(result.cumulative, key=lambda p: p["miou"], default=None)
-    reached = "" if best is None else f" (keeping {best['k']} layers in float gives {result.float_miou - best['miou']:.2f})"
+    reached = "" if best is None else f" (keeping {best['k']} layers in float gives {result.float_miou - best['miou']:.2f} mIoU)"
     raise ConfigError(
-        f"no layer set within the measured {len(result.cumulative)} reaches a drop of {max_drop} mIoU{reached}; "
-        "raise --max-drop, use QAT, or measure a longer curve"
+        f"no layer set within the measured {len(result.cumulative)} reaches {what}{reached}; "
+        "raise --max-drop/--max-class-drop, use QAT, or measure a longer curve"
     )
 
 
@@ -228,9 +265,12 @@ def checkpoint_sensitivity(
     split: str | None = None,
     images: int = 24,
     cumulative: int = 10,
+    output_stride: int | None = None,
+    max_class_drop: float | None = None,
     progress: Progress | None = None,
 ) -> Sensitivity:
-    """sensitivity() of an INT8 checkpoint (PTQ or QAT) on the first `images` of its val split."""
+    """sensitivity() of an INT8 checkpoint (PTQ or QAT) on the first `images` of its val split, at
+    `output_stride` (default: the checkpoint's)."""
     from edgeseg.data.dataset import eval_dataset
     from edgeseg.train.checkpoint import checkpoint_recipe, file_hash, load_checkpoint, model_from_checkpoint
 
@@ -241,11 +281,21 @@ def checkpoint_sensitivity(
         raise CheckpointError(
             f"'{ckpt}' is an FP32 checkpoint; sensitivity needs an INT8 one: run 'edgeseg calibrate {ckpt} ...' (PTQ) or use qat.pt"
         )
-    model = model_from_checkpoint(c)
+    if output_stride is not None:
+        from edgeseg.constants import check_output_stride
+
+        check_output_stride(output_stride, "--output-stride")
+    if max_class_drop is not None and not 0.0 <= max_class_drop <= 100.0:
+        raise ConfigError(f"--max-class-drop {max_class_drop} is out of range; use IoU points in 0..100")
+    model = model_from_checkpoint(c, output_stride)
     ds = eval_dataset(checkpoint_recipe(c), split, data, fmt)
     batches = load_batches(ds, images)
-    result = sensitivity(model, batches, list(ds.classes.names), ds.classes.ignore_index, cumulative=cumulative, progress=progress)
+    classes = list(ds.classes.names)
+    result = sensitivity(
+        model, batches, classes, ds.classes.ignore_index, cumulative=cumulative, max_class_drop=max_class_drop, progress=progress
+    )
     result.checkpoint, result.checkpoint_sha256 = str(ckpt), file_hash(ckpt)
+    result.output_stride = int(getattr(model, "float_model", model).output_stride)
     return result
 
 
@@ -269,5 +319,6 @@ def read_sensitivity(path: str | Path) -> Sensitivity:
         raise CheckpointError(f"'{path}' is not readable JSON ({type(exc).__name__}); {fix}") from None
     d = validate_sensitivity(data, f"'{path}'", fix)
     layers = [LayerScore(s["name"], list(s["convs"]), s["miou"], s["gain"], dict(s["per_class_iou"])) for s in d["layers"]]
-    keep = {k: d[k] for k in ("images", "float_miou", "int8_miou", "float_per_class", "int8_per_class", "cumulative", "seconds")}
+    fields = ("images", "float_miou", "int8_miou", "float_per_class", "int8_per_class", "cumulative", "seconds")
+    keep = {k: d[k] for k in (*fields, "output_stride", "max_class_drop")}
     return Sensitivity(**keep, layers=layers, checkpoint=d.get("checkpoint"), checkpoint_sha256=d.get("checkpoint_sha256"))

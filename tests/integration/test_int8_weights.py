@@ -12,8 +12,7 @@ import pytest
 from test_targets_runtime import SIZE, _checkpoints, _export, _torch_logits
 
 from edgeseg.errors import NumericalError
-from edgeseg.export import qdq_weights
-from edgeseg.export import tensorrt
+from edgeseg.export import qdq_weights, tensorrt
 from edgeseg.export.common import INT8_AGREEMENT, onnx_session, verification_frames
 from edgeseg.export.io_spec import IOSpec, feed
 from edgeseg.export.preflight import check_onnx

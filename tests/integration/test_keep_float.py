@@ -294,9 +294,59 @@ def test_max_drop_beyond_the_curve_is_one_line(world: dict[str, Any]) -> None:
     with pytest.raises(ConfigError) as exc:
         resolve(ExportRequest(checkpoint=world["ptq"], options={"max_drop": 1.0, "sensitivity": world["sens"]}))
     assert str(exc.value) == (
-        "no layer set within the measured 3 reaches a drop of 1.0 mIoU (keeping 3 layers in float gives 1.50); "
-        "raise --max-drop, use QAT, or measure a longer curve"
+        "no layer set within the measured 3 reaches a drop of 1.0 mIoU (keeping 3 layers in float gives 1.50 mIoU); "
+        "raise --max-drop/--max-class-drop, use QAT, or measure a longer curve"
     )
+
+
+def test_max_class_drop_takes_the_curve_point_every_class_is_within(world: dict[str, Any], tmp_path: Path) -> None:
+    """The hand file with classes: FP32 sky 50 / road 70; full INT8 loses 4 / 26 (mIoU 45). The
+    curve (50, 54, 58.5 mIoU) brings sky to 47, 49.5, 48 and road to 53, 58.5, 69: road is within
+    1.5 IoU only at k=3, sky within 1.5 only at k=2."""
+    data = sensitivity_file(world["names"], sha=file_hash(world["ptq"]))
+    data.update(float_per_class={"sky": 50.0, "road": 70.0}, int8_per_class={"sky": 46.0, "road": 44.0}, output_stride=16)
+    for point, (sky, road) in zip(data["cumulative"], [(47.0, 53.0), (49.5, 58.5), (48.0, 69.0)]):
+        point["per_class_iou"] = {"sky": sky, "road": road}
+    file = tmp_path / "classes.json"
+    file.write_text(json.dumps(data))
+    expect = {(6.0, None): 2, (6.0, 12.0): 2, (6.0, 11.0): 3, (2.0, 2.0): 3}
+    for (drop, per_class), k in expect.items():
+        request = ExportRequest(checkpoint=world["ptq"], options={"max_drop": drop, "max_class_drop": per_class, "sensitivity": file})
+        resolve(request)
+        assert request.options["float_layers"] == RANKED[:k], (drop, per_class)
+        assert request.options["float_source"]["max_class_drop"] == per_class and request.options["float_source"]["output_stride"] == 16
+    with pytest.raises(ConfigError, match=r"reaches a drop of 2.0 mIoU with no class losing more than 1.5 IoU"):
+        resolve(ExportRequest(checkpoint=world["ptq"], options={"max_drop": 2.0, "max_class_drop": 1.5, "sensitivity": file}))
+    # Measured at OS8, the file serves an OS8 export and no other.
+    data["output_stride"] = 8
+    file.write_text(json.dumps(data))
+    request = ExportRequest(checkpoint=world["ptq"], output_stride=8, options={"max_drop": 6.0, "sensitivity": file})
+    resolve(request)
+    assert request.options["float_layers"] == RANKED[:2]
+    with pytest.raises(CheckpointError, match="measured at output stride 8, this export is at 16"):
+        resolve(ExportRequest(checkpoint=world["ptq"], options={"max_drop": 6.0, "sensitivity": file}))
+
+
+def test_sensitivity_at_another_output_stride_with_a_class_limit(
+    world: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`edgeseg sensitivity --output-stride 8 --max-class-drop 0.5` measures the OS8 model and orders its curve for the limit."""
+    from edgeseg.train.sensitivity import class_excess, read_sensitivity
+
+    out = tmp_path / "os8.json"
+    argv = ["sensitivity", str(world["ptq"]), "--output-stride", "8", "--max-class-drop", "0.5", "--cumulative", "3", "--json", str(out)]
+    monkeypatch.setattr("sys.argv", ["edgeseg", *argv])
+    cli.main()
+    result = read_sensitivity(out)  # the schema accepts its own file
+    assert result.output_stride == 8 and result.max_class_drop == 0.5
+    excess = {s.name: class_excess(result.float_per_class, s.per_class_iou, 0.5) for s in result.layers}
+    order = result.cumulative[-1]["layers"]
+    assert [excess[n] for n in order] == sorted(excess.values())[:3]  # least over the limit first
+    assert all(p["per_class_iou"] for p in result.cumulative)
+    os16 = tmp_path / "os16.json"
+    monkeypatch.setattr("sys.argv", ["edgeseg", "sensitivity", str(world["ptq"]), "--cumulative", "1", "--json", str(os16)])
+    cli.main()
+    assert read_sensitivity(os16).output_stride == 16  # (output_stride is read from the model measured, not the option)
 
 
 def test_cli_max_drop_exports_and_verifies(
@@ -352,7 +402,10 @@ BAD = [
     (["--keep-float", "2", "--sensitivity", "{unranked}"], "'{unranked}': layers must be ranked by gain, highest first, as 'edgeseg sensitivity' writes them; write it again with 'edgeseg sensitivity CKPT --json unranked.json'"),
     (["--keep-float", "2", "--sensitivity", "{not_json}"], "'{not_json}' is not readable JSON (JSONDecodeError); write it again with 'edgeseg sensitivity CKPT --json not.json'"),
     (["--keep-float", "2", "--sensitivity", "{missing}"], "sensitivity file '{missing}' does not exist; write it again with 'edgeseg sensitivity CKPT --json missing.json'"),
-    (["--max-drop", "1", "--sensitivity", "{sens}"], "no layer set within the measured 3 reaches a drop of 1.0 mIoU (keeping 3 layers in float gives 1.50); raise --max-drop, use QAT, or measure a longer curve"),
+    (["--max-drop", "1", "--sensitivity", "{sens}"], "no layer set within the measured 3 reaches a drop of 1.0 mIoU (keeping 3 layers in float gives 1.50 mIoU); raise --max-drop/--max-class-drop, use QAT, or measure a longer curve"),
+    (["--max-class-drop", "1"], "--max-class-drop limits the per-class loss of --max-drop's choice; pass --max-drop D with it"),
+    (["--max-drop", "1", "--max-class-drop", "-1"], "--max-class-drop -1.0 is out of range; use IoU points in 0..100"),
+    (["--max-drop", "6", "--sensitivity", "{sens}", "--output-stride", "8"], "'{sens}' was measured at output stride 16, this export is at 8; measure it there with 'edgeseg sensitivity {ptq} --output-stride 8 --json FILE'"),
 ]  # fmt: skip
 
 

@@ -10,7 +10,16 @@ from edgeseg.errors import CheckpointError, ConfigError
 from edgeseg.models import build_model
 from edgeseg.quant import quantize, set_quant_enabled
 from edgeseg.quant.quantize import quant_convs, quantizers
-from edgeseg.train.sensitivity import LayerScore, Sensitivity, keep_float, layers_for_drop, layers_of, sensitivity
+from edgeseg.train.sensitivity import (
+    LayerScore,
+    Sensitivity,
+    class_excess,
+    curve_order,
+    keep_float,
+    layers_for_drop,
+    layers_of,
+    sensitivity,
+)
 
 NAMES = ["a", "b", "c", "d"]
 
@@ -59,8 +68,11 @@ def test_a_broken_layer_ranks_first_and_float_fixes_it(tiny: tuple) -> None:
     gains = [(s.name, round(s.gain, 2)) for s in result.layers[:4]]
     assert result.layers[0].name == broken.name and result.layers[0].gain > 10, gains
     assert result.layers[0].gain > 5 * max(abs(s.gain) for s in result.layers[1:])
-    assert result.cumulative[0] == {"k": 1, "miou": pytest.approx(result.layers[0].miou), "layers": [broken.name]}
+    first = result.cumulative[0]
+    assert first == {"k": 1, "miou": pytest.approx(result.layers[0].miou), "per_class_iou": first["per_class_iou"], "layers": [broken.name]}
+    assert first["per_class_iou"] == pytest.approx(result.layers[0].per_class_iou)  # the same model state, scored twice
     assert [p["k"] for p in result.cumulative] == [1, 2, 3] and result.images == 6
+
     assert q.edgeseg_quant["disabled"] == [] and all(m.mode == "quant" for _, m in quantizers(q))  # the model is left as it was
 
 
@@ -88,6 +100,46 @@ def test_layers_for_drop_by_hand() -> None:
     assert layers_for_drop(_result(70.0, 69.0, [69.5, 69.85, 70.0]), 0.2) == ["l0", "l1"]  # 0.15 <= 0.2
     with pytest.raises(ConfigError, match=r"keeping 2 layers in float gives 0.50"):
         layers_for_drop(_result(70.0, 69.0, [69.4, 69.5]), 0.2)
+
+
+# Two classes, float: thin 40, wide 80 (mIoU 60). Full INT8 loses 2.0 on thin and 0.4 on wide.
+FLOAT_PC = {"thin": 40.0, "wide": 80.0}
+
+
+def _classes(thin: float, wide: float) -> dict[str, float | None]:
+    return {"thin": thin, "wide": wide}
+
+
+def test_class_limit_by_hand() -> None:
+    # Layer "a" recovers mIoU on the wide class only; layer "b" rescues the thin class.
+    a = LayerScore("a", [], 59.8, 0.6, _classes(38.0, 81.6))
+    b = LayerScore("b", [], 59.6, 0.4, _classes(39.6, 79.6))
+    # class_excess: IoU over a 1.0 limit, summed: full INT8 thin 2.0 -> 1.0 over; a: 1.0; b: 0 (0.4 lost).
+    assert class_excess(FLOAT_PC, _classes(38.0, 79.6), 1.0) == pytest.approx(1.0)
+    assert class_excess(FLOAT_PC, a.per_class_iou, 1.0) == pytest.approx(1.0)
+    assert class_excess(FLOAT_PC, b.per_class_iou, 1.0) == 0.0
+    assert class_excess(FLOAT_PC, {"thin": None, "wide": 70.0}, 1.0) == pytest.approx(9.0)  # an unscored class is skipped
+    assert class_excess(FLOAT_PC, None, 1.0) == float("inf")
+    # Ranked by mIoU gain, a comes first; ordered for a 1-IoU class limit, b does.
+    assert curve_order([a, b], FLOAT_PC, None) == ["a", "b"]
+    assert curve_order([a, b], FLOAT_PC, 1.0) == ["b", "a"]
+    curve = [
+        {"k": 1, "miou": 59.6, "per_class_iou": _classes(39.6, 79.6), "layers": ["b"]},
+        {"k": 2, "miou": 60.0, "per_class_iou": _classes(39.8, 80.2), "layers": ["b", "a"]},
+    ]
+    result = Sensitivity(8, 60.0, 58.8, FLOAT_PC, _classes(38.0, 79.6), [a, b], curve, max_class_drop=1.0)
+    assert layers_for_drop(result, 0.3) == ["b", "a"]  # mIoU alone: within 0.3 only at k=2
+    assert layers_for_drop(result, 1.0) == ["b"]  # full INT8 loses 1.2 mIoU
+    assert layers_for_drop(result, 1.0, 1.0) == ["b"]  # 0.4 mIoU and thin -0.4: both within at k=1
+    assert layers_for_drop(result, 1.5) == []  # full INT8: 1.2 mIoU, within 1.5 when classes are not limited
+    with pytest.raises(ConfigError, match="no class losing more than 0.1 IoU"):
+        layers_for_drop(result, 1.5, 0.1)  # thin never gets within 0.1
+    # A file written before curves had classes: a class limit cannot be met from it.
+    old = Sensitivity(
+        8, 60.0, 58.8, FLOAT_PC, _classes(38.0, 79.6), [a, b], [{k: v for k, v in p.items() if k != "per_class_iou"} for p in curve]
+    )
+    with pytest.raises(ConfigError, match="reaches a drop of 1.0 mIoU with no class"):
+        layers_for_drop(old, 1.0, 1.0)
 
 
 def test_fp32_model_is_refused() -> None:
