@@ -392,6 +392,12 @@ def report(
     baseline: Annotated[
         Path | None, typer.Option("--baseline", help="Results file to gate against: exit 1 when mIoU drops or a latency ratio grows")
     ] = None,
+    sensitivity_files: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--sensitivity", help="A file of 'edgeseg sensitivity --json' (repeat it, one per output stride): ranking, curve, plot"
+        ),
+    ] = None,
     tolerance: Annotated[float, typer.Option("--tolerance", help="With --baseline: mIoU points a row may lose")] = 0.0,
     latency_tolerance: Annotated[
         float, typer.Option("--latency-tolerance", help="With --baseline: relative growth allowed of p50 / same-device FP32 p50")
@@ -403,10 +409,10 @@ def report(
     from edgeseg.report.gate import Tolerance, regressions
 
     gate = Tolerance(tolerance, latency_tolerance).check() if baseline else None
-    spare_inputs({"--out": out}, [*results, *([baseline] if baseline else [])])
+    spare_inputs({"--out": out}, [*results, *([baseline] if baseline else []), *(sensitivity_files or [])])
     base_rows = load_results(baseline) if baseline else []  # a bad baseline fails before any writing
     with console.status("writing report"):
-        written = build_report(results, out, budgets=budget, device=device, artifacts=artifacts)
+        written = build_report(results, out, budgets=budget, device=device, artifacts=artifacts, sensitivity=sensitivity_files)
     out_console.print(f"wrote {out / 'report.md'}, report.html, results.csv and {sum(n.endswith('.png') for n in written)} plots to {out}")
     if gate is not None:
         problems = regressions(base_rows, merge_rows(*(load_results(p) for p in results)), gate)

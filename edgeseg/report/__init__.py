@@ -14,6 +14,7 @@ import hashlib
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 from edgeseg.bench.results import SCHEMA_VERSION, BenchRow, ResultsError, load_results, merge_rows
 from edgeseg.fsutil import check_writable, write_bytes, write_json, write_text
@@ -77,6 +78,7 @@ def build_report(
     budgets: list[float] | None = None,
     device: str | None = None,
     artifacts: list[Path] | None = None,
+    sensitivity: list[Path] | None = None,
 ) -> dict[str, Path]:
     """Merge result files and write the report into `out`.
 
@@ -87,6 +89,8 @@ def build_report(
         device: limit the Pick section to this device (its label or a unique part of it).
         artifacts: artifact folders expected in the report; those without a row get a
             "not measured here" line with the command that measures them.
+        sensitivity: files of `edgeseg sensitivity --json` (one per output stride): a section
+            with each one's top layers, its curve and a plot.
 
     Returns:
         Name -> path of every file written.
@@ -95,10 +99,14 @@ def build_report(
     rows = merge_rows(*(load_results(p) for p in results))
     if not rows:
         raise ResultsError(f"no result rows in {', '.join(map(str, results))}; run 'edgeseg bench ... --json FILE' first")
+    from edgeseg.train.sensitivity import read_sensitivity
+
+    measured = [(p, read_sensitivity(p)) for p in sensitivity or []]  # a bad file fails before any writing
     out = check_writable(out)
     entries = analyse(rows)
     device = resolve_device(device, entries) if device else None
     blocks, images = _document(entries, results, _pick(entries, budgets, device) + pending_lines(rows, artifacts or []))
+    blocks += _sensitivity(measured, images)
     written: dict[str, Path] = {}
     for name, png in images.items():
         write_bytes(out / name, png)
@@ -115,6 +123,36 @@ def build_report(
     written["results.json"] = out / "results.json"
     log.info("report of %d rows written to %s", len(rows), out)
     return written
+
+
+def _sensitivity(measured: list[tuple[Path, Any]], images: dict[str, bytes]) -> list[Block]:
+    """Per sensitivity file (by output stride): its five most sensitive layers, the curve and a plot."""
+    if not measured:
+        return []
+    blocks: list[Block] = [
+        ("h2", "INT8 sensitivity per output stride"),
+        ("p", "Each layer kept float alone while the rest stays INT8 (mIoU recovered), then the k best kept float together (measured)."),
+    ]
+    for path, r in sorted(measured, key=lambda pr: (pr[1].output_stride or 0, str(pr[0]))):
+        stride = f"OS{r.output_stride}" if r.output_stride else "checkpoint's output stride"
+        blocks.append(("h3", f"{stride}: {path.name}"))
+        top = [f"{s.name} {s.gain:+.2f}" for s in r.layers[:5]]
+        curve = ", ".join(f"k={p['k']} {p['miou']:.2f}" for p in r.cumulative) or "not measured"
+        blocks.append(
+            (
+                "ul",
+                [
+                    f"{r.images} images: FP32 {r.float_miou:.2f}, full INT8 {r.int8_miou:.2f} ({r.int8_miou - r.float_miou:+.2f}); "
+                    f"{len(r.layers)} layers in {r.seconds:.0f} s",
+                    "most sensitive (mIoU recovered alone): " + "; ".join(top),
+                    "curve (k layers float together): " + curve,
+                ],
+            )
+        )
+        name = f"sensitivity_{_slug(f'{stride} {path}')}.png"
+        images[name] = plots.sensitivity(r, f"INT8 sensitivity, {stride} ({path.name})")
+        blocks.append(("img", (name, f"INT8 sensitivity at {stride}")))
+    return blocks
 
 
 def _slug(text: str) -> str:

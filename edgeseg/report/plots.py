@@ -131,3 +131,30 @@ def latency_distribution(entries: list[Entry], title: str) -> bytes:
     ax.set_title(title, fontsize=9)
     ax.grid(True, axis="x", alpha=0.3)
     return _png(fig)
+
+
+def sensitivity(result: Any, title: str, top: int = 15) -> bytes:
+    """An `edgeseg sensitivity` result: mIoU recovered by each of the `top` layers kept float alone
+    (bars), and the measured curve of 1..k layers kept float together against FP32 and full INT8."""
+    plt = _plt()
+    layers = result.layers[:top]
+    fig, (bars, curve) = plt.subplots(1, 2, figsize=(12, max(3.5, 0.28 * len(layers) + 1.5)), gridspec_kw={"width_ratios": [3, 2]})
+    y = list(range(len(layers)))[::-1]
+    bars.barh(y, [s.gain for s in layers], color=["#c44e52" if s.gain > 0 else "#8c8c8c" for s in layers])
+    bars.set_yticks(y, [s.name for s in layers], fontsize=7)
+    bars.axvline(0, color="black", linewidth=0.6)
+    bars.set_xlabel("mIoU recovered with the layer alone kept float (points)")
+    bars.grid(True, axis="x", alpha=0.3)
+    ks = [0, *(p["k"] for p in result.cumulative)]
+    mious = [result.int8_miou, *(p["miou"] for p in result.cumulative)]
+    curve.plot(ks, mious, marker="o", label="INT8, k layers kept float")
+    curve.axhline(result.float_miou, color="#2ca02c", linestyle="--", label=f"FP32 {result.float_miou:.2f}")
+    curve.axhline(result.int8_miou, color="#8c8c8c", linestyle=":", label=f"full INT8 {result.int8_miou:.2f}")
+    curve.set_xlabel(
+        "layers kept float (k)" + (f", ordered for <= {result.max_class_drop:g} IoU per class" if result.max_class_drop is not None else "")
+    )
+    curve.set_ylabel(f"mIoU (%) on {result.images} images")
+    curve.grid(True, alpha=0.3)
+    curve.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return _png(fig)

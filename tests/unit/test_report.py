@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import re
 import shutil
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 
 from edgeseg.bench.results import ResultsError, load_results
+from edgeseg.errors import CheckpointError
 from edgeseg.report import build_report
 from edgeseg.report.analysis import analyse, pareto_front, row_label
 
@@ -149,3 +151,36 @@ def test_report_overwrites_atomically(tmp_path: Path) -> None:
     build_report([JETSON, tmp_path / "cpu.json"], out)
     assert (out / "report.md").read_text() != first
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def _sensitivity_file(path: Path, stride: int, layers: list[tuple[str, float]]) -> Path:
+    """A hand-made `edgeseg sensitivity --json` file: FP32 60, INT8 57, the layers by gain, a 2-point curve."""
+    scores = [{"name": n, "convs": [n], "miou": 57.0 + g, "gain": g, "per_class_iou": {"a": 50.0}} for n, g in layers]
+    curve = [{"k": 1, "miou": 59.0, "layers": [layers[0][0]]}, {"k": 2, "miou": 59.8, "layers": [layers[0][0], layers[1][0]]}]
+    data = {
+        "images": 8, "float_miou": 60.0, "int8_miou": 57.0, "float_per_class": {"a": 52.0}, "int8_per_class": {"a": 49.0},
+        "layers": scores, "cumulative": curve, "seconds": 12.0, "output_stride": stride,
+    }  # fmt: skip
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_report_has_a_sensitivity_section_per_output_stride(tmp_path: Path) -> None:
+    os8 = _sensitivity_file(tmp_path / "s8.json", 8, [("decoder.cat_q", 2.0), ("encoder.input_q", 0.8), ("decoder.aspp.in_q", -0.1)])
+    os32 = _sensitivity_file(tmp_path / "s32.json", 32, [("decoder.aspp.in_q", 1.5), ("decoder.cat_q", 0.3)])
+    written = build_report([CPU], tmp_path / "out", sensitivity=[os32, os8])
+    md = written["report.md"].read_text()
+    section = md[md.index("## INT8 sensitivity per output stride") :]
+    assert section.index("### OS8: s8.json") < section.index("### OS32: s32.json")  # ordered by stride
+    assert "most sensitive (mIoU recovered alone): decoder.cat_q +2.00; encoder.input_q +0.80; decoder.aspp.in_q -0.10" in section
+    assert "8 images: FP32 60.00, full INT8 57.00 (-3.00); 3 layers in 12 s" in section
+    assert "curve (k layers float together): k=1 59.00, k=2 59.80" in section
+    pngs = [name for name in written if name.startswith("sensitivity_")]
+    assert len(pngs) == 2 and all(written[n].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for n in pngs)
+    assert all(f"({n})" in md for n in pngs)  # each plot is linked
+    # A bad file fails before anything is written.
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**json.loads(os8.read_text()), "output_stride": 12}))
+    with pytest.raises(CheckpointError, match="output_stride"):
+        build_report([CPU], tmp_path / "out2", sensitivity=[bad])
+    assert not (tmp_path / "out2").exists()
