@@ -9,8 +9,9 @@ and activation quantize/dequantize ops.
 Input: an RGB image (ct.ImageType, scale 1/255). ImageType has one scale for all channels, so
 the per-channel ImageNet mean/std cannot be folded into it; the traced wrapper starts with a
 tiny (x - mean) / std layer instead, and Vision/Core ML callers pass plain pixels. Output:
-"logits" (1, C, H, W) float32. Class names, colours and the artifact meta are in the model's
-user-defined metadata.
+"logits" (1, C, H, W) float32, or with `--output labels` "labels" (1, H, W) int32, the class map
+of an argmax inside the model (reduce_argmax; int32 is what it gives). Class names, colours and
+the artifact meta are in the model's user-defined metadata.
 
 Converting and inspecting run anywhere; prediction needs macOS (Core ML framework).
 """
@@ -35,6 +36,7 @@ from edgeseg.export.base import ExportRequest, Loaded, package_version
 MODEL_FILE = "model.mlpackage"
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
+LABELS_NAME = "labels"
 DEPLOYMENT_TARGET = "iOS17"  # = macOS 14
 WEIGHT_DEQUANT_OPS = {"constexpr_affine_dequantize", "constexpr_blockwise_shift_scale"}
 VALUE_COPY_OPS = {"concat", "tile", "reshape", "transpose", "squeeze", "expand_dims", "slice_by_index"}
@@ -98,8 +100,9 @@ def qdq_view(model: Any) -> Any:
     return out
 
 
-def pixel_model(model: Any, mean: list[float], std: list[float]) -> Any:
-    """Wrap `model` so it takes pixels in [0, 1] (ImageType scale 1/255) and normalises them."""
+def pixel_model(model: Any, mean: list[float], std: list[float], labels: bool = False) -> Any:
+    """Wrap `model` so it takes pixels in [0, 1] (ImageType scale 1/255) and normalises them;
+    `labels`: and gives the class map (argmax over the classes, int32) instead of the logits."""
     import torch
     from torch import nn
 
@@ -111,7 +114,8 @@ def pixel_model(model: Any, mean: list[float], std: list[float]) -> Any:
             self.register_buffer("inv_std", 1.0 / torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.model((x - self.mean) * self.inv_std)
+            logits = self.model((x - self.mean) * self.inv_std)
+            return logits.argmax(1).to(torch.int32) if labels else logits
 
     return Normalize().eval()
 
@@ -126,15 +130,16 @@ def _quiet_progress() -> Iterator[None]:
         yield
 
 
-def convert(model: Any, *, precision: str, input_size: tuple[int, int], meta: dict[str, Any]) -> Any:
-    """Trace and convert an eval-mode model (fake-quant for int8) to a Core ML ML program."""
+def convert(model: Any, *, precision: str, input_size: tuple[int, int], meta: dict[str, Any], labels: bool = False) -> Any:
+    """Trace and convert an eval-mode model (fake-quant for int8) to a Core ML ML program
+    (`labels`: with the class map as its output)."""
     ct = _ct()
     import torch
 
     if precision == "int8":
         model = qdq_view(model)
     norm = meta["normalization"]
-    wrapped = pixel_model(model, list(norm["mean"]), list(norm["std"]))
+    wrapped = pixel_model(model, list(norm["mean"]), list(norm["std"]), labels)
     h, w = input_size
     example = torch.rand(1, 3, h, w)
     with torch.no_grad():
@@ -144,16 +149,16 @@ def convert(model: Any, *, precision: str, input_size: tuple[int, int], meta: di
         mlmodel = ct.convert(
             traced,
             inputs=[ct.ImageType(name=INPUT_NAME, shape=(1, 3, h, w), scale=1 / 255.0, color_layout=ct.colorlayout.RGB)],
-            outputs=[ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)],
+            outputs=[ct.TensorType(name=LABELS_NAME, dtype=np.int32) if labels else ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)],
             convert_to="mlprogram",
             minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET),
             compute_precision=compute,
         )
-    _describe(mlmodel, meta, precision)
+    _describe(mlmodel, meta, precision, labels)
     return mlmodel
 
 
-def _describe(mlmodel: Any, meta: dict[str, Any], precision: str) -> None:
+def _describe(mlmodel: Any, meta: dict[str, Any], precision: str, labels: bool = False) -> None:
     classes = meta["classes"]
     mlmodel.short_description = (
         f"DeepLabV3+ MobileNetV2 segmentation, {len(classes['names'])} classes, OS{meta['output_stride']}, {precision} (edgeseg)"
@@ -161,7 +166,10 @@ def _describe(mlmodel: Any, meta: dict[str, Any], precision: str) -> None:
     mlmodel.input_description[INPUT_NAME] = (
         f"RGB image {meta['input_size'][1]}x{meta['input_size'][0]}, pixels 0-255 (normalisation is inside the model)"
     )
-    mlmodel.output_description[OUTPUT_NAME] = "class logits (1, C, H, W); argmax over C gives the class map"
+    if labels:
+        mlmodel.output_description[LABELS_NAME] = "class map (1, H, W), int32 class indices (argmax inside the model)"
+    else:
+        mlmodel.output_description[OUTPUT_NAME] = "class logits (1, C, H, W); argmax over C gives the class map"
     ud = mlmodel.user_defined_metadata
     ud["edgeseg.classes"] = json.dumps(classes["names"])
     ud["edgeseg.colors"] = json.dumps(classes["colors"])
@@ -181,7 +189,13 @@ def inspect_mlpackage(path: str | Path) -> dict[str, Any]:
         kind = i.type.WhichOneof("Type")
         img = i.type.imageType
         inputs[i.name] = {"type": kind, "height": img.height, "width": img.width} if kind == "imageType" else {"type": kind}
-    outputs = {o.name: {"shape": list(o.type.multiArrayType.shape)} for o in spec.description.output}
+    outputs = {
+        o.name: {
+            "shape": list(o.type.multiArrayType.shape),
+            "dtype": ct.proto.FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name(o.type.multiArrayType.dataType),
+        }
+        for o in spec.description.output
+    }
     fn = spec.mlProgram.functions["main"]
     ops = list(fn.block_specializations[fn.opset].operations)
     producer = {out.name: op for op in ops for out in op.outputs}
@@ -219,8 +233,16 @@ def inspect_mlpackage(path: str | Path) -> dict[str, Any]:
         src = source(op, "weight")
         return tuple(int(d.constant.size) for d in src.outputs[0].type.tensorType.dimensions) if src is not None else ()
 
+    def argmax(op: Any) -> tuple[int, int]:
+        """(axis, size of that axis of its input) of a reduce_argmax."""
+        axis = int(producer[op.inputs["axis"].arguments[0].name].attributes["val"].immediateValue.tensor.ints.values[0])
+        source = producer.get(op.inputs["x"].arguments[0].name)
+        shape: list[Any] = list(source.outputs[0].type.tensorType.dimensions) if source is not None else []
+        return axis, int(shape[axis].constant.size) if len(shape) > axis else -1
+
     return {
         "spec_version": spec.specificationVersion,
+        "argmax": [argmax(op) for op in ops if op.type == "reduce_argmax"],
         "opset": fn.opset,
         "inputs": inputs,
         "outputs": outputs,
@@ -249,9 +271,10 @@ def int8_weights_only(mlmodel: Any) -> Any:
         return linear_quantize_weights(mlmodel, config)
 
 
-def verify_mlpackage(path: Path, meta: dict[str, Any], precision: str, plan: Any = None) -> dict[str, Any]:
+def verify_mlpackage(path: Path, meta: dict[str, Any], precision: str, plan: Any = None, labels: bool = False) -> dict[str, Any]:
     """Check names, shapes, metadata, and (INT8) that every conv has int8 weights and inputs, or
-    with a `plan` (layers kept float, edgeseg.export.mixed) exactly those it says, matched by order."""
+    with a `plan` (layers kept float, edgeseg.export.mixed) exactly those it says, matched by order;
+    `labels`: a class-map output (int32, 1 x H x W) made by an argmax over the logits' class axis."""
     info = inspect_mlpackage(path)
     h, w = meta["input_size"]
     n = len(meta["classes"]["names"])
@@ -259,8 +282,12 @@ def verify_mlpackage(path: Path, meta: dict[str, Any], precision: str, plan: Any
     problems = []
     if img.get("type") != "imageType" or (img.get("height"), img.get("width")) != (h, w):
         problems.append(f"input '{INPUT_NAME}' is {img or 'missing'}, expected an {w}x{h} image")
-    if info["outputs"].get(OUTPUT_NAME, {}).get("shape") != [1, n, h, w]:
-        problems.append(f"output '{OUTPUT_NAME}' is {info['outputs'].get(OUTPUT_NAME)}, expected shape [1, {n}, {h}, {w}]")
+    name, want, dtype = (LABELS_NAME, [1, h, w], "INT32") if labels else (OUTPUT_NAME, [1, n, h, w], "FLOAT32")
+    out = info["outputs"].get(name, {})
+    if out.get("shape") != want or out.get("dtype") != dtype:
+        problems.append(f"output '{name}' is {out or 'missing'}, expected {dtype} of shape {want}")
+    if labels and info["argmax"] != [(1, n)]:
+        problems.append(f"the class map is not one argmax over the {n} classes (axis 1): found {info['argmax']}")
     if json.loads(info["metadata"].get("edgeseg.classes", "[]")) != meta["classes"]["names"]:
         problems.append("class names are missing from the metadata")
     if plan is not None:
@@ -303,6 +330,7 @@ class CoreMLRunner:
 
     def __init__(self, path: Path, meta: dict[str, Any], compute_units: str = "all") -> None:
         ct = _ct()
+        self.output = str(meta.get("output_name") or OUTPUT_NAME)  # logits, or labels (int32 class map)
         self.compute_units = check_compute_units(compute_units)
         self.model = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, compute_units.upper()))
         norm = meta["normalization"]
@@ -319,8 +347,10 @@ class CoreMLRunner:
         return [Image.fromarray(np.ascontiguousarray(p.transpose(1, 2, 0))) for p in pixels]
 
     def run_prepared(self, images: list[Any]) -> np.ndarray:
-        outs = [self.model.predict({INPUT_NAME: image})[OUTPUT_NAME] for image in images]
-        return np.concatenate([np.asarray(o, np.float32) for o in outs])
+        outs = [np.asarray(self.model.predict({INPUT_NAME: image})[self.output]) for image in images]
+        if self.output == LABELS_NAME:
+            return np.concatenate([o.astype(np.int32, copy=False).reshape(1, *o.shape[-2:]) for o in outs])
+        return np.concatenate([o.astype(np.float32, copy=False) for o in outs])
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.run_prepared(self.prepare(x))
@@ -341,6 +371,12 @@ class CoreMLTarget:
     variants: tuple[tuple[str, str | None], ...] = (("fp16", None), ("w8", None), ("int8", None))
     precision_hints: tuple[str, ...] = ()
     bench_options = {"compute_units": COMPUTE_UNITS}
+    # The model takes an RGB image (ct.ImageType) whatever is asked; edgeseg's runner feeds it from
+    # normalised tensors, so its io is "tensor". --output labels puts the argmax in the model.
+    io_defaults = ("tensor", "logits")
+    io_inputs = ("tensor",)
+    labels_dtype = "int32"
+    io_in_export = True
 
     def is_available(self) -> tuple[bool, str]:
         try:
@@ -393,23 +429,32 @@ def export_coreml(request: ExportRequest, out: Path) -> dict[str, Any]:
     model, ckpt, meta = load_for_export(request)
     if request.precision == "int8" and not is_quantized(model):
         raise TargetError(f"checkpoint '{request.checkpoint}' has no INT8 ranges; calibrate it ('edgeseg calibrate') or train with QAT")
+    from edgeseg.export.io_wrap import resolve_io
+
+    io = resolve_io(TARGET, request.options)
+    labels = io.output == "labels"
     source = model if request.precision == "int8" else float_model_of(model)
     w8 = request.precision == "w8"  # the FP16 model, then its weights to int8
-    mlmodel = convert(source, precision="fp16" if w8 else request.precision, input_size=tuple(meta["input_size"]), meta=meta)
+    precision = "fp16" if w8 else request.precision
+    mlmodel = convert(source, precision=precision, input_size=tuple(meta["input_size"]), meta=meta, labels=labels)
     if w8:
         mlmodel = int8_weights_only(mlmodel)
     path = out / MODEL_FILE
     mlmodel.save(str(path))
     from edgeseg.export.mixed import plan_of
 
-    info = verify_mlpackage(path, meta, request.precision, plan_of(model))
+    info = verify_mlpackage(path, meta, request.precision, plan_of(model), labels)
+    meta["io"] = {
+        **io.as_meta(),
+        "verification": {"reference": "Core ML spec: one reduce_argmax over the class axis, INT32 1 x H x W", "agreement": None},
+    } if labels else io.as_meta()  # fmt: skip
     meta.update(
         {
             "target": "coreml",
             "precision": request.precision,
             "model_file": MODEL_FILE,
             "input_name": INPUT_NAME,
-            "output_name": OUTPUT_NAME,
+            "output_name": LABELS_NAME if labels else OUTPUT_NAME,
             "tool_versions": tool_versions("torch", "coremltools"),
             "coreml": {
                 "minimum_deployment_target": f"{DEPLOYMENT_TARGET} / macOS14",

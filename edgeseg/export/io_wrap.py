@@ -43,6 +43,8 @@ def resolve_io(target: Any, options: dict[str, Any]) -> IOSpec:
     for flag, value, allowed in (("--input", inp, INPUTS), ("--output", out, OUTPUTS)):
         if value not in allowed:
             raise ConfigError(f"{flag} '{value}' is not one of {', '.join(allowed)}")
+    if inp == "image" and "image" not in getattr(target, "io_inputs", INPUTS):
+        raise ConfigError(f"the {target.name} target already takes an image (normalised inside the model); leave out --input")
     spec = IOSpec(inp, getattr(target, "io_layout", "NCHW") if inp == "image" else "NCHW", out, None)
     if spec.plain:
         return spec

@@ -157,8 +157,8 @@ def test_a_wrong_normalisation_fails_the_gate(tmp_path: Path) -> None:
 
 def test_refusals_before_any_work(ckpts: tuple[Path, Path], tmp_path: Path) -> None:
     fp32, _ = ckpts
-    with pytest.raises(ConfigError, match="coreml target takes a normalised tensor and gives logits only"):
-        _export(fp32, "coreml", "fp32", tmp_path, output="labels")
+    with pytest.raises(ConfigError, match="the coreml target already takes an image"):
+        _export(fp32, "coreml", "fp32", tmp_path, input="image")
     with pytest.raises(ConfigError, match="--input 'rgb' is not one of image, tensor"):
         _export(fp32, "openvino", "fp32", tmp_path, input="rgb")
     assert not list(tmp_path.iterdir())  # nothing written
@@ -215,3 +215,27 @@ print("caught", len(caught))
     # Without the guard the same sequence crashes here (this OpenVINO); if a later OpenVINO fixes
     # it, the guard is harmless and this line says so.
     assert bare.returncode in (0, -11), bare.stderr[-500:]
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_coreml_labels_output_is_an_argmax_in_the_program(ckpts: tuple[Path, Path], tmp_path: Path, precision: str) -> None:
+    """--output labels on Core ML: read with coremltools' own spec, the output is an INT32 1 x H x W
+    class map made by one reduce_argmax over the 5 classes of the logits (prediction needs macOS)."""
+    import coremltools as ct
+
+    fp32, ptq = ckpts
+    folder, meta = _export(ptq if precision == "int8" else fp32, "coreml", precision, tmp_path, output="labels")
+    assert folder.name.endswith("_tensor-labels") and meta["output_name"] == "labels"
+    assert meta["io"]["output"] == "labels" and meta["io"]["labels_dtype"] == "int32"
+    spec = ct.models.MLModel(str(folder / "model.mlpackage"), skip_model_load=True).get_spec()
+    (out,) = spec.description.output
+    assert out.name == "labels" and list(out.type.multiArrayType.shape) == [1, *SIZE]
+    assert out.type.multiArrayType.dataType == ct.proto.FeatureTypes_pb2.ArrayFeatureType.INT32
+    fn = spec.mlProgram.functions["main"]
+    ops = list(fn.block_specializations[fn.opset].operations)
+    argmax = [op for op in ops if op.type == "reduce_argmax"]
+    assert len(argmax) == 1
+    shapes = {o.name: [d.constant.size for d in o.type.tensorType.dimensions] for op in ops for o in op.outputs}
+    assert shapes[argmax[0].inputs["x"].arguments[0].name] == [1, 5, *SIZE]  # the logits: batch, the 5 synthetic classes, H, W
+    if precision == "int8":
+        assert meta["coreml"]["convs_int8_weights"] == meta["coreml"]["convs"]  # the INT8 body is unchanged
