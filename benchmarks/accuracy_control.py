@@ -7,6 +7,7 @@ images, as `edgeseg sensitivity` uses):
     fp32            the FP32 IR (f32 hint): the reference of every delta
     edgeseg int8    `edgeseg export --precision int8` of the PTQ checkpoint: every layer INT8
     edgeseg drop D  the same with `--max-drop D`: the fewest sensitivity-ranked layers kept float
+                    (with --max-class-drop C: `--max-drop D --max-class-drop C`, every class within C IoU too)
     nncf int8       nncf.quantize of the FP32 IR (PERFORMANCE preset) on the PTQ checkpoint's calibration images
     nncf ac D       nncf.quantize_with_accuracy_control: the same, reverting layers to float until the
                     mIoU on the selection images is within D of the FP32 IR's
@@ -19,7 +20,11 @@ model. Float layers: convolutions the runtime runs in neither u8 nor i8 (read ba
 compiled model).
 
     nice -n 5 .venv/bin/python benchmarks/accuracy_control.py FP32_CKPT PTQ_CKPT [--strides 8 16 32] \
-        [--max-drop 0.2] [--images 24] [--sensitivity RANKING.json] [--rounds 5] [--runs 20] [--out runs/accuracy_control] [--json FILE]
+        [--max-drop 0.2] [--max-class-drop 1.0] [--images 24] [--sensitivity OS=RANKING.json ...] [--rounds 5] [--runs 20] \
+        [--out runs/accuracy_control] [--json FILE]
+
+A ranking is measured at the stride it is used at: pass one file per stride (16=os16.json), or
+none and each stride's is measured by the export.
 
 Artifacts go to --out (edgeseg's through `edgeseg export`, NNCF's as bare IRs).
 """
@@ -104,15 +109,21 @@ def main() -> None:
     ap.add_argument("ptq", type=Path)
     ap.add_argument("--strides", type=int, nargs="+", default=[8, 16, 32])
     ap.add_argument("--max-drop", type=float, default=0.2)
+    ap.add_argument("--max-class-drop", type=float, default=None, help="edgeseg: no class more than C IoU under FP32 either")
     ap.add_argument("--images", type=int, default=24, help="selection images (the first of val), for both methods")
     ap.add_argument(
-        "--sensitivity", type=Path, default=None, help="edgeseg's ranking from 'edgeseg sensitivity --json' (default: measured)"
+        "--sensitivity",
+        nargs="+",
+        default=[],
+        help="OS=FILE: edgeseg's ranking at that stride from 'edgeseg sensitivity --output-stride OS --json FILE' (default: measured)",
     )
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "accuracy_control")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    rankings = {int(k): Path(v) for k, v in (item.split("=", 1) for item in args.sensitivity)}
+    label = f"edgeseg drop {args.max_drop:g}" + (f" class {args.max_class_drop:g}" if args.max_class_drop is not None else "")
     table = []
     for stride in args.strides:
         out = args.out / f"os{stride}"
@@ -125,8 +136,10 @@ def main() -> None:
         val = [(selection_images[i], source.load(i)[1]) for i in range(min(args.images, len(source)))]
         xmls = {"fp32": fp32 / meta["model_file"]}
         xmls["edgeseg int8"] = edgeseg_artifact(args.ptq, "int8", stride, out) / meta["model_file"]
-        drop_folder = edgeseg_artifact(args.ptq, "int8", stride, out, max_drop=args.max_drop, sensitivity=args.sensitivity)
-        xmls[f"edgeseg drop {args.max_drop:g}"] = drop_folder / meta["model_file"]
+        drop_folder = edgeseg_artifact(
+            args.ptq, "int8", stride, out, max_drop=args.max_drop, max_class_drop=args.max_class_drop, sensitivity=rankings.get(stride)
+        )
+        xmls[label] = drop_folder / meta["model_file"]
         xmls.update(nncf_models(fp32, meta, args.ptq, val, args.max_drop, out / "nncf"))
         compiled = {k: compile_ir(x, hint="f32") for k, x in xmls.items()}
         results: dict[str, dict[str, Any]] = {}
