@@ -39,6 +39,11 @@ ROWS: dict[str, list[str]] = {
     "os8": ["model.output_stride=8"],
     # the long-schedule candidate: the recipe's balanced loss with EMA and wider scale jitter
     "ema_scale0.5-2": ["train.ema=0.995", "data.scale_range=[0.5,2.0]"],
+    # Precision of the thin classes (docs/camvid/ablation.md "Where the thin classes' IoU goes"):
+    # Building pixels are their false positives, so soften or cap the weights, or add Lovasz (IoU).
+    "power0.25": ["train.class_weight_power=0.25"],
+    "weight_max2": ["train.class_weight_max=2.0"],
+    "balanced+lovasz": ["train.loss=balanced+lovasz", "train.lovasz_weight=0.5"],
 }
 
 
