@@ -85,7 +85,7 @@ def eval_(
     output_stride: Annotated[int | None, typer.Option("--output-stride", help="Evaluate at output stride 8/16/32")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON")] = None,
 ) -> None:
-    """mIoU, pixel accuracy and per-class IoU of a checkpoint (PyTorch)."""
+    """mIoU, pixel accuracy and per-class IoU of a checkpoint (PyTorch), with each class's recall, precision and main confusions."""
     from edgeseg.data.dataset import eval_dataset
     from edgeseg.fsutil import write_json
     from edgeseg.train.checkpoint import checkpoint_recipe, load_checkpoint, model_from_checkpoint
@@ -98,7 +98,7 @@ def eval_(
     ds = eval_dataset(recipe, split, data, fmt)
     with render.progress() as bar:
         task = bar.add_task("eval", total=len(ds), info="")
-        summary = evaluate(model, ds, progress=lambda i, n: bar.update(task, completed=i))
+        summary = evaluate(model, ds, progress=lambda i, n: bar.update(task, completed=i), errors=True)
     summary["output_stride"] = output_stride or c["arch"]["output_stride"]
     summary["checkpoint"] = str(ckpt)
     out_console.print(render.iou_table(f"{ckpt} @ OS{summary['output_stride']}", summary))

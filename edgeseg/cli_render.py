@@ -43,10 +43,25 @@ def progress() -> Progress:
 def iou_table(title: str, summary: dict[str, Any]) -> Table:
     """Per-class IoU, mIoU and pixel accuracy of an evaluation summary."""
     table = Table(title=title)
+    detail = "per_class_recall" in summary  # ConfusionMatrix.errors was asked for
     table.add_column("class")
     table.add_column("IoU %", justify="right")
+    if detail:
+        for col in ("recall %", "precision %", "missed as (% of its pixels)", "false positives from (% of them)"):
+            table.add_column(col, justify="right" if col.endswith("%") else "left")
+
+    def fmt(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
+    def other(v: dict[str, Any] | None) -> str:
+        return "-" if not v else f"{escape(v['class'])} {v['percent']:.1f}"
+
     for name, value in summary["per_class_iou"].items():
-        table.add_row(name, "-" if value is None else f"{value:.2f}")
+        row = [escape(name), fmt(value)]
+        if detail:
+            row += [fmt(summary["per_class_recall"].get(name)), fmt(summary["per_class_precision"].get(name))]
+            row += [other(summary["missed_as"].get(name)), other(summary["false_positives_from"].get(name))]
+        table.add_row(*row)
     table.add_row("[bold]mIoU", f"[bold]{summary['miou']:.2f}")
     table.add_row("pixel acc", f"{summary['pixel_acc']:.2f}")
     return table

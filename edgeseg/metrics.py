@@ -33,6 +33,32 @@ class ConfusionMatrix:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(denom > 0, tp / denom, np.nan)
 
+    def errors(self, names: list[str] | tuple[str, ...] | None = None) -> dict[str, Any]:
+        """Where each class's IoU goes, in percent: recall (of its true pixels, predicted right),
+        precision (of the pixels predicted as it, right), the class its missed pixels go to most
+        and the class its false positives come from most; and the confusion counts (rows: truth,
+        columns: prediction). None where a class has no true (recall) or predicted (precision) pixel."""
+        names = list(names or [str(i) for i in range(self.n)])
+        tp, truth, pred = np.diag(self.mat), self.mat.sum(1), self.mat.sum(0)
+
+        def pct(a: Any, b: Any) -> float | None:
+            return round(float(a) / float(b) * 100, 3) if b else None
+
+        def top_other(counts: np.ndarray, own: int) -> dict[str, Any] | None:
+            other = counts.astype(np.float64).copy()
+            other[own] = -1
+            j = int(other.argmax())
+            total = counts.sum()
+            return {"class": names[j], "percent": pct(counts[j], total)} if total and counts[j] > 0 else None
+
+        return {
+            "per_class_recall": {n: pct(tp[i], truth[i]) for i, n in enumerate(names)},
+            "per_class_precision": {n: pct(tp[i], pred[i]) for i, n in enumerate(names)},
+            "missed_as": {n: top_other(self.mat[i], i) for i, n in enumerate(names)},
+            "false_positives_from": {n: top_other(self.mat[:, i], i) for i, n in enumerate(names)},
+            "confusion": {"rows": "truth", "columns": "prediction", "classes": names, "counts": self.mat.tolist()},
+        }
+
     def summary(self, names: list[str] | tuple[str, ...] | None = None) -> dict[str, Any]:
         """mIoU (over classes present), pixel accuracy and per-class IoU, in percent."""
         iou = self.iou()

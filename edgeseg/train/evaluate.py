@@ -41,8 +41,11 @@ def evaluate(
     amp: bool = False,
     limit: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    errors: bool = False,
 ) -> dict:
-    """mIoU, pixel accuracy and per-class IoU of `model` over `dataset` (batch 1, full size).
+    """mIoU, pixel accuracy and per-class IoU of `model` over `dataset` (batch 1, full size);
+    `errors`: also per-class recall/precision, what each class is confused with and the confusion
+    counts (ConfusionMatrix.errors).
 
     Logits are resized to the mask's size before argmax, so a resized eval input is still scored
     at the original resolution.
@@ -64,7 +67,7 @@ def evaluate(
         if progress:
             progress(i + 1, n)
     model.train(was_training)
-    return cm.summary(classes.names)
+    return {**cm.summary(classes.names), **(cm.errors(classes.names) if errors else {})}
 
 
 @torch.no_grad()

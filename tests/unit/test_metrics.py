@@ -28,6 +28,22 @@ def test_hand_computed_matrix_and_scores() -> None:
     assert s["per_class_iou"] == {"a": 50.0, "b": pytest.approx(33.333, abs=1e-3), "c": 50.0}
 
 
+def test_errors_by_hand() -> None:
+    # The matrix above: rows truth a, b, c; columns prediction.  a: [1, 1, 0], b: [0, 1, 1], c: [0, 0, 1].
+    cm = ConfusionMatrix(3)
+    cm.update(PRED, TARGET)
+    e = cm.errors(["a", "b", "c"])
+    assert e["per_class_recall"] == {"a": 50.0, "b": 50.0, "c": 100.0}  # TP / truth row
+    assert e["per_class_precision"] == {"a": 100.0, "b": 50.0, "c": 50.0}  # TP / prediction column
+    assert e["missed_as"] == {"a": {"class": "b", "percent": 50.0}, "b": {"class": "c", "percent": 50.0}, "c": None}
+    assert e["false_positives_from"] == {"a": None, "b": {"class": "a", "percent": 50.0}, "c": {"class": "b", "percent": 50.0}}
+    assert e["confusion"]["counts"] == [[1, 1, 0], [0, 1, 1], [0, 0, 1]] and e["confusion"]["rows"] == "truth"
+    # A class never predicted and never true: no recall, no precision.
+    empty = ConfusionMatrix(5)
+    empty.update(PRED, TARGET)
+    assert empty.errors()["per_class_recall"]["4"] is None and empty.errors()["per_class_precision"]["4"] is None
+
+
 def test_absent_class_is_nan_and_excluded_but_false_positive_counts() -> None:
     cm = ConfusionMatrix(5)
     cm.update(PRED, TARGET)
