@@ -273,7 +273,7 @@ def test_coreml_fp16_spec(ckpts: dict, tmp_path: Path) -> None:
     folder, meta = _export(ckpts[8][0], "coreml", "fp16", tmp_path)
     info = inspect_mlpackage(folder / meta["model_file"])
     assert info["inputs"] == {"image": {"type": "imageType", "height": 64, "width": 64}}
-    assert info["outputs"] == {"logits": {"shape": [1, 5, 64, 64]}}
+    assert info["outputs"] == {"logits": {"shape": [1, 5, 64, 64], "dtype": "FLOAT32"}} and info["argmax"] == []
     assert info["convs"] > 60 and info["convs_int8_weights"] == 0 and "quantize" not in info["ops"]
     assert json.loads(info["metadata"]["edgeseg.classes"]) == list(SYNTHETIC.names) and info["metadata"]["edgeseg.output_stride"] == "8"
     assert info["opset"] == "CoreML7"  # iOS 17 / macOS 14
