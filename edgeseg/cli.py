@@ -15,7 +15,7 @@ from rich.markup import escape
 from edgeseg import cli_render as render
 from edgeseg.cli_render import console, out_console
 from edgeseg.constants import OUTPUT_STRIDES
-from edgeseg.errors import ConfigError, EdgesegError, Interrupted, Terminated
+from edgeseg.errors import EdgesegError, Interrupted, Terminated
 from edgeseg.export.base import TARGETS
 from edgeseg.fsutil import spare_inputs
 
@@ -265,11 +265,11 @@ def export(
     from edgeseg.export.artifacts import check_io, export_targets
     from edgeseg.export.base import ExportRequest
     from edgeseg.export.mixed import requested, resolve
+    from edgeseg.export.tensorrt import check_float_regions
     from edgeseg.sizes import check_dla_core, parse_size
 
     check_dla_core(dla)
-    if float_regions not in ("fp16", "fp32"):
-        raise ConfigError(f"--float-regions {float_regions} is unknown; use fp16 (the default) or fp32")
+    check_float_regions(float_regions)
 
     request = ExportRequest(
         checkpoint=ckpt,

@@ -23,7 +23,6 @@ other weighted layer in INT8, or the export fails.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,11 +87,10 @@ def check_options(precision: str, options: dict[str, Any]) -> None:
         raise ConfigError("--keep-float/--max-drop apply to the checkpoint's own INT8 ranges, not to --ptq; leave one of them out")
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
         raise ConfigError(f"--keep-float {k} is out of range; use 0..the number of layers")
-    if d is not None and (isinstance(d, bool) or not isinstance(d, int | float) or not math.isfinite(d) or not 0 <= d <= 100):
-        raise ConfigError(f"--max-drop {d} is out of range; use mIoU points in 0..100")
-    c = options.get("max_class_drop")
-    if c is not None and (isinstance(c, bool) or not isinstance(c, int | float) or not math.isfinite(c) or not 0 <= c <= 100):
-        raise ConfigError(f"--max-class-drop {c} is out of range; use IoU points in 0..100")
+    from edgeseg.train.sensitivity import check_points
+
+    check_points(d, "--max-drop", "mIoU points")
+    check_points(options.get("max_class_drop"), "--max-class-drop", "IoU points")
 
 
 def resolve(request: Any, *, progress: Progress | None = None, model: torch.nn.Module | None = None) -> None:

@@ -164,19 +164,17 @@ def fp16_agreement(
     meta: dict[str, Any],
     frames: tuple[list[np.ndarray], str],
     io: IOSpec | None = None,
-    *,
-    literal: bool = False,
 ) -> dict[str, Any]:
     """Class agreement of the FP16 ONNX with the FP32 ONNX in onnxruntime, on `frames` (uint8
     images of the artifact's data and their description, common.verification_frames), each fed as
-    `io` says (both ONNX take and give the same); literal: both run unoptimised (common.onnx_session)."""
+    `io` says (both ONNX take and give the same)."""
     from edgeseg.export.common import argmax_agreement, onnx_reference
 
     io = io or IOSpec()
     frames, desc = frames
     norm, size = meta["normalization"], tuple(meta["input_size"])
     inputs = [feed(f, io, size, norm["mean"], norm["std"]) for f in frames]
-    ref, half = onnx_reference(fp32_path, inputs, literal=literal), onnx_reference(fp16_path, inputs, literal=literal)
+    ref, half = onnx_reference(fp32_path, inputs), onnx_reference(fp16_path, inputs)
     if io.output == "labels":
         return {"reference": "onnxruntime FP32 ONNX", "data": desc, "argmax_agreement": float((half == ref).mean())}
     return {
@@ -311,61 +309,69 @@ def export_bundle(request: ExportRequest, out: Path) -> dict[str, Any]:
     return meta
 
 
+def check_float_regions(precision: str) -> str:
+    """`precision` when it is one of FLOAT_REGIONS (--float-regions), else the one-line ConfigError."""
+    if precision not in FLOAT_REGIONS:
+        raise ConfigError(f"--float-regions {precision} is unknown; use fp16 (the default) or fp32")
+    return precision
+
+
 def _float_regions(
     model: Any, path: Path, meta: dict[str, Any], frames: tuple[list[np.ndarray], str], io: IOSpec, precision: str
 ) -> dict[str, Any]:
     """Convert the INT8 ONNX's float regions to FP16 in place (precision "fp16") and verify it:
     class agreement with the FP32-region graph and with PyTorch's fake-quant model on `frames`,
-    both in onnxruntime run literally (common.onnx_session), gated at INT8_AGREEMENT (an FP16
-    region moves activations across INT8 rounding steps, as a second INT8 engine does)."""
-    from edgeseg.export.common import INT8_AGREEMENT, gate
+    both graphs run once each in onnxruntime, literally (common.onnx_session), gated at
+    INT8_AGREEMENT (an FP16 region moves activations across INT8 rounding steps, as a second INT8
+    engine does)."""
+    from edgeseg.export.common import INT8_AGREEMENT, gate, onnx_reference
     from edgeseg.fsutil import scratch_dir
 
-    if precision not in FLOAT_REGIONS:
-        raise ConfigError(f"--float-regions {precision} is unknown; use fp16 (the default) or fp32")
-    if precision == "fp32":
+    if check_float_regions(precision) == "fp32":
         return {"precision": "fp32", "note": "layers outside Q/DQ run in FP32 (--float-regions fp32)"}
+    norm, size = meta["normalization"], tuple(meta["input_size"])
+    inputs = [feed(f, io, size, norm["mean"], norm["std"]) for f in frames[0]]
     with scratch_dir(path.parent) as tmp:
         if not fp16_onnx(path, tmp / "fp16.onnx", min_opset=FP16_QDQ_OPSET):
             raise missing_dependency("onnxruntime", "onnx")
-        check = fp16_agreement(path, tmp / "fp16.onnx", meta, frames, io, literal=True)
-        vs_torch = _torch_agreement(model, tmp / "fp16.onnx", meta, frames[0], io)
+        half = _classes(onnx_reference(tmp / "fp16.onnx", inputs, literal=True), io)
+        vs_fp32 = float((half == _classes(onnx_reference(path, inputs, literal=True), io)).mean())
+        vs_torch = _torch_agreement(model, half, meta, frames[0])
         (tmp / "fp16.onnx").replace(path)
-    agree = min(check["argmax_agreement"], vs_torch)
+    agree = min(vs_fp32, vs_torch)
     gate(
         agree >= INT8_AGREEMENT,
         NumericalError(
             f"the INT8 bundle with FP16 float regions agrees with its FP32-region graph / PyTorch on "
-            f"{check['argmax_agreement']:.2%} / {vs_torch:.2%} of pixels (< {INT8_AGREEMENT:.0%}); export with --float-regions fp32"
+            f"{vs_fp32:.2%} / {vs_torch:.2%} of pixels (< {INT8_AGREEMENT:.0%}); export with --float-regions fp32"
         ),
         argmax_agreement=agree,
     )
     return {
         "precision": "fp16",
         "opset": FP16_QDQ_OPSET,
-        "data": check["data"],
-        "agreement_vs_fp32_regions": check["argmax_agreement"],
+        "data": frames[1],
+        "agreement_vs_fp32_regions": vs_fp32,
         "agreement_vs_torch": vs_torch,
         "reference": "onnxruntime CPU without graph optimizations; PyTorch fake-quant model",
     }
 
 
-def _torch_agreement(model: Any, onnx_path: Path, meta: dict[str, Any], frames: list[np.ndarray], io: IOSpec) -> float:
-    """Class agreement of an ONNX (fed as `io` says) with the PyTorch model on `frames`."""
+def _classes(outputs: np.ndarray, io: IOSpec) -> np.ndarray:
+    """N x H x W class maps of a batch of outputs at the model's input size (labels, or logits' argmax)."""
+    return outputs if io.output == "labels" else outputs.argmax(1)
+
+
+def _torch_agreement(model: Any, classes: np.ndarray, meta: dict[str, Any], frames: list[np.ndarray]) -> float:
+    """Share of pixels where `classes` (N x H x W, one map per frame) is the PyTorch model's class on `frames`."""
     import torch
 
-    from edgeseg.export.common import onnx_session
-    from edgeseg.export.io_spec import class_map
-
     norm, size = meta["normalization"], tuple(meta["input_size"])
-    sess = onnx_session(onnx_path, literal=True)
-    name, same, total = sess.get_inputs()[0].name, 0, 0
-    for f in frames:
-        with torch.no_grad():
-            want = model(torch.from_numpy(feed(f, IOSpec(), size, norm["mean"], norm["std"]))).argmax(1).numpy()[0]
-        got = class_map(sess.run(None, {name: feed(f, io, size, norm["mean"], norm["std"])})[0][0], io, size)
-        same, total = same + int((got == want).sum()), total + want.size
-    return same / max(total, 1)
+    with torch.no_grad():
+        want = np.concatenate(
+            [model(torch.from_numpy(feed(f, IOSpec(), size, norm["mean"], norm["std"]))).argmax(1).numpy() for f in frames]
+        )
+    return float((classes == want).mean())
 
 
 def preflight(bundle: Path, cfg: dict[str, Any], trt_major: int) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -216,6 +217,13 @@ def sensitivity(
     )
 
 
+def check_points(value: Any, flag: str, unit: str) -> None:
+    """A limit in mIoU/IoU points (--max-drop, --max-class-drop): None, or a finite number in 0..100."""
+    bad = isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or not 0 <= value <= 100
+    if value is not None and bad:
+        raise ConfigError(f"{flag} {value} is out of range; use {unit} in 0..100")
+
+
 def class_excess(float_pc: dict[str, float | None], pc: dict[str, float | None] | None, max_class_drop: float) -> float:
     """IoU points over `max_class_drop`, summed over the classes (those scored in both), that `pc`
     loses against `float_pc`; inf when `pc` is unknown (a curve point of a file without classes)."""
@@ -285,8 +293,7 @@ def checkpoint_sensitivity(
         from edgeseg.constants import check_output_stride
 
         check_output_stride(output_stride, "--output-stride")
-    if max_class_drop is not None and not 0.0 <= max_class_drop <= 100.0:
-        raise ConfigError(f"--max-class-drop {max_class_drop} is out of range; use IoU points in 0..100")
+    check_points(max_class_drop, "--max-class-drop", "IoU points")
     model = model_from_checkpoint(c, output_stride)
     ds = eval_dataset(checkpoint_recipe(c), split, data, fmt)
     batches = load_batches(ds, images)
