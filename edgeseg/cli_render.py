@@ -255,9 +255,8 @@ def sensitivity_table(result: Any, top: int) -> Table:
 
 
 def _worst_class(float_pc: dict[str, float | None], pc: dict[str, float | None] | None) -> str:
-    """'Fence -1.52': the class that loses most IoU against float, or '-' when unknown."""
-    drops = [(f - q, c) for c, f in float_pc.items() if pc and f is not None and (q := pc.get(c)) is not None]
-    if not drops:
-        return "-"
-    loss, name = max(drops)
-    return f"{escape(name)} {-loss:+.2f}"
+    """'Fence -1.52': the class that loses most IoU against float (metrics.worst_class), or '-' when unknown."""
+    from edgeseg.metrics import worst_class
+
+    worst = worst_class(pc, float_pc)
+    return "-" if worst is None else f"{escape(worst[0])} {worst[1]:+.2f}"

@@ -70,3 +70,12 @@ class ConfusionMatrix:
             "per_class_iou": {n: (None if np.isnan(v) else round(float(v) * 100, 3)) for n, v in zip(names, iou)},
             "pixels": int(total),
         }
+
+
+def worst_class(per_class: dict[str, float | None] | None, reference: dict[str, float | None] | None) -> tuple[str, float] | None:
+    """(class, Δ IoU) of the class of `per_class` losing most IoU against `reference` (classes scored
+    in both; the first of equal losses); None when none is."""
+    if not per_class or not reference:
+        return None
+    deltas = [(n, v - r) for n, v in per_class.items() if v is not None and (r := reference.get(n)) is not None]
+    return min(deltas, key=lambda d: d[1]) if deltas else None

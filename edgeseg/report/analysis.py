@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from edgeseg import metrics
 from edgeseg.bench.device import device_label
 from edgeseg.bench.results import BenchRow, runtime_label
 
@@ -121,10 +122,9 @@ def _runtime_reference(row: BenchRow, rows: list[BenchRow]) -> BenchRow | None:
 
 def worst_class(row: BenchRow, ref: BenchRow | None) -> tuple[str, float] | None:
     """(class, Δ IoU) of the class losing most IoU against the reference (None without per-class IoU)."""
-    if ref is None or ref is row or not row.per_class_iou or not ref.per_class_iou:
+    if ref is None or ref is row:
         return None
-    deltas = [(n, v - ref.per_class_iou[n]) for n, v in row.per_class_iou.items() if v is not None and ref.per_class_iou.get(n) is not None]
-    return min(deltas, key=lambda d: d[1]) if deltas else None  # type: ignore[operator]
+    return metrics.worst_class(row.per_class_iou, ref.per_class_iou)
 
 
 CLASS_LOSS_CALLOUT = 1.0  # IoU points: an INT8 row losing more than this on a class is called out
