@@ -140,7 +140,7 @@ def main() -> None:
             args.ptq, "int8", stride, out, max_drop=args.max_drop, max_class_drop=args.max_class_drop, sensitivity=rankings.get(stride)
         )
         xmls[label] = drop_folder / meta["model_file"]
-        xmls.update(nncf_models(fp32, meta, args.ptq, val, args.max_drop, out / "nncf"))
+        xmls.update(nncf_models(fp32, meta, args.ptq, val, args.max_drop, out / f"nncf_{len(val)}img"))  # per selection size
         compiled = {k: compile_ir(x, hint="f32") for k, x in xmls.items()}
         results: dict[str, dict[str, Any]] = {}
         for k, c in compiled.items():

@@ -112,7 +112,15 @@ def sensitivity(
     data: Annotated[str | None, typer.Option("--data", help="Data root (default: the recipe's)")] = None,
     fmt: Annotated[str | None, typer.Option("--format", help="Data format (default: the recipe's)")] = None,
     split: Annotated[str | None, typer.Option("--split", help="Split (default: the recipe's val split)")] = None,
-    images: Annotated[int, typer.Option("--images", help="Score on the first N images of the split")] = 24,
+    images: Annotated[int, typer.Option("--images", help="Rank the layers on the first N images of the split")] = 24,
+    curve_images: Annotated[
+        int | None,
+        typer.Option("--curve-images", help="Measure the curve (what --max-drop/--max-class-drop choose from) on the first M >= N images"),
+    ] = None,
+    ranking: Annotated[
+        Path | None,
+        typer.Option("--ranking", help="Reuse the layer ranking of this file (same checkpoint and stride); measure only the curve"),
+    ] = None,
     cumulative: Annotated[int, typer.Option("--cumulative", help="Length of the curve: keep the 1..K most sensitive layers float")] = 10,
     output_stride: Annotated[
         int | None,
@@ -129,7 +137,7 @@ def sensitivity(
     from edgeseg.fsutil import write_json
     from edgeseg.train.sensitivity import checkpoint_sensitivity
 
-    spare_inputs({"--json": json_out}, [ckpt])
+    spare_inputs({"--json": json_out}, [ckpt, *([ranking] if ranking else [])])
     with render.progress() as bar:
         task = bar.add_task("sensitivity", total=None, info="layers")
         result = checkpoint_sensitivity(
@@ -141,6 +149,8 @@ def sensitivity(
             cumulative=cumulative,
             output_stride=output_stride,
             max_class_drop=max_class_drop,
+            curve_images=curve_images,
+            ranking=ranking,
             progress=lambda i, n: bar.update(task, completed=i, total=n),
         )
     out_console.print(render.sensitivity_table(result, top))

@@ -231,6 +231,10 @@ def sensitivity_table(result: Any, top: int) -> Table:
     drop = result.float_miou - result.int8_miou
     stride = f" at OS{result.output_stride}" if result.output_stride else ""
     order = f"; curve ordered for <= {result.max_class_drop:g} IoU lost per class" if result.max_class_drop is not None else ""
+    r = result.ranking
+    if r is not None:  # the layers' mIoU/gain columns are on the ranking's images, the curve on result.images
+        source = f" of {r['source']}" if r.get("source") else ""
+        order += f"; layers ranked on {r['images']} images{source} (FP32 {r['float_miou']:.2f}, INT8 {r['int8_miou']:.2f})"
     table = Table(
         title=(
             f"INT8 sensitivity{stride} on {result.images} images: FP32 {result.float_miou:.2f} mIoU, INT8 {result.int8_miou:.2f} "

@@ -148,6 +148,19 @@ class CurvePointMeta(BaseModel):
     layers: UniqueNames
 
 
+class RankingMeta(BaseModel):
+    """The images and FP32/INT8 reference the layer scores were measured on, when not the curve's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: int = Field(ge=1, le=10_000)
+    float_miou: Miou
+    int8_miou: Miou
+    float_per_class: dict[str, Miou | None]
+    int8_per_class: dict[str, Miou | None]
+    source: str | None = Field(default=None, max_length=4096)  # the file it was reused from
+
+
 class SensitivityMeta(BaseModel):
     """A sensitivity file: every layer's score, ranked, and the cumulative curve."""
 
@@ -165,6 +178,7 @@ class SensitivityMeta(BaseModel):
     checkpoint_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     output_stride: Literal[8, 16, 32] | None = None
     max_class_drop: float | None = Field(default=None, ge=0.0, le=100.0, allow_inf_nan=False)
+    ranking: RankingMeta | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> SensitivityMeta:

@@ -143,7 +143,8 @@ def _sensitivity(measured: list[tuple[Path, Any]], images: dict[str, bytes]) -> 
                 "ul",
                 [
                     f"{r.images} images: FP32 {r.float_miou:.2f}, full INT8 {r.int8_miou:.2f} ({r.int8_miou - r.float_miou:+.2f}); "
-                    f"{len(r.layers)} layers in {r.seconds:.0f} s",
+                    f"{len(r.layers)} layers in {r.seconds:.0f} s"
+                    + (f"; layers ranked on {r.ranking['images']} images" if r.ranking else ""),
                     "most sensitive (mIoU recovered alone): " + "; ".join(top),
                     "curve (k layers float together): " + curve,
                 ],

@@ -20,6 +20,12 @@ class then enters the curve before layers that only add mIoU where it is already
 
 The model is measured at the output stride it will be exported at (`output_stride`): dilations
 change with it, and so do the activation ranges a layer's INT8 error depends on.
+
+Ranking and choosing may use different images, as NNCF's accuracy control does: the ranking (one
+pass per layer) on a few images, the curve (one pass per point, the figures `--max-drop` and
+`--max-class-drop` choose from) on more (`curve_images`), or on a ranking measured before
+(`ranking`, same checkpoint and stride). A per-class limit needs the curve's images: a class's IoU
+on 16 images is not its IoU on the split.
 """
 
 from __future__ import annotations
@@ -81,6 +87,10 @@ class Sensitivity:
     max_class_drop: float | None = None  # the per-class limit the curve's order was chosen for (None: mIoU order)
     checkpoint: str | None = None  # the checkpoint measured (checkpoint_sensitivity), so a ranking
     checkpoint_sha256: str | None = None  # is never applied to another one (edgeseg export --sensitivity)
+    # The layers' scores when they were measured on other images than the curve (fewer images, or a
+    # file reused): {"images", "float_miou", "int8_miou", "float_per_class", "int8_per_class",
+    # "source"}; None: on the same images as the curve, whose reference is the fields above.
+    ranking: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,6 +168,14 @@ def load_batches(dataset: Any, images: int, batch: int = 4) -> list[tuple[torch.
     return out
 
 
+def _reference(ranking: Sensitivity) -> dict[str, Any]:
+    """The FP32/INT8 figures the layer scores of `ranking` were measured against."""
+    if ranking.ranking is not None:
+        return dict(ranking.ranking)
+    keys = ("images", "float_miou", "int8_miou", "float_per_class", "int8_per_class")
+    return {k: getattr(ranking, k) for k in keys} | {"source": None}
+
+
 def sensitivity(
     model: torch.nn.Module,
     batches: list[tuple[torch.Tensor, torch.Tensor]],
@@ -166,10 +184,15 @@ def sensitivity(
     *,
     cumulative: int = 10,
     max_class_drop: float | None = None,
+    curve_batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ranking: Sensitivity | None = None,
+    ranking_source: str | None = None,
     progress: Progress | None = None,
 ) -> Sensitivity:
-    """Score every layer kept in float alone, rank them, then keep the 1..`cumulative` best together
-    (in curve_order: by mIoU recovered, or first by what they fix of `max_class_drop`)."""
+    """Score every layer kept in float alone on `batches`, rank them, then keep the 1..`cumulative`
+    best together (in curve_order: by mIoU recovered, or first by what they fix of `max_class_drop`),
+    measured on `curve_batches` (default: `batches`). With `ranking`, its layer scores are reused
+    (no pass per layer) and only the reference and the curve are measured."""
     from edgeseg.quant import set_quant_enabled
 
     start = time.perf_counter()
@@ -177,7 +200,15 @@ def sensitivity(
     state = model.edgeseg_quant  # type: ignore[attr-defined]
     saved = list(state.get("disabled", []))
     layers = layers_of(model, batches[0][0][:1])
-    total = len(layers) + 2 + min(cumulative, len(layers))
+    by_name = {layer.name: layer for layer in layers}
+    if ranking is not None:
+        unknown = [s.name for s in ranking.layers if s.name not in by_name]
+        if unknown:
+            raise CheckpointError(f"the ranking lists '{unknown[0]}', which is not a layer of this model; measure the ranking again")
+    separate = curve_batches is not None or ranking is not None
+    curve_batches = curve_batches if curve_batches is not None else batches
+    n_curve = min(cumulative, len(layers))
+    total = (0 if ranking is not None else len(layers) + 2) + (2 if separate else 0) + n_curve
     step = [0]
 
     def tick() -> None:
@@ -185,35 +216,51 @@ def sensitivity(
         if progress:
             progress(step[0], total)
 
-    try:
+    def reference(on: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
         set_quant_enabled(model, False)
-        float_miou, float_pc = _score(model, batches, names, ignore_index)
+        float_miou, float_pc = _score(model, on, names, ignore_index)
         tick()
         keep_float(model, [], saved)
-        int8_miou, int8_pc = _score(model, batches, names, ignore_index)
+        int8_miou, int8_pc = _score(model, on, names, ignore_index)
         tick()
-        scores = []
-        for layer in layers:
-            keep_float(model, [layer], saved)
-            miou, pc = _score(model, batches, names, ignore_index)
-            scores.append(LayerScore(layer.name, layer.convs, miou, miou - int8_miou, pc))
-            tick()
-        scores.sort(key=lambda s: -s.gain)
-        by_name = {layer.name: layer for layer in layers}
-        order = curve_order(scores, float_pc, max_class_drop)
+        images = len([y for _, ys in on for y in ys])
+        return {"images": images, "float_miou": float_miou, "int8_miou": int8_miou, "float_per_class": float_pc, "int8_per_class": int8_pc}
+
+    try:
+        if ranking is not None:
+            scores, ranked = list(ranking.layers), _reference(ranking) | {"source": ranking_source}
+        else:
+            ranked = reference(batches) | {"source": None}
+            scores = []
+            for layer in layers:
+                keep_float(model, [layer], saved)
+                miou, pc = _score(model, batches, names, ignore_index)
+                scores.append(LayerScore(layer.name, layer.convs, miou, miou - ranked["int8_miou"], pc))
+                tick()
+            scores.sort(key=lambda s: -s.gain)
+        ref = reference(curve_batches) if separate else ranked
+        order = curve_order(scores, ranked["float_per_class"], max_class_drop)
         curve = []
-        for k in range(1, min(cumulative, len(layers)) + 1):
+        for k in range(1, n_curve + 1):
             chosen = [by_name[name] for name in order[:k]]
             keep_float(model, chosen, saved)
-            miou, pc = _score(model, batches, names, ignore_index)
+            miou, pc = _score(model, curve_batches, names, ignore_index)
             curve.append({"k": k, "miou": miou, "per_class_iou": pc, "layers": [layer.name for layer in chosen]})
             tick()
     finally:
         state["disabled"] = saved
         set_quant_enabled(model, True)
-    images = len([y for _, ys in batches for y in ys])
     return Sensitivity(
-        images, float_miou, int8_miou, float_pc, int8_pc, scores, curve, time.perf_counter() - start, max_class_drop=max_class_drop
+        ref["images"],
+        ref["float_miou"],
+        ref["int8_miou"],
+        ref["float_per_class"],
+        ref["int8_per_class"],
+        scores,
+        curve,
+        time.perf_counter() - start,
+        max_class_drop=max_class_drop,
+        ranking=ranked if separate else None,
     )
 
 
@@ -275,34 +322,67 @@ def checkpoint_sensitivity(
     cumulative: int = 10,
     output_stride: int | None = None,
     max_class_drop: float | None = None,
+    curve_images: int | None = None,
+    ranking: str | Path | None = None,
     progress: Progress | None = None,
 ) -> Sensitivity:
     """sensitivity() of an INT8 checkpoint (PTQ or QAT) on the first `images` of its val split, at
-    `output_stride` (default: the checkpoint's)."""
+    `output_stride` (default: the checkpoint's); the curve on the first `curve_images` (default:
+    `images`); with `ranking`, the layer scores of that file (same checkpoint and stride) instead
+    of measuring them."""
     from edgeseg.data.dataset import eval_dataset
     from edgeseg.train.checkpoint import checkpoint_recipe, file_hash, load_checkpoint, model_from_checkpoint
 
+    # Every value and the ranking file are checked before the checkpoint is read.
     if not 1 <= cumulative <= 1000:
         raise ConfigError(f"--cumulative {cumulative} is out of range; use 1..1000")
-    c = load_checkpoint(ckpt)
-    if not c.get("quant"):
-        raise CheckpointError(
-            f"'{ckpt}' is an FP32 checkpoint; sensitivity needs an INT8 one: run 'edgeseg calibrate {ckpt} ...' (PTQ) or use qat.pt"
-        )
+    if not 1 <= images <= MAX_IMAGES:
+        raise ConfigError(f"--images {images} is out of range; use 1..{MAX_IMAGES}")
     if output_stride is not None:
         from edgeseg.constants import check_output_stride
 
         check_output_stride(output_stride, "--output-stride")
     check_points(max_class_drop, "--max-class-drop", "IoU points")
+    ranked = read_sensitivity(ranking) if ranking is not None else None
+    if ranked is not None and curve_images is None:
+        curve_images = images  # the curve on --images, the ranking as measured
+    least = _reference(ranked)["images"] if ranked is not None else images
+    if curve_images is not None and not least <= curve_images <= MAX_IMAGES:
+        what = "the ranking's images" if ranked is not None else "--images, which ranks the layers"
+        raise ConfigError(f"--curve-images {curve_images} is out of range; use {least}..{MAX_IMAGES} (at least {what})")
+    c = load_checkpoint(ckpt)
+    if not c.get("quant"):
+        raise CheckpointError(
+            f"'{ckpt}' is an FP32 checkpoint; sensitivity needs an INT8 one: run 'edgeseg calibrate {ckpt} ...' (PTQ) or use qat.pt"
+        )
     model = model_from_checkpoint(c, output_stride)
+    stride = int(getattr(model, "float_model", model).output_stride)
+    sha = file_hash(ckpt)
+    if ranked is not None:
+        fix = f"measure one with 'edgeseg sensitivity {ckpt} --output-stride {stride} --json FILE'"
+        if ranked.checkpoint_sha256 != sha:
+            raise ConfigError(f"--ranking '{ranking}' was measured on another checkpoint ({ranked.checkpoint or 'not recorded'}); {fix}")
+        measured_at = ranked.output_stride or int(c["arch"]["output_stride"])  # None: the checkpoint's (older files)
+        if measured_at != stride:
+            raise ConfigError(f"--ranking '{ranking}' was measured at OS{measured_at}, this curve at OS{stride}; {fix}")
     ds = eval_dataset(checkpoint_recipe(c), split, data, fmt)
-    batches = load_batches(ds, images)
+    batches = load_batches(ds, images if ranked is None else 1)  # with a ranking, only the layer trace needs an image
+    curve_batches = load_batches(ds, curve_images) if curve_images is not None and (ranked is not None or curve_images != images) else None
     classes = list(ds.classes.names)
     result = sensitivity(
-        model, batches, classes, ds.classes.ignore_index, cumulative=cumulative, max_class_drop=max_class_drop, progress=progress
+        model,
+        batches,
+        classes,
+        ds.classes.ignore_index,
+        cumulative=cumulative,
+        max_class_drop=max_class_drop,
+        curve_batches=curve_batches,
+        ranking=ranked,
+        ranking_source=str(ranking) if ranking is not None else None,
+        progress=progress,
     )
-    result.checkpoint, result.checkpoint_sha256 = str(ckpt), file_hash(ckpt)
-    result.output_stride = int(getattr(model, "float_model", model).output_stride)
+    result.checkpoint, result.checkpoint_sha256 = str(ckpt), sha
+    result.output_stride = stride
     return result
 
 
@@ -327,5 +407,5 @@ def read_sensitivity(path: str | Path) -> Sensitivity:
     d = validate_sensitivity(data, f"'{path}'", fix)
     layers = [LayerScore(s["name"], list(s["convs"]), s["miou"], s["gain"], dict(s["per_class_iou"])) for s in d["layers"]]
     fields = ("images", "float_miou", "int8_miou", "float_per_class", "int8_per_class", "cumulative", "seconds")
-    keep = {k: d[k] for k in (*fields, "output_stride", "max_class_drop")}
+    keep = {k: d[k] for k in (*fields, "output_stride", "max_class_drop", "ranking")}
     return Sensitivity(**keep, layers=layers, checkpoint=d.get("checkpoint"), checkpoint_sha256=d.get("checkpoint_sha256"))

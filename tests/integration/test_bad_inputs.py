@@ -772,6 +772,70 @@ CASES += [
 
 CASES += [
     Case(
+        "sensitivity --max-class-drop -1",
+        lambda c: ["sensitivity", str(W["w"] / "run/best.pt"), "--max-class-drop", "-1"],
+        "--max-class-drop -1.0 is out of range; use IoU points in 0..100",
+    ),
+    Case(
+        "sensitivity --output-stride 12",
+        lambda c: ["sensitivity", str(W["w"] / "run/best.pt"), "--output-stride", "12"],
+        "--output-stride 12 is invalid; use 8, 16 or 32",
+    ),
+    Case(
+        "sensitivity --curve-images under --images",
+        lambda c: ["sensitivity", str(W["w"] / "run/best.pt"), "--images", "8", "--curve-images", "4"],
+        "--curve-images 4 is out of range; use 8..10000 (at least --images, which ranks the layers)",
+    ),
+    Case(
+        "sensitivity --ranking garbled",
+        lambda c: ["sensitivity", str(W["w"] / "run/best.pt"), "--ranking", str(c / "r.json")],
+        "'{c}/r.json' is not readable JSON (UnicodeDecodeError); write it again with 'edgeseg sensitivity CKPT --json r.json'",
+        setup=lambda c: _write(c / "r.json", b"\xff\xfe{garbled"),
+        keep=["r.json"],
+    ),
+    Case(
+        "sensitivity --json over its --ranking",
+        lambda c: ["sensitivity", str(W["w"] / "run/best.pt"), "--ranking", str(c / "r.json"), "--json", str(c / "r.json")],
+        "--json '{c}/r.json' would overwrite this command's input '{c}/r.json'; write the output somewhere else",
+        setup=lambda c: _write(c / "r.json", "{}"),
+        keep=["r.json"],
+    ),
+    Case(
+        "export --float-regions fp8",
+        lambda c: ["export", str(W["w"] / "run/best.pt"), "--target", "jetson", "--float-regions", "fp8", "--out", str(c / "e")],
+        "--float-regions fp8 is unknown; use fp16 (the default) or fp32",
+        absent=["e"],
+    ),
+    Case(
+        "report --sensitivity garbled",
+        lambda c: [
+            "report",
+            str(REPO / "tests/fixtures/results/x86_cpu_handmade.json"),
+            "--sensitivity",
+            str(c / "s.json"),
+            "--out",
+            str(c / "rep"),
+        ],
+        "'{c}/s.json' is not readable JSON (JSONDecodeError); write it again with 'edgeseg sensitivity CKPT --json s.json'",
+        setup=lambda c: _write(c / "s.json", '{"images": '),
+        keep=["s.json"],
+        absent=["rep"],
+    ),
+    Case(
+        "report --out replacing the folder of its sensitivity file",
+        lambda c: [
+            "report",
+            str(REPO / "tests/fixtures/results/x86_cpu_handmade.json"),
+            "--sensitivity",
+            str(c / "rep/s.json"),
+            "--out",
+            str(c / "rep"),
+        ],
+        "--out '{c}/rep' would overwrite this command's input '{c}/rep/s.json'; write the output somewhere else",
+        setup=lambda c: _write(c / "rep/s.json", "{}"),
+        keep=["rep/s.json"],
+    ),
+    Case(
         "artifact folder name held by a user's file",
         lambda c: ["export", str(W["w"] / "run/best.pt"), "--target", "onnx", "--precision", "fp32", "--out", str(c)],
         "'{c}/onnx_fp32_os16' exists and is not a folder edgeseg wrote; move it away or choose another --out",

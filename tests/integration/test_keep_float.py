@@ -349,6 +349,40 @@ def test_sensitivity_at_another_output_stride_with_a_class_limit(
     assert read_sensitivity(os16).output_stride == 16  # (output_stride is read from the model measured, not the option)
 
 
+def test_sensitivity_ranks_on_few_images_and_reuses_a_ranking(
+    world: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--images 2 --curve-images 4`: layers ranked on 2 images, the curve on 4; `--ranking` reuses that
+    ranking and measures the same curve again; a ranking of another stride or checkpoint is refused."""
+    from edgeseg.train.sensitivity import read_sensitivity
+
+    def run(*args: str) -> None:
+        monkeypatch.setattr("sys.argv", ["edgeseg", "sensitivity", str(world["ptq"]), "--cumulative", "2", *args])
+        cli.main()
+
+    first, again = tmp_path / "first.json", tmp_path / "again.json"
+    run("--images", "2", "--curve-images", "4", "--json", str(first))
+    a = read_sensitivity(first)  # the schema accepts its own file
+    assert a.images == 4 and a.ranking is not None and a.ranking["images"] == 2 and len(a.cumulative) == 2
+    assert "layers ranked on 2 images" in capsys.readouterr().out
+    run("--ranking", str(first), "--curve-images", "4", "--json", str(again))
+    b = read_sensitivity(again)
+    assert [s.name for s in b.layers] == [s.name for s in a.layers] and b.ranking["source"] == str(first)
+    assert [(p["layers"], p["miou"]) for p in b.cumulative] == [(p["layers"], pytest.approx(p["miou"])) for p in a.cumulative]
+    for args, expect in [
+        (["--ranking", str(first), "--output-stride", "8"], f"--ranking '{first}' was measured at OS16, this curve at OS8"),
+        (
+            ["--ranking", str(first), "--curve-images", "1"],
+            "--curve-images 1 is out of range; use 2..10000 (at least the ranking's images)",
+        ),
+        (["--ranking", str(world["sens"].with_name("other_sha.json"))], "was measured on another checkpoint (ptq.pt)"),
+    ]:
+        world["sens"].with_name("other_sha.json").write_text(json.dumps(sensitivity_file(world["names"], sha="0" * 64)))
+        with pytest.raises(SystemExit) as exc:
+            run(*args)
+        assert exc.value.code == 2 and expect in capsys.readouterr().err
+
+
 def test_cli_max_drop_exports_and_verifies(
     world: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

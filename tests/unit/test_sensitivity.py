@@ -76,6 +76,46 @@ def test_a_broken_layer_ranks_first_and_float_fixes_it(tiny: tuple) -> None:
     assert q.edgeseg_quant["disabled"] == [] and all(m.mode == "quant" for _, m in quantizers(q))  # the model is left as it was
 
 
+def test_ranking_on_fewer_images_and_a_reused_ranking(tiny: tuple) -> None:
+    """Layers ranked on 2 images, the curve and its reference on all 6; then that ranking reused:
+    no pass per layer, the same curve. References: the 6-image run of the same layers alone."""
+    q, batches = tiny
+    few = [(batches[0][0][:2], batches[0][1][:2])]
+    full = sensitivity(q, batches, NAMES, 255, cumulative=2)  # everything on the 6 images
+    calls: list[tuple[int, int]] = []
+    two = sensitivity(q, few, NAMES, 255, cumulative=2, curve_batches=batches, progress=lambda i, n: calls.append((i, n)))
+    n_layers = len(full.layers)
+    assert calls[-1] == (n_layers + 2 + 2 + 2, n_layers + 2 + 2 + 2)  # ranking refs + layers, curve refs, curve
+    assert two.images == 6 and two.ranking is not None and two.ranking["images"] == 2 and two.ranking["source"] is None
+    assert (two.float_miou, two.int8_miou) == (pytest.approx(full.float_miou), pytest.approx(full.int8_miou))  # the curve's reference
+    for point in two.cumulative:  # each point on 6 images: what the full run measured for the same layers
+        if point["k"] == 1:
+            alone = next(s for s in full.layers if s.name == point["layers"][0])
+            assert point["miou"] == pytest.approx(alone.miou) and point["per_class_iou"] == pytest.approx(alone.per_class_iou)
+    assert {s.name for s in two.layers} == {s.name for s in full.layers}
+
+    calls.clear()
+    again = sensitivity(
+        q,
+        few,
+        NAMES,
+        255,
+        cumulative=2,
+        curve_batches=batches,
+        ranking=full,
+        ranking_source="f.json",
+        progress=lambda i, n: calls.append((i, n)),
+    )
+    assert calls[-1] == (4, 4)  # 2 reference passes + 2 curve points, no pass per layer
+    assert again.layers == full.layers and again.ranking is not None and again.ranking["source"] == "f.json"
+    assert again.ranking["images"] == 6 and again.ranking["int8_miou"] == pytest.approx(full.int8_miou)
+    assert [(p["layers"], round(p["miou"], 6)) for p in again.cumulative] == [(p["layers"], round(p["miou"], 6)) for p in full.cumulative]
+
+    foreign = Sensitivity(6, 100.0, 90.0, {}, {}, [LayerScore("decoder.elsewhere", [], 95.0, 5.0, {})])
+    with pytest.raises(CheckpointError, match="'decoder.elsewhere', which is not a layer of this model"):
+        sensitivity(q, few, NAMES, 255, cumulative=1, ranking=foreign)
+
+
 def test_keep_float_switches_weights_and_activation(tiny: tuple) -> None:
     q, batches = tiny
     layer = next(layer for layer in layers_of(q, batches[0][0][:1]) if layer.activation and layer.convs)
