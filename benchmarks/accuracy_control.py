@@ -12,7 +12,8 @@ images, as `edgeseg sensitivity` uses):
     nncf ac D       nncf.quantize_with_accuracy_control: the same, reverting layers to float until the
                     mIoU on the selection images is within D of the FP32 IR's
 
-Every model is scored on all val images (mIoU, the class losing most IoU vs fp32) and timed
+Every model is scored on all val images (mIoU, the class losing most IoU vs fp32), and again on
+the held-out ones (those after the selection images, which neither method chose on), and timed
 interleaved with OpenVINO on this CPU (LATENCY hint, f32 precision hint, one fixed input): each
 round times --runs inferences of every model of the stride, in a rotated order; the table gives
 the median of the round medians and each mixed model's latency relative to its own full-INT8
@@ -55,6 +56,26 @@ from edgeseg.metrics import ConfusionMatrix  # noqa: E402
 from edgeseg.train.checkpoint import load_checkpoint  # noqa: E402
 
 PLAIN = {"input": "tensor", "output": "logits"}
+
+
+class HeldOut:
+    """The images of `source` from `start` on: those no selection saw."""
+
+    def __init__(self, source: Any, start: int) -> None:
+        self.source, self.start = source, start
+
+    def __len__(self) -> int:
+        return max(0, len(self.source) - self.start)
+
+    def load(self, i: int) -> Any:
+        return self.source.load(self.start + i)
+
+
+def worst(per_class: dict[str, Any], ref: dict[str, Any]) -> tuple[str | None, float | None]:
+    """The class losing most IoU against `ref`, and its delta."""
+    deltas = {c: per_class[c] - ref[c] for c in ref if ref[c] is not None and per_class.get(c) is not None}
+    name = min(deltas, key=deltas.get) if deltas else None  # type: ignore[arg-type]
+    return name, deltas.get(name) if name else None
 
 
 def edgeseg_artifact(ckpt: Path, precision: str, stride: int, out: Path, **options: Any) -> Path:
@@ -143,19 +164,28 @@ def main() -> None:
         xmls.update(nncf_models(fp32, meta, args.ptq, val, args.max_drop, out / f"nncf_{len(val)}img"))  # per selection size
         compiled = {k: compile_ir(x, hint="f32") for k, x in xmls.items()}
         results: dict[str, dict[str, Any]] = {}
+        held_out = HeldOut(source, len(val))
         for k, c in compiled.items():
-            acc = evaluate_runner(
-                OpenVINORunner(c).run,
-                source,
-                input_size=size,
-                mean=meta["normalization"]["mean"],
-                std=meta["normalization"]["std"],
-                names=meta["classes"]["names"],
-                ignore_index=source.classes.ignore_index,
-            )
+            scored = {}
+            for part, images in (("all", source), ("held_out", held_out))[: 2 if len(held_out) else 1]:
+                scored[part] = evaluate_runner(
+                    OpenVINORunner(c).run,
+                    images,  # type: ignore[arg-type]
+                    input_size=size,
+                    mean=meta["normalization"]["mean"],
+                    std=meta["normalization"]["std"],
+                    names=meta["classes"]["names"],
+                    ignore_index=source.classes.ignore_index,
+                ).summary
             report = precision_report(c, hint="f32", int8=k != "fp32")
-            results[k] = {"miou": acc.summary["miou"], "per_class": acc.summary["per_class_iou"], "float_convs": len(report["fallbacks"])}
-            print(f"OS{stride} {k}: mIoU {acc.summary['miou']:.2f}, float convs {len(report['fallbacks'])}", flush=True)
+            results[k] = {
+                "miou": scored["all"]["miou"],
+                "per_class": scored["all"]["per_class_iou"],
+                "held_out_miou": scored["held_out"]["miou"] if "held_out" in scored else None,
+                "held_out_per_class": scored["held_out"]["per_class_iou"] if "held_out" in scored else {},
+                "float_convs": len(report["fallbacks"]),
+            }
+            print(f"OS{stride} {k}: mIoU {scored['all']['miou']:.2f}, float convs {len(report['fallbacks'])}", flush=True)
         x = np.random.default_rng(0).standard_normal((1, 3, *size), dtype=np.float32)
         runners = {k: OpenVINORunner(c, copy=False) for k, c in compiled.items()}
         keys, medians = list(runners), {k: [] for k in runners}
@@ -168,11 +198,11 @@ def main() -> None:
                     runners[k].run(x)
                     times.append((time.perf_counter_ns() - t0) / 1e6)
                 medians[k].append(float(np.median(times)))
-        ref = results["fp32"]["per_class"]
+        ref, ref_held = results["fp32"]["per_class"], results["fp32"]["held_out_per_class"]
         for k in keys:
             res = results[k]
-            deltas = {c: res["per_class"][c] - ref[c] for c in ref if ref[c] is not None and res["per_class"].get(c) is not None}
-            worst = min(deltas, key=deltas.get) if deltas else None
+            name, delta = worst(res["per_class"], ref)
+            held_name, held_delta = worst(res["held_out_per_class"], ref_held)
             base = "edgeseg int8" if k.startswith("edgeseg") else "nncf int8" if k.startswith("nncf") else None
             table.append(
                 {
@@ -180,8 +210,14 @@ def main() -> None:
                     "model": k,
                     "miou": res["miou"],
                     "delta_miou": res["miou"] - results["fp32"]["miou"],
-                    "worst_class": worst,
-                    "worst_class_delta": deltas.get(worst) if worst else None,
+                    "worst_class": name,
+                    "worst_class_delta": delta,
+                    "held_out_images": len(held_out),
+                    "held_out_delta_miou": None
+                    if res["held_out_miou"] is None
+                    else res["held_out_miou"] - results["fp32"]["held_out_miou"],
+                    "held_out_worst_class": held_name,
+                    "held_out_worst_class_delta": held_delta,
                     "float_convs": res["float_convs"],
                     "p50_ms": float(np.median(medians[k])),
                     "spread_ms": [min(medians[k]), max(medians[k])],
@@ -193,13 +229,22 @@ def main() -> None:
 
 def show(table: list[dict[str, Any]], path: Path | None) -> None:
     print()
-    print("| OS | model | mIoU | Δ vs FP32 | worst class Δ IoU | float convs | p50 ms (round spread) | latency vs its full INT8 |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| OS | model | mIoU | Δ vs FP32 | worst class Δ IoU | held out: Δ mIoU, worst class | float convs "
+        "| p50 ms (round spread) | latency vs its full INT8 |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for t in table:
-        worst = f"{t['worst_class']} {t['worst_class_delta']:+.2f}" if t["worst_class"] else "-"
+        cls = f"{t['worst_class']} {t['worst_class_delta']:+.2f}" if t["worst_class"] else "-"
+        held = (
+            "-"
+            if t["held_out_delta_miou"] is None
+            else f"{t['held_out_delta_miou']:+.2f}, "
+            + (f"{t['held_out_worst_class']} {t['held_out_worst_class_delta']:+.2f}" if t["held_out_worst_class"] else "-")
+        )
         ratio = f"{t['vs_full_int8']:.3f}x" if t["vs_full_int8"] else "-"
         print(
-            f"| {t['output_stride']} | {t['model']} | {t['miou']:.2f} | {t['delta_miou']:+.2f} | {worst} | {t['float_convs']} | "
+            f"| {t['output_stride']} | {t['model']} | {t['miou']:.2f} | {t['delta_miou']:+.2f} | {cls} | {held} | {t['float_convs']} | "
             f"{t['p50_ms']:.2f} ({t['spread_ms'][0]:.2f}-{t['spread_ms'][1]:.2f}) | {ratio} |"
         )
     if path:
