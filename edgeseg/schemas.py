@@ -148,8 +148,8 @@ class CurvePointMeta(BaseModel):
     layers: UniqueNames
 
 
-class RankingMeta(BaseModel):
-    """The images and FP32/INT8 reference the layer scores were measured on, when not the curve's."""
+class ReferenceMeta(BaseModel):
+    """The images a sensitivity measurement scored and its FP32 and full-INT8 figures on them."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -158,19 +158,17 @@ class RankingMeta(BaseModel):
     int8_miou: Miou
     float_per_class: dict[str, Miou | None]
     int8_per_class: dict[str, Miou | None]
+
+
+class RankingMeta(ReferenceMeta):
+    """The reference the layer scores were measured against, when not the curve's."""
+
     source: str | None = Field(default=None, max_length=4096)  # the file it was reused from
 
 
-class SensitivityMeta(BaseModel):
-    """A sensitivity file: every layer's score, ranked, and the cumulative curve."""
+class SensitivityMeta(ReferenceMeta):
+    """A sensitivity file: every layer's score, ranked, and the cumulative curve (on `images`)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    images: int = Field(ge=1, le=10_000)
-    float_miou: Miou
-    int8_miou: Miou
-    float_per_class: dict[str, Miou | None]
-    int8_per_class: dict[str, Miou | None]
     layers: list[LayerScoreMeta] = Field(min_length=1, max_length=MAX_LAYERS)
     cumulative: list[CurvePointMeta] = Field(max_length=MAX_LAYERS)
     seconds: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
