@@ -242,7 +242,7 @@ def sensitivity_table(result: Any, top: int) -> Table:
             f"{len(result.layers)} layers in {result.seconds:.0f}s{order}"
         )
     )
-    cols = ["rank", "layer kept float", "convs", "mIoU", "gain", "keep 1..k float: mIoU", "worst class"]
+    cols = ["rank", "layer kept float", "convs", "MACs", "mIoU", "gain", "keep 1..k float: mIoU", "worst class"]
     if result.max_class_drop is not None:
         cols.append("curve's k-th layer")
     for col in cols:
@@ -250,7 +250,8 @@ def sensitivity_table(result: Any, top: int) -> Table:
         table.add_column(col, justify="left" if wide else "right", overflow="fold" if wide else "ellipsis", no_wrap=not wide)
     for i, layer in enumerate(result.layers[: max(top, 0)]):
         point = result.cumulative[i] if i < len(result.cumulative) else None
-        row = [str(i + 1), escape(layer.name), str(len(layer.convs)), f"{layer.miou:.2f}", f"{layer.gain:+.2f}"]
+        share = f"{100 * layer.macs / result.macs:.1f}%" if layer.macs is not None and result.macs else "-"  # of the model's
+        row = [str(i + 1), escape(layer.name), str(len(layer.convs)), share, f"{layer.miou:.2f}", f"{layer.gain:+.2f}"]
         row += ["-", "-"] if point is None else [f"{point['miou']:.2f}", _worst_class(result.float_per_class, point.get("per_class_iou"))]
         if result.max_class_drop is not None:
             row.append("-" if point is None else escape(point["layers"][-1]))

@@ -137,6 +137,7 @@ class LayerScoreMeta(BaseModel):
     miou: Miou
     gain: float = Field(ge=-100.0, le=100.0, allow_inf_nan=False)
     per_class_iou: dict[str, Miou | None]
+    macs: int | None = Field(default=None, ge=0, le=10**15)  # absent in files written before it was recorded
 
 
 class CurvePointMeta(BaseModel):
@@ -177,6 +178,7 @@ class SensitivityMeta(ReferenceMeta):
     output_stride: Literal[8, 16, 32] | None = None
     max_class_drop: float | None = Field(default=None, ge=0.0, le=100.0, allow_inf_nan=False)
     ranking: RankingMeta | None = None
+    macs: int | None = Field(default=None, ge=0, le=10**15)
 
     @model_validator(mode="after")
     def _consistent(self) -> SensitivityMeta:

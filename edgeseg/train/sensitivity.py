@@ -14,9 +14,12 @@ ranked by mIoU recovered, the cumulative curve keeps the k best in float togethe
 not summed, with every class's IoU). The images are preprocessed once and kept in memory.
 
 With a per-class limit (`max_class_drop`, points of IoU any class may lose against float) the
-curve takes the layers in another order: fewest IoU points over the limit first, summed over the
-classes, with that layer alone kept float; then mIoU recovered. A layer that rescues one thin
-class then enters the curve before layers that only add mIoU where it is already within reach.
+curve takes the layers in another order: most IoU points over the limit removed (summed over the
+classes, with that layer alone kept float) per share of the model's multiply-adds that turns
+float with it, where any layer under FREE_SHARE of them counts as FREE_SHARE; then the layers that
+remove nothing, by mIoU recovered. A layer that rescues one thin class enters the curve before
+layers that only add mIoU, and of two that rescue it alike the cheap one first: at OS8 the last
+block's projection conv (10 % of the model's multiply-adds) fixes what a 0.2 % conv fixes.
 
 The model is measured at the output stride it will be exported at (`output_stride`): dilations
 change with it, and so do the activation ranges a layer's INT8 error depends on.
@@ -35,7 +38,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +54,9 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 MAX_IMAGES = 10_000
 MAX_FILE_BYTES = 64 << 20  # a sensitivity JSON of a few hundred layers is well under 1 MiB
+# Keeping float a layer whose convs hold under 1 % of the model's multiply-adds costs about nothing
+# next to the timing noise of a whole model: the class-limited curve orders those by IoU fixed alone.
+FREE_SHARE = 0.01
 
 
 @dataclass
@@ -60,6 +66,7 @@ class Layer:
     name: str
     activation: str | None
     convs: list[str]
+    macs: int = 0  # multiply-adds of `convs` per image at the traced size: what turns float with it
 
 
 @dataclass
@@ -69,6 +76,7 @@ class LayerScore:
     miou: float  # with this layer alone kept in float
     gain: float  # miou - full INT8 miou
     per_class_iou: dict[str, float | None]
+    macs: int | None = None  # Layer.macs at the measured size (None: a file from before it was recorded)
 
 
 @dataclass
@@ -91,6 +99,7 @@ class Sensitivity:
     # file reused): {"images", "float_miou", "int8_miou", "float_per_class", "int8_per_class",
     # "source"}; None: on the same images as the curve, whose reference is the fields above.
     ranking: dict[str, Any] | None = None
+    macs: int | None = None  # the model's conv multiply-adds per image at the measured size
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,6 +111,7 @@ def layers_of(model: torch.nn.Module, example: torch.Tensor) -> list[Layer]:
         raise CheckpointError("sensitivity needs an INT8 checkpoint (qat.pt or one from 'edgeseg calibrate'), not an FP32 one")
     made: dict[int, tuple[str, torch.Tensor]] = {}  # the tensors are kept, so no id is reused
     reads: dict[str, str | None] = {}
+    macs: dict[str, int] = {}
     hooks = []
     names = {m: n for n, m in model.named_modules()}
 
@@ -114,6 +124,7 @@ def layers_of(model: torch.nn.Module, example: torch.Tensor) -> list[Layer]:
             hooks.append(m.register_forward_hook(lambda mod, _i, out: made.__setitem__(id(out), (names[mod], out))))
         elif isinstance(m, QuantConv2d):
             hooks.append(m.register_forward_pre_hook(lambda mod, inp: reads.__setitem__(names[mod], source(inp[0]))))
+            hooks.append(m.register_forward_hook(lambda mod, _i, out: macs.__setitem__(names[mod], conv_macs(mod, out))))
     try:
         with torch.no_grad():
             model.eval()(example)
@@ -126,7 +137,15 @@ def layers_of(model: torch.nn.Module, example: torch.Tensor) -> list[Layer]:
             layers[conv] = Layer(conv, None, [conv])
         else:
             layers[source].convs.append(conv)
+    for layer in layers.values():
+        layer.macs = sum(macs[c] for c in layer.convs)
     return list(layers.values())
+
+
+def conv_macs(conv: torch.nn.Conv2d, out: torch.Tensor) -> int:
+    """Multiply-adds of one image through `conv`, from its output's spatial size."""
+    kh, kw = conv.kernel_size
+    return int(out.shape[-2] * out.shape[-1] * conv.out_channels * (conv.in_channels // conv.groups) * kh * kw)
 
 
 def keep_float(model: torch.nn.Module, layers: list[Layer], base: list[str] | None = None) -> None:
@@ -227,19 +246,21 @@ def sensitivity(
         return {"images": images, "float_miou": float_miou, "int8_miou": int8_miou, "float_per_class": float_pc, "int8_per_class": int8_pc}
 
     try:
-        if ranking is not None:
-            scores, ranked = list(ranking.layers), _reference(ranking) | {"source": ranking_source}
+        if ranking is not None:  # its scores, with this model's costs (a file may predate them)
+            scores = [replace(s, macs=by_name[s.name].macs) for s in ranking.layers]
+            ranked = _reference(ranking) | {"source": ranking_source}
         else:
             ranked = reference(batches) | {"source": None}
             scores = []
             for layer in layers:
                 keep_float(model, [layer], saved)
                 miou, pc = _score(model, batches, names, ignore_index)
-                scores.append(LayerScore(layer.name, layer.convs, miou, miou - ranked["int8_miou"], pc))
+                scores.append(LayerScore(layer.name, layer.convs, miou, miou - ranked["int8_miou"], pc, layer.macs))
                 tick()
             scores.sort(key=lambda s: -s.gain)
         ref = reference(curve_batches) if separate else ranked
-        order = curve_order(scores, ranked["float_per_class"], max_class_drop)
+        total_macs = sum(layer.macs for layer in layers)
+        order = curve_order(scores, ranked["float_per_class"], max_class_drop, int8_pc=ranked["int8_per_class"], total_macs=total_macs)
         curve = []
         for k in range(1, n_curve + 1):
             chosen = [by_name[name] for name in order[:k]]
@@ -261,6 +282,7 @@ def sensitivity(
         time.perf_counter() - start,
         max_class_drop=max_class_drop,
         ranking=ranked if separate else None,
+        macs=total_macs,
     )
 
 
@@ -279,12 +301,30 @@ def class_excess(float_pc: dict[str, float | None], pc: dict[str, float | None] 
     return sum(max(0.0, f - q - max_class_drop) for c, f in float_pc.items() if f is not None and (q := pc.get(c)) is not None)
 
 
-def curve_order(scores: list[LayerScore], float_pc: dict[str, float | None], max_class_drop: float | None) -> list[str]:
+def curve_order(
+    scores: list[LayerScore],
+    float_pc: dict[str, float | None],
+    max_class_drop: float | None,
+    *,
+    int8_pc: dict[str, float | None] | None = None,
+    total_macs: int | None = None,
+) -> list[str]:
     """The order the cumulative curve keeps layers float in: `scores` as ranked (mIoU recovered),
-    or with a class limit, least class_excess with the layer alone float first (stable, so ties keep the mIoU rank)."""
+    or with a class limit, most class_excess removed (against full INT8, `int8_pc`) per share of
+    `total_macs` kept float (at least FREE_SHARE) first, then those removing none; without costs or
+    `int8_pc`, least class_excess first. Stable: ties keep the mIoU rank."""
     if max_class_drop is None:
         return [s.name for s in scores]
-    return [s.name for s in sorted(scores, key=lambda s: class_excess(float_pc, s.per_class_iou, max_class_drop))]
+    if int8_pc is None or not total_macs or any(s.macs is None for s in scores):
+        return [s.name for s in sorted(scores, key=lambda s: class_excess(float_pc, s.per_class_iou, max_class_drop))]
+    base = class_excess(float_pc, int8_pc, max_class_drop)
+
+    def key(s: LayerScore) -> tuple[int, float]:
+        removed = base - class_excess(float_pc, s.per_class_iou, max_class_drop)
+        share = max((s.macs or 0) / total_macs, FREE_SHARE)
+        return (0, -removed / share) if removed > 0 else (1, 0.0)
+
+    return [s.name for s in sorted(scores, key=key)]
 
 
 def layers_for_drop(result: Sensitivity, max_drop: float, max_class_drop: float | None = None) -> list[str]:
@@ -405,7 +445,7 @@ def read_sensitivity(path: str | Path) -> Sensitivity:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"'{path}' is not readable JSON ({type(exc).__name__}); {fix}") from None
     d = validate_sensitivity(data, f"'{path}'", fix)
-    layers = [LayerScore(s["name"], list(s["convs"]), s["miou"], s["gain"], dict(s["per_class_iou"])) for s in d["layers"]]
+    layers = [LayerScore(s["name"], list(s["convs"]), s["miou"], s["gain"], dict(s["per_class_iou"]), s.get("macs")) for s in d["layers"]]
     fields = ("images", "float_miou", "int8_miou", "float_per_class", "int8_per_class", "cumulative", "seconds")
-    keep = {k: d[k] for k in (*fields, "output_stride", "max_class_drop", "ranking")}
+    keep = {k: d[k] for k in (*fields, "output_stride", "max_class_drop", "ranking", "macs")}
     return Sensitivity(**keep, layers=layers, checkpoint=d.get("checkpoint"), checkpoint_sha256=d.get("checkpoint_sha256"))

@@ -51,6 +51,9 @@ def test_layers_cover_every_quantizer_and_conv_once(tiny: tuple) -> None:
     assert sorted(convs) == sorted(n for n, _ in quant_convs(q)) and len(convs) == len(set(convs))
     first = next(layer for layer in layers if layer.activation == "encoder.input_q")
     assert first.convs == ["encoder.features.0.0"]  # the stem reads the quantized input, nothing else does
+    stem = dict(quant_convs(q))["encoder.features.0.0"]  # 3x3 stride 2 on 32x32: a 16x16 output, 3 input channels
+    assert first.macs == 16 * 16 * stem.out_channels * 3 * 9
+    assert sum(layer.macs for layer in layers) > first.macs > 0
 
 
 def test_a_broken_layer_ranks_first_and_float_fixes_it(tiny: tuple) -> None:
@@ -180,6 +183,21 @@ def test_class_limit_by_hand() -> None:
     )
     with pytest.raises(ConfigError, match="reaches a drop of 1.0 mIoU with no class"):
         layers_for_drop(old, 1.0, 1.0)
+
+
+def test_class_limited_order_weighs_what_a_layer_fixes_by_its_cost() -> None:
+    # Full INT8 loses 3.0 on thin (2.0 over a 1.0 limit). The model: 1000 MACs; FREE_SHARE 1 %.
+    int8 = _classes(37.0, 80.0)
+    big = LayerScore("big", [], 60.0, 1.0, _classes(40.0, 80.0), macs=100)  # removes 2.0 for 10 %: 20 per unit share
+    cheap = LayerScore("cheap", [], 59.5, 0.5, _classes(39.0, 80.0), macs=5)  # removes 1.0 for 0.5 % (counts 1 %): 100
+    free = LayerScore("free", [], 59.2, 0.2, _classes(38.5, 80.0), macs=0)  # removes 0.5 for 0 % (counts 1 %): 50
+    none = LayerScore("none", [], 59.9, 0.9, _classes(37.0, 80.5), macs=1)  # removes nothing: last, whatever its gain
+    scores = [big, none, cheap, free]  # as ranked by mIoU gain
+    assert curve_order(scores, FLOAT_PC, 1.0, int8_pc=int8, total_macs=1000) == ["cheap", "free", "big", "none"]
+    assert curve_order(scores, FLOAT_PC, 1.0) == ["big", "cheap", "free", "none"]  # no costs: least excess first
+    assert curve_order(scores, FLOAT_PC, None, int8_pc=int8, total_macs=1000) == ["big", "none", "cheap", "free"]  # mIoU rank
+    old = LayerScore("old", [], 59.0, 0.0, _classes(40.0, 80.0))  # a file without costs: no cost weighting at all
+    assert curve_order([*scores, old], FLOAT_PC, 1.0, int8_pc=int8, total_macs=1000) == ["big", "cheap", "old", "free", "none"]
 
 
 def test_fp32_model_is_refused() -> None:
