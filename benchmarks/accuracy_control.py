@@ -52,7 +52,7 @@ from edgeseg.export.common import verification_images  # noqa: E402
 from edgeseg.export.mixed import resolve  # noqa: E402
 from edgeseg.export.openvino import OpenVINORunner, calibration_images  # noqa: E402
 from edgeseg.export.openvino_ir import compile_ir, precision_report  # noqa: E402
-from edgeseg.metrics import ConfusionMatrix  # noqa: E402
+from edgeseg.metrics import ConfusionMatrix, worst_class  # noqa: E402
 from edgeseg.train.checkpoint import load_checkpoint  # noqa: E402
 
 PLAIN = {"input": "tensor", "output": "logits"}
@@ -69,13 +69,6 @@ class HeldOut:
 
     def load(self, i: int) -> Any:
         return self.source.load(self.start + i)
-
-
-def worst(per_class: dict[str, Any], ref: dict[str, Any]) -> tuple[str | None, float | None]:
-    """The class losing most IoU against `ref`, and its delta."""
-    deltas = {c: per_class[c] - ref[c] for c in ref if ref[c] is not None and per_class.get(c) is not None}
-    name = min(deltas, key=deltas.get) if deltas else None  # type: ignore[arg-type]
-    return name, deltas.get(name) if name else None
 
 
 def edgeseg_artifact(ckpt: Path, precision: str, stride: int, out: Path, **options: Any) -> Path:
@@ -201,8 +194,8 @@ def main() -> None:
         ref, ref_held = results["fp32"]["per_class"], results["fp32"]["held_out_per_class"]
         for k in keys:
             res = results[k]
-            name, delta = worst(res["per_class"], ref)
-            held_name, held_delta = worst(res["held_out_per_class"], ref_held)
+            name, delta = worst_class(res["per_class"], ref) or (None, None)
+            held_name, held_delta = worst_class(res["held_out_per_class"], ref_held) or (None, None)
             base = "edgeseg int8" if k.startswith("edgeseg") else "nncf int8" if k.startswith("nncf") else None
             table.append(
                 {

@@ -171,14 +171,10 @@ def _score(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tenso
     return s["miou"], s["per_class_iou"]
 
 
-def load_batches(dataset: Any, images: int, batch: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The first `images` samples of `dataset`, stacked in batches of same-size images."""
-    if not 1 <= images <= MAX_IMAGES:
-        raise ConfigError(f"--images {images} is out of range; use 1..{MAX_IMAGES}")
-    n = min(images, len(dataset))
-    samples = [dataset[i] for i in range(n)]
+def batched(samples: list[tuple[torch.Tensor, torch.Tensor]], batch: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`samples` (image, mask) stacked in batches of same-size images."""
     out = []
-    for i in range(0, n, batch):
+    for i in range(0, len(samples), batch):
         group = samples[i : i + batch]
         if all(g[0].shape == group[0][0].shape and g[1].shape == group[0][1].shape for g in group):
             out.append((torch.stack([g[0] for g in group]), torch.stack([g[1] for g in group])))
@@ -406,8 +402,10 @@ def checkpoint_sensitivity(
         if measured_at != stride:
             raise ConfigError(f"--ranking '{ranking}' was measured at OS{measured_at}, this curve at OS{stride}; {fix}")
     ds = eval_dataset(checkpoint_recipe(c), split, data, fmt)
-    batches = load_batches(ds, images if ranked is None else 1)  # with a ranking, only the layer trace needs an image
-    curve_batches = load_batches(ds, curve_images) if curve_images is not None and (ranked is not None or curve_images != images) else None
+    # Each image is read and preprocessed once: the ranking's are the first of the curve's.
+    samples = [ds[i] for i in range(min(max(images, curve_images or 0), len(ds)))]
+    batches = batched(samples[: images if ranked is None else 1])  # with a ranking, only the layer trace needs an image
+    curve_batches = batched(samples[:curve_images]) if curve_images is not None and (ranked is not None or curve_images != images) else None
     classes = list(ds.classes.names)
     result = sensitivity(
         model,
