@@ -18,6 +18,7 @@ from typing import Any
 
 from edgeseg.bench.results import SCHEMA_VERSION, BenchRow, ResultsError, load_results, merge_rows
 from edgeseg.fsutil import check_writable, write_bytes, write_json, write_text
+from edgeseg.metrics import worst_class
 from edgeseg.report import plots
 from edgeseg.report.analysis import (
     CLASS_LOSS_CALLOUT,
@@ -137,16 +138,17 @@ def _sensitivity(measured: list[tuple[Path, Any]], images: dict[str, bytes]) -> 
         stride = f"OS{r.output_stride}" if r.output_stride else "checkpoint's output stride"
         blocks.append(("h3", f"{stride}: {path.name}"))
         top = [f"{s.name} {s.gain:+.2f}" for s in r.layers[:5]]
-        curve = ", ".join(f"k={p['k']} {p['miou']:.2f}" for p in r.cumulative) or "not measured"
+        curve = ", ".join(f"k={p['k']} {p['miou']:.2f}{_worst(p.get('per_class_iou'), r.float_per_class)}" for p in r.cumulative)
         blocks.append(
             (
                 "ul",
                 [
-                    f"{r.images} images: FP32 {r.float_miou:.2f}, full INT8 {r.int8_miou:.2f} ({r.int8_miou - r.float_miou:+.2f}); "
+                    f"{r.images} images: FP32 {r.float_miou:.2f}, full INT8 {r.int8_miou:.2f} ({r.int8_miou - r.float_miou:+.2f})"
+                    f"{_worst(r.int8_per_class, r.float_per_class)}; "
                     f"{len(r.layers)} layers in {r.seconds:.0f} s"
                     + (f"; layers ranked on {r.ranking['images']} images" if r.ranking else ""),
                     "most sensitive (mIoU recovered alone): " + "; ".join(top),
-                    "curve (k layers float together): " + curve,
+                    "curve (k layers float together; in brackets the class losing most IoU against FP32): " + (curve or "not measured"),
                 ],
             )
         )
@@ -154,6 +156,12 @@ def _sensitivity(measured: list[tuple[Path, Any]], images: dict[str, bytes]) -> 
         images[name] = plots.sensitivity(r, f"INT8 sensitivity, {stride} ({path.name})")
         blocks.append(("img", (name, f"INT8 sensitivity at {stride}")))
     return blocks
+
+
+def _worst(per_class: dict[str, float | None] | None, reference: dict[str, float | None]) -> str:
+    """' (Fence -0.95)': the class losing most IoU against FP32, or '' where per-class IoU was not recorded."""
+    worst = worst_class(per_class, reference)
+    return f" ({worst[0]} {worst[1]:+.2f})" if worst else ""
 
 
 def _slug(text: str) -> str:

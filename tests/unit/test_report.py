@@ -156,9 +156,13 @@ def test_report_overwrites_atomically(tmp_path: Path) -> None:
 def _sensitivity_file(path: Path, stride: int, layers: list[tuple[str, float]]) -> Path:
     """A hand-made `edgeseg sensitivity --json` file: FP32 60, INT8 57, the layers by gain, a 2-point curve."""
     scores = [{"name": n, "convs": [n], "miou": 57.0 + g, "gain": g, "per_class_iou": {"a": 50.0}} for n, g in layers]
-    curve = [{"k": 1, "miou": 59.0, "layers": [layers[0][0]]}, {"k": 2, "miou": 59.8, "layers": [layers[0][0], layers[1][0]]}]
+    curve = [
+        {"k": 1, "miou": 59.0, "layers": [layers[0][0]]},  # a file from before per-class curves: no class named
+        {"k": 2, "miou": 59.8, "per_class_iou": {"a": 51.5, "b": 69.0}, "layers": [layers[0][0], layers[1][0]]},
+    ]
     data = {
-        "images": 8, "float_miou": 60.0, "int8_miou": 57.0, "float_per_class": {"a": 52.0}, "int8_per_class": {"a": 49.0},
+        "images": 8, "float_miou": 60.0, "int8_miou": 57.0,
+        "float_per_class": {"a": 52.0, "b": 70.0}, "int8_per_class": {"a": 49.0, "b": 69.5},
         "layers": scores, "cumulative": curve, "seconds": 12.0, "output_stride": stride,
     }  # fmt: skip
     path.write_text(json.dumps(data))
@@ -173,8 +177,9 @@ def test_report_has_a_sensitivity_section_per_output_stride(tmp_path: Path) -> N
     section = md[md.index("## INT8 sensitivity per output stride") :]
     assert section.index("### OS8: s8.json") < section.index("### OS32: s32.json")  # ordered by stride
     assert "most sensitive (mIoU recovered alone): decoder.cat_q +2.00; encoder.input_q +0.80; decoder.aspp.in_q -0.10" in section
-    assert "8 images: FP32 60.00, full INT8 57.00 (-3.00); 3 layers in 12 s" in section
-    assert "curve (k layers float together): k=1 59.00, k=2 59.80" in section
+    # By hand: full INT8 loses 3.0 on a and 0.5 on b; at k=2, a loses 0.5 and b 1.0.
+    assert "8 images: FP32 60.00, full INT8 57.00 (-3.00) (a -3.00); 3 layers in 12 s" in section
+    assert "against FP32): k=1 59.00, k=2 59.80 (b -1.00)" in section
     pngs = [name for name in written if name.startswith("sensitivity_")]
     assert len(pngs) == 2 and all(written[n].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for n in pngs)
     assert all(f"({n})" in md for n in pngs)  # each plot is linked
