@@ -191,7 +191,7 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
 def _validate(r: Recipe) -> None:
     check_output_stride(r.model.output_stride, "model.output_stride")
     if r.model.head not in HEADS:
-        raise invalid("model.head", r.model.head, "use deeplabv3plus or deeplabv3")
+        raise invalid("model.head", r.model.head, f"use one of {', '.join(HEADS)}")
     if not 0.1 <= r.model.width_mult <= 2.0:
         raise invalid("model.width_mult", r.model.width_mult, "use a value in [0.1, 2.0]")
     for key in ("lr", "weight_decay", "momentum"):

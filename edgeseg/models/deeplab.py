@@ -35,9 +35,11 @@ class DeepLab(nn.Module):
         self.encoder = MobileNetV2Encoder(width_mult, output_stride, multi_grid)
         strides, channels = self.encoder.strides, self.encoder.channels
         self.low_index = max(i for i, s in enumerate(strides) if s == 4)
+        self.fine_index = max(i for i, s in enumerate(strides) if s == 2)
         high_ch = channels[-1]
-        if head == "deeplabv3plus":
-            self.decoder: nn.Module = DeepLabV3PlusDecoder(high_ch, channels[self.low_index], num_classes, output_stride)
+        if head in ("deeplabv3plus", "deeplabv3plus_s2"):
+            fine_ch = channels[self.fine_index] if head == "deeplabv3plus_s2" else 0
+            self.decoder: nn.Module = DeepLabV3PlusDecoder(high_ch, channels[self.low_index], num_classes, output_stride, fine_ch=fine_ch)
         elif head == "deeplabv3":
             self.decoder = DeepLabV3Head(high_ch, num_classes, output_stride)
         else:
@@ -63,7 +65,7 @@ class DeepLab(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         out_size = self.input_size or x.shape[-2:]
         feats = self.encoder(x)
-        logits = resize(self.decoder(feats[-1], feats[self.low_index]), out_size)
+        logits = resize(self.decoder(feats[-1], feats[self.low_index], feats[self.fine_index]), out_size)
         if self.training and self.aux is not None:
             return logits, resize(self.aux(feats[self.aux_index]), out_size)
         return logits
@@ -85,7 +87,8 @@ def build_model(
         num_classes: number of output classes.
         output_stride: 8, 16 or 32.
         width_mult: MobileNetV2 width multiplier.
-        head: "deeplabv3plus" (ASPP + stride-4 decoder) or "deeplabv3" (ASPP only).
+        head: "deeplabv3plus" (ASPP + stride-4 decoder), "deeplabv3plus_s2" (the same, then a
+            light stride-2 fusion for thin structures) or "deeplabv3" (ASPP only).
         aux_loss: add an auxiliary FCN head on stride-16 features for training.
         multi_grid: dilation multipliers for the last dilated blocks (DeepLab v3), e.g. [1, 2, 4].
         backbone_weights: a local torchvision mobilenet_v2 state dict, or "imagenet" to fetch

@@ -46,25 +46,55 @@ class ASPP(nn.Module):
         return self.dropout(self.project(torch.cat(branches, dim=1)))
 
 
-class DeepLabV3PlusDecoder(nn.Module):
-    """Fuses ASPP output (upsampled to stride 4) with stride-4 features projected to 48 channels."""
+class FineFusion(nn.Module):
+    """The stride-2 stage of DeepLabV3PlusDecoder: reduce, upsample, concat with projected skip, fuse."""
 
-    def __init__(self, high_ch: int, low_ch: int, num_classes: int, output_stride: int, channels: int = 256) -> None:
+    UP, SKIP, OUT = 48, 24, 48
+
+    def __init__(self, in_ch: int, skip_ch: int) -> None:
+        super().__init__()
+        self.reduce = ConvNormAct(in_ch, self.UP, 1, act=nn.ReLU)
+        self.skip_q = QuantPoint()
+        self.skip_proj = ConvNormAct(skip_ch, self.SKIP, 1, act=nn.ReLU)
+        self.cat_q = QuantPoint()
+        self.fuse = SeparableConv(self.UP + self.SKIP, self.OUT)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        skip = self.skip_proj(self.skip_q(skip))
+        x = resize(self.reduce(x), skip.shape[-2:])
+        return self.fuse(torch.cat([self.cat_q(x), self.cat_q(skip)], dim=1))
+
+
+class DeepLabV3PlusDecoder(nn.Module):
+    """Fuses ASPP output (upsampled to stride 4) with stride-4 features projected to 48 channels.
+
+    With `fine_ch` (the channels of a stride-2 feature map), a second, light fusion follows at
+    stride 2: the stride-4 result is reduced to 48 channels, upsampled and fused with the stride-2
+    features projected to 24, and the classifier runs there. Thin classes (CamVid's poles, 1-3
+    pixels wide at 360x480) are below one cell of the stride-4 map; the stride-2 map still sees them.
+    """
+
+    def __init__(self, high_ch: int, low_ch: int, num_classes: int, output_stride: int, channels: int = 256, fine_ch: int = 0) -> None:
         super().__init__()
         self.aspp = ASPP(high_ch, channels, output_stride)
         self.low_q = QuantPoint()
         self.low_proj = ConvNormAct(low_ch, 48, 1, act=nn.ReLU)
         self.cat_q = QuantPoint()
         self.fuse = nn.Sequential(SeparableConv(channels + 48, channels), SeparableConv(channels, channels))
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.fine: FineFusion | None = FineFusion(channels, fine_ch) if fine_ch else None
+        self.classifier = nn.Conv2d(FineFusion.OUT if fine_ch else channels, num_classes, 1)
 
-    def forward(self, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    def forward(self, high: torch.Tensor, low: torch.Tensor, fine: torch.Tensor | None = None) -> torch.Tensor:
         x = self.aspp(high)
         low = self.low_proj(self.low_q(low))
         x = resize(x, low.shape[-2:])
         # Both concat inputs share one quantizer (one scale), as TensorRT and OpenVINO need to
         # run the concat in INT8.
         x = self.fuse(torch.cat([self.cat_q(x), self.cat_q(low)], dim=1))
+        if self.fine is not None:
+            if fine is None:
+                raise ValueError("this decoder fuses stride-2 features: pass them as `fine`")
+            x = self.fine(x, fine)
         return self.classifier(x)
 
 
@@ -78,7 +108,7 @@ class DeepLabV3Head(nn.Module):
         self.conv = ConvNormAct(channels, channels, 3, act=nn.ReLU, quant_out=True)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
-    def forward(self, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    def forward(self, high: torch.Tensor, low: torch.Tensor, fine: torch.Tensor | None = None) -> torch.Tensor:
         return self.classifier(self.conv(self.head_q(self.aspp(high))))
 
 

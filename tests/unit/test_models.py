@@ -164,6 +164,31 @@ def test_decoder_uses_stride4_features(os_: int) -> None:
     assert model.low_index == 3
 
 
+@pytest.mark.parametrize("os_", OUTPUT_STRIDES)
+def test_s2_decoder_fuses_stride2_features(os_: int) -> None:
+    model = build_model(num_classes=NUM_CLASSES, output_stride=os_, width_mult=1.0, head="deeplabv3plus_s2")
+    # Block 1 of torchvision's features (16 channels) is the last stride-2 map at every stride.
+    assert model.fine_index == 1 and model.encoder.strides[1] == 2 and model.encoder.channels[1] == 16
+    fine = model.decoder.fine
+    assert fine.skip_proj[0].in_channels == 16 and fine.skip_proj[0].out_channels == 24
+    assert fine.reduce[0].in_channels == 256 and model.decoder.classifier.in_channels == 48
+    assert build_model(num_classes=NUM_CLASSES, output_stride=os_).decoder.fine is None
+
+
+def test_s2_decoder_costs_its_hand_counted_macs() -> None:
+    """The stride-2 stage adds, at an input of S x S (stride-4 map S/4, stride-2 map S/2):
+    reduce 256->48 at S/4; skip 16->24, depthwise 3x3 over 72 and pointwise 72->48 at S/2; and
+    the classifier moves from 256 channels at S/4 to 48 at S/2."""
+    v3p = build_model(num_classes=NUM_CLASSES, head="deeplabv3plus")
+    s2 = build_model(num_classes=NUM_CLASSES, head="deeplabv3plus_s2")
+    p4, p2 = (SIZE // 4) ** 2, (SIZE // 2) ** 2
+    extra = p4 * 256 * 48 + p2 * (16 * 24 + 72 * 9 + 72 * 48) + NUM_CLASSES * (p2 * 48 - p4 * 256)
+    assert (gmacs(s2, (SIZE, SIZE)) - gmacs(v3p, (SIZE, SIZE))) * 1e9 == pytest.approx(extra, rel=1e-9)
+    x = torch.randn(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        assert s2.eval()(x).shape == (1, NUM_CLASSES, SIZE, SIZE)
+
+
 def test_deeplabv3_head_has_no_decoder() -> None:
     v3 = build_model(num_classes=NUM_CLASSES, width_mult=0.35, head="deeplabv3")
     v3p = build_model(num_classes=NUM_CLASSES, width_mult=0.35, head="deeplabv3plus")
@@ -173,7 +198,7 @@ def test_deeplabv3_head_has_no_decoder() -> None:
 
 
 def test_unknown_head_rejected() -> None:
-    with pytest.raises(ValueError, match=r"^unknown head 'pspnet'; use one of \('deeplabv3plus', 'deeplabv3'\)$"):
+    with pytest.raises(ValueError, match=r"^unknown head 'pspnet'; use one of \('deeplabv3plus', 'deeplabv3plus_s2', 'deeplabv3'\)$"):
         build_model(num_classes=NUM_CLASSES, head="pspnet")
 
 

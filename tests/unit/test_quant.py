@@ -10,7 +10,7 @@ from torch import nn
 from edgeseg.config import recipe_from_dict
 from edgeseg.data.classes import SYNTHETIC
 from edgeseg.errors import CheckpointError
-from edgeseg.models import build_model
+from edgeseg.models import HEADS, build_model
 from edgeseg.quant import (
     QuantConv2d,
     TensorQuantizer,
@@ -114,7 +114,7 @@ def test_tensor_quantizer_modes() -> None:
 # --- BN folding --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("head", ["deeplabv3plus", "deeplabv3"])
+@pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize("output_stride", [8, 16, 32])
 def test_fold_bn_is_exact(head: str, output_stride: int) -> None:
     model = tiny_model(head, output_stride)
