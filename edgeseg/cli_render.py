@@ -260,8 +260,8 @@ def sensitivity_table(result: Any, top: int) -> Table:
 
 
 def _worst_class(float_pc: dict[str, float | None], pc: dict[str, float | None] | None) -> str:
-    """'Fence -1.52': the class that loses most IoU against float (metrics.worst_class), or '-' when unknown."""
-    from edgeseg.metrics import worst_class
+    """'Fence -1.52': the class that loses most IoU against float, or '-' when unknown."""
+    from edgeseg.metrics import class_delta_text, worst_class
 
-    worst = worst_class(pc, float_pc)
-    return "-" if worst is None else f"{escape(worst[0])} {worst[1]:+.2f}"
+    text = class_delta_text(worst_class(pc, float_pc))
+    return escape(text) if text else "-"

@@ -79,3 +79,8 @@ def worst_class(per_class: dict[str, float | None] | None, reference: dict[str, 
         return None
     deltas = [(n, v - r) for n, v in per_class.items() if v is not None and (r := reference.get(n)) is not None]
     return min(deltas, key=lambda d: d[1]) if deltas else None
+
+
+def class_delta_text(worst: tuple[str, float] | None) -> str | None:
+    """'Fence -0.95': a worst_class result as the report and the CLI print it; None when unknown."""
+    return f"{worst[0]} {worst[1]:+.2f}" if worst else None

@@ -18,7 +18,7 @@ from typing import Any
 
 from edgeseg.bench.results import SCHEMA_VERSION, BenchRow, ResultsError, load_results, merge_rows
 from edgeseg.fsutil import check_writable, write_bytes, write_json, write_text
-from edgeseg.metrics import worst_class
+from edgeseg.metrics import class_delta_text, worst_class
 from edgeseg.report import plots
 from edgeseg.report.analysis import (
     CLASS_LOSS_CALLOUT,
@@ -160,8 +160,8 @@ def _sensitivity(measured: list[tuple[Path, Any]], images: dict[str, bytes]) -> 
 
 def _worst(per_class: dict[str, float | None] | None, reference: dict[str, float | None]) -> str:
     """' (Fence -0.95)': the class losing most IoU against FP32, or '' where per-class IoU was not recorded."""
-    worst = worst_class(per_class, reference)
-    return f" ({worst[0]} {worst[1]:+.2f})" if worst else ""
+    text = class_delta_text(worst_class(per_class, reference))
+    return f" ({text})" if text else ""
 
 
 def _slug(text: str) -> str:
@@ -197,7 +197,7 @@ def _table_row(e: Entry) -> list[str]:
     data = f", {r.num_images} {e.data} images" if r.miou is not None else ", no accuracy"
     threads = "default threads" if not r.threads else f"{r.threads} thread{'s' if r.threads > 1 else ''}"
     measured = f"{r.provider}, {threads}, batch {r.batch}, {r.runs} runs after {r.warmup} warm-up{data}"
-    worst = "-" if e.worst_class is None else f"{e.worst_class[0]} {e.worst_class[1]:+.2f}"
+    worst = class_delta_text(e.worst_class) or "-"
     spread = "-" if not r.round_p50_ms else f"{min(r.round_p50_ms):.2f}–{max(r.round_p50_ms):.2f}"
     return [
         "★" if e.pareto else "",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeseg.metrics import ConfusionMatrix
+from edgeseg.metrics import ConfusionMatrix, class_delta_text, worst_class
 
 # truth / prediction pairs: (0,0) (0,1) (1,1) (1,2) (2,2) and one ignored pixel.
 TARGET = np.array([[0, 0, 1], [1, 2, 255]], np.uint8)
@@ -88,3 +88,14 @@ def test_matches_brute_force_on_random_labels_and_torch_inputs() -> None:
     np.testing.assert_array_equal(parts[0].mat, ref)
     iou_ref = [ref[c, c] / (ref[c].sum() + ref[:, c].sum() - ref[c, c]) for c in range(n)]
     np.testing.assert_allclose(whole.iou(), iou_ref)
+
+
+def test_worst_class_and_its_text_by_hand() -> None:
+    ref = {"Sky": 90.0, "Pole": 10.0, "Fence": 50.0, "Car": None}
+    got = {"Sky": 89.5, "Pole": 8.75, "Fence": 48.75, "Car": 70.0, "Tree": 80.0}
+    # Pole and Fence both lose 1.25: the first of equal losses; Car/Tree are not scored in both.
+    assert worst_class(got, ref) == ("Pole", -1.25)
+    assert class_delta_text(worst_class(got, ref)) == "Pole -1.25"
+    assert class_delta_text(("Sky", 0.004)) == "Sky +0.00"
+    assert worst_class(None, ref) is None and worst_class({"Car": 1.0}, ref) is None
+    assert class_delta_text(None) is None
