@@ -105,6 +105,40 @@ def test_lovasz_hand_values() -> None:
     assert lovasz_softmax(_logits([[0.9, 0.1], [0.3, 0.7]]), torch.tensor([[[0, 1]]])).item() == pytest.approx(0.25, rel=1e-5)
 
 
+def _lovasz_by_definition(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Algorithm 1 of Berman et al. (2018), one class at a time in plain Python loops: for each class
+    present, sort the errors, and weigh each by the step of the Jaccard loss it causes."""
+    terms = []
+    for c in sorted(set(labels.tolist())):
+        fg = [1.0 if v == c else 0.0 for v in labels.tolist()]
+        errors = [abs(f - p) for f, p in zip(fg, probs[:, c], strict=True)]
+        order = sorted(range(len(fg)), key=lambda i: -float(errors[i]))
+        total, inter, union, prev, term = sum(fg), sum(fg), sum(fg), 0.0, 0.0
+        for i in order:
+            inter, union = inter - fg[i], union + (1.0 - fg[i])
+            jac = 1.0 - inter / union
+            term = term + errors[i] * (jac - prev)
+            prev = jac
+        assert total > 0
+        terms.append(term)
+    return torch.stack(terms).mean()
+
+
+def test_lovasz_matches_the_paper_s_algorithm_with_void_and_absent_classes() -> None:
+    torch.manual_seed(3)
+    logits = torch.randn(2, 5, 3, 4, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 4, (2, 3, 4))  # class 4 never appears
+    target[0, 0, :2] = C.IGNORE_INDEX
+    got = lovasz_softmax(logits, target)
+    (g_got,) = torch.autograd.grad(got, logits)
+    probs = logits.softmax(1).permute(0, 2, 3, 1).reshape(-1, 5)
+    keep = target.flatten() != C.IGNORE_INDEX
+    want = _lovasz_by_definition(probs[keep], target.flatten()[keep])
+    (g_want,) = torch.autograd.grad(want, logits)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-4, atol=1e-7)
+
+
 def test_composed_loss_and_aux_weight() -> None:
     torch.manual_seed(0)
     logits, aux = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
