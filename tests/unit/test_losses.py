@@ -17,6 +17,7 @@ from edgeseg.data import classes as C
 from edgeseg.data.dataset import train_dataset, val_is_held_out
 from edgeseg.data.stats import class_pixel_counts, count_pixels
 from edgeseg.errors import ConfigError
+from edgeseg.train import losses
 from edgeseg.train.ema import WeightEMA
 from edgeseg.train.losses import build_loss, lovasz_softmax, median_frequency_weights, ohem_cross_entropy, total_loss
 
@@ -124,7 +125,7 @@ def _lovasz_by_definition(probs: torch.Tensor, labels: torch.Tensor) -> torch.Te
     return torch.stack(terms).mean()
 
 
-def test_lovasz_matches_the_paper_s_algorithm_with_void_and_absent_classes() -> None:
+def test_lovasz_matches_the_paper_s_algorithm_with_void_and_absent_classes(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(3)
     logits = torch.randn(2, 5, 3, 4, dtype=torch.float64, requires_grad=True)
     target = torch.randint(0, 4, (2, 3, 4))  # class 4 never appears
@@ -137,6 +138,12 @@ def test_lovasz_matches_the_paper_s_algorithm_with_void_and_absent_classes() -> 
     (g_want,) = torch.autograd.grad(want, logits)
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
     torch.testing.assert_close(g_got, g_want, rtol=1e-4, atol=1e-7)
+    # In blocks of one and of three classes (memory-bounded), the same loss and gradients.
+    for block in (keep.sum().item(), 3 * keep.sum().item()):
+        monkeypatch.setattr(losses, "LOVASZ_BLOCK", block)
+        again = lovasz_softmax(logits, target)
+        assert again.item() == pytest.approx(want.item(), rel=1e-5)
+        torch.testing.assert_close(torch.autograd.grad(again, logits)[0], g_want, rtol=1e-4, atol=1e-7)
 
 
 def test_composed_loss_and_aux_weight() -> None:
