@@ -471,18 +471,25 @@ def pipeline(
 
 @app.command()
 def check(
-    onnx_file: Annotated[Path, typer.Argument(help="ONNX model, e.g. export/jetson_int8_os16/model.onnx")],
+    model: Annotated[
+        Path, typer.Argument(help="ONNX model, or an artifact folder: a Jetson bundle is checked as its engine will be built")
+    ],
     target: Annotated[str, typer.Option("--target", help="Target whose rules apply (jetson)")] = "jetson",
-    dla: Annotated[int | None, typer.Option("--dla", help="Also check the DLA restrictions for this DLA core")] = None,
-    trt_version: Annotated[int, typer.Option("--trt-version", help="TensorRT major version: 10 or 11")] = 10,
+    dla: Annotated[
+        int | None, typer.Option("--dla", help="Also check the DLA restrictions for this DLA core (default: a bundle's own)")
+    ] = None,
+    trt_version: Annotated[
+        int | None, typer.Option("--trt-version", help="TensorRT major version: 10 or 11 (default: a bundle's own, else 10)")
+    ] = None,
 ) -> None:
     """Preflight an ONNX model against TensorRT's rules: one line per violation; exit 1 on errors."""
 
-    from edgeseg.export.preflight import check_onnx
+    from edgeseg.export.preflight import check_input, check_onnx
     from edgeseg.sizes import check_dla_core
 
-    found = check_onnx(onnx_file, target, trt_version=trt_version, dla=check_dla_core(dla))
-    if render.print_violations(found, onnx_file, trt_version, dla):
+    what = check_input(model, trt_version=trt_version, dla=check_dla_core(dla))
+    found = check_onnx(what.onnx, target, trt_version=what.trt_version, dla=what.dla, shapes=what.shapes)
+    if render.print_violations(found, what.onnx, what.trt_version, what.dla):
         raise typer.Exit(1)
 
 

@@ -17,10 +17,11 @@ Sources (kept as data below; the operator matrix's in preflight_graph):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeseg.errors import ConfigError
+from edgeseg.errors import CheckpointError, ConfigError
 from edgeseg.export.preflight_graph import (
     TRT_VERSIONS,
     Graph,
@@ -34,7 +35,7 @@ from edgeseg.export.preflight_graph import (
     node_name,
 )
 
-__all__ = ["Violation", "check_onnx"]
+__all__ = ["CheckInput", "Violation", "check_input", "check_onnx"]
 
 # DLA (Jetson/DriveOS): ONNX ops whose TensorRT layer DLA can run, and the numeric limits.
 DLA_OPS = frozenset(
@@ -79,6 +80,63 @@ def check_onnx(
     if dla is not None:
         out += _check_dla(g, trt_version, dla, shapes)
     return sorted(out, key=lambda v: v.severity != "error")
+
+
+@dataclass(frozen=True)
+class CheckInput:
+    """What `edgeseg check` checks: the ONNX file and the TensorRT settings its engine is built with."""
+
+    onnx: Path
+    trt_version: int
+    dla: int | None
+    shapes: dict[str, Any] | None = None
+
+
+def check_input(path: str | Path, *, trt_version: int | None = None, dla: int | None = None) -> CheckInput:
+    """Resolve a path given to `edgeseg check`: an .onnx file as given, or an artifact folder.
+
+    A Jetson bundle is checked as its engine will be built: the ONNX file of the TensorRT major
+    (`trt_version`, default the one it was exported for), its DLA core (default build.json's) and
+    its optimisation profile. An ONNX artifact is its model file. Other targets have no TensorRT rules.
+
+    Raises:
+        CheckpointError: the folder is not an artifact, or its meta.json/build.json is damaged.
+        ConfigError: the folder holds an OpenVINO or Core ML artifact.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return CheckInput(path, 10 if trt_version is None else trt_version, dla)
+    from edgeseg.export.meta import META_FILE, read_meta
+    from edgeseg.export.tensorrt_engine import read_build_config
+    from edgeseg.sizes import DLA_CORES
+
+    if not (path / META_FILE).is_file():
+        raise CheckpointError(
+            f"'{path}' is a folder without {META_FILE}; pass an .onnx file or an artifact folder written by 'edgeseg export'"
+        )
+    meta = read_meta(path)
+    if meta["target"] == "onnx":
+        return CheckInput(path / meta["model_file"], 10 if trt_version is None else trt_version, dla)
+    if meta["target"] != "jetson":
+        raise ConfigError(
+            f"'{path}' is an artifact of target {meta['target']}; 'edgeseg check' applies TensorRT's rules: pass a Jetson bundle "
+            "(export --target jetson), an ONNX artifact or an .onnx file"
+        )
+    cfg = read_build_config(path)
+    if trt_version is None:
+        trt = meta.get("tensorrt")
+        trt_version = trt.get("trt_version") if isinstance(trt, dict) else None
+        if trt_version not in TRT_VERSIONS or isinstance(trt_version, bool):
+            raise CheckpointError(
+                f"'{path / META_FILE}' names no TensorRT major (tensorrt.trt_version 10 or 11); pass --trt-version or re-export the bundle"
+            )
+    elif trt_version not in TRT_VERSIONS:
+        raise ConfigError(f"--trt-version {trt_version} is not supported; use 10 or 11")
+    if dla is None and cfg["dla_core"] is not None and cfg["dla_core"] not in DLA_CORES:
+        raise CheckpointError(
+            f"'{path / 'build.json'}' has dla_core {cfg['dla_core']}, not a Jetson DLA core (0 or 1); re-export the bundle"
+        )
+    return CheckInput(path / cfg["onnx"][str(trt_version)], trt_version, cfg["dla_core"] if dla is None else dla, cfg["inputs"])
 
 
 # --- image in, class map out (export --input image --output labels) ------------------------------

@@ -483,6 +483,15 @@ def _artifact_with(case: Path, edit: Callable[[Path], None]) -> list[str]:
     return ["bench", str(case / "a"), "--no-accuracy", "--runs", "1", "--warmup", "0", "--json", str(case / "r.json")]
 
 
+def _artifact_of(target: str) -> Callable[[Path], None]:
+    """A setup: the world's ONNX artifact copied to CASE/a, its meta.json naming another target."""
+
+    def setup(case: Path) -> None:
+        _artifact_with(case, lambda a: _edit_json(a / "meta.json", target=target))
+
+    return setup
+
+
 def _row_with(case: Path, **changes: object) -> None:
     doc = json.loads((REPO / "tests/fixtures/results/x86_cpu_handmade.json").read_text())
     doc["rows"] = [{**doc["rows"][0], **changes}]
@@ -719,9 +728,24 @@ CASES += [
         setup=lambda c: _write(c / "m.onnx", b""),
     ),
     Case(
-        "check a folder",
+        "check a folder that is no artifact",
         lambda c: ["check", str(c), "--target", "jetson"],
-        "'{c}' is a folder; pass the .onnx file inside it (e.g. {c}/model.onnx)",
+        "'{c}' is a folder without meta.json; pass an .onnx file or an artifact folder written by 'edgeseg export'",
+    ),
+    Case(
+        "check an OpenVINO artifact",
+        lambda c: ["check", str(c / "a")],
+        (
+            "'{c}/a' is an artifact of target openvino; 'edgeseg check' applies TensorRT's rules: pass a Jetson "
+            "bundle (export --target jetson), an ONNX artifact or an .onnx file"
+        ),
+        setup=_artifact_of("openvino"),
+    ),
+    Case(
+        "check a Jetson bundle without build.json",
+        lambda c: ["check", str(c / "a")],
+        "'{c}/a' has no build.json, so it is not a Jetson bundle; re-export the bundle with 'edgeseg export CHECKPOINT --target jetson'",
+        setup=_artifact_of("jetson"),
     ),
     Case(
         "check DLA core 99",

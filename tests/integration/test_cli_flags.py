@@ -17,6 +17,7 @@ statistics, at OS16, plus its PTQ checkpoint; artifacts are made once and shared
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from collections import Counter
@@ -205,6 +206,13 @@ def test_export_input_size_sets_meta_and_model_shape(work: Path, exported: Calla
     images = _images("val", 1, size)
     ref = _torch_logits(work / "fp32.pt", images, size=size, int8=False)
     assert np.abs(_runtime_logits(folder, images) - ref).max() <= 1e-4 * max(1.0, float(np.abs(ref).max()))
+    # `edgeseg check` takes the ONNX artifact's folder as its model file, TensorRT 10 by default.
+    by_folder, by_file = (runner.invoke(app, ["check", str(p)]) for p in (folder, folder / "model.onnx"))
+    assert (
+        (by_folder.exit_code, by_folder.output)
+        == (by_file.exit_code, by_file.output)
+        == (0, f"{folder / 'model.onnx'}: 0 errors, 0 warnings (TensorRT 10.x)\n")
+    )
 
 
 # --- export --exact-grid / --allow-fallback (OpenVINO INT8) ----------------------------------------
@@ -308,6 +316,17 @@ def test_jetson_bundle_for_trt_11_and_dla(
     assert head11.startswith(f"# TensorRT 11.x ({build['onnx']['11']}): 0 errors")
     dla11 = [ln for ln in report if ln.startswith("warning: [dla] config: TensorRT 11 has DLA only from 11.4.1")]
     assert len(dla11) == (1 if dla is not None else 0)
+    # `edgeseg check FOLDER` checks the bundle as its engine will be built: the ONNX file of the
+    # bundle's TensorRT major (or --trt-version's), build.json's DLA core and shapes; the same
+    # findings as the preflight.txt the export wrote for that major.
+    for args, major in (([], 11), (["--trt-version", "10"], 10)):
+        result = runner.invoke(app, ["check", str(folder), *args])
+        head = next(i for i, ln in enumerate(report) if ln.startswith(f"# TensorRT {major}.x"))
+        lines = list(itertools.takewhile(lambda ln: not ln.startswith("#"), report[head + 1 :]))
+        errors = sum(ln.startswith("error:") for ln in lines)
+        on = f", DLA {dla}" if dla is not None else ""
+        count = f"{folder / build['onnx'][str(major)]}: {errors} errors, {len(lines) - errors} warnings (TensorRT {major}.x{on})"
+        assert (result.exit_code, result.output.splitlines()) == (1 if errors else 0, [*lines, count]), result.output
 
 
 @pytest.mark.parametrize("major", [10, 11])
