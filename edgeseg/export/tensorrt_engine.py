@@ -180,7 +180,9 @@ def _parse(trt: Any, builder: Any, logger: Any, onnx_path: Path, *, typed: bool)
         raise TargetError(f"'{onnx_path}' is missing; re-export the bundle")
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise TargetError(f"TensorRT cannot parse '{onnx_path}': {errors[:300]}; run 'edgeseg check {onnx_path} --target jetson'")
+        raise TargetError(
+            f"TensorRT cannot parse '{onnx_path}': {errors[:300]}; run 'edgeseg check {onnx_path.parent} --trt-version {trt.__version__.split('.')[0]}'"
+        )
     return network, parser
 
 

@@ -4,6 +4,7 @@ lines and TensorRT API calls per major version), Core ML's quantize/dequantize v
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -316,7 +317,9 @@ def test_build_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(TargetError, match="DLA core 1 does not exist"):
         TE.build_engine(bundle)
     install(monkeypatch, FakeTensorRT("10.7.0", parse_ok=False))
-    with pytest.raises(TargetError, match="cannot parse .*Unsupported ONNX op: Foo"):
+    with pytest.raises(
+        TargetError, match=rf"cannot parse .*Unsupported ONNX op: Foo.*; run 'edgeseg check {re.escape(str(bundle))} --trt-version 10'$"
+    ):
         TE.build_engine(bundle, dla_core=0)
     install(monkeypatch, FakeTensorRT("8.6.1"))
     with pytest.raises(TargetError, match="install TensorRT 10.x or 11.x"):
