@@ -29,9 +29,8 @@ import torch
 
 from edgeseg.config import Recipe, load_recipe
 from edgeseg.data import classes as C
-from edgeseg.models import build_model
 from edgeseg.sizes import parse_size
-from edgeseg.train import amp_dtype, autocast, build_loss, freeze_backbone_bn, total_loss
+from edgeseg.train import amp_dtype, autocast, build_loss, freeze_backbone_bn, recipe_model, total_loss
 
 REPO = Path(__file__).resolve().parents[1]
 KNOWN_CLASSES = {"camvid": C.CAMVID, "voc": C.VOC, "cityscapes": C.CITYSCAPES, "synthetic": C.SYNTHETIC}
@@ -80,9 +79,7 @@ class Runner:
         fmt = torch.channels_last if variant.channels_last else torch.contiguous_format
         self.device = x.device
         torch.manual_seed(0)
-        m = recipe.model
-        model = build_model(num_classes=num_classes, output_stride=m.output_stride, width_mult=m.width_mult, head=m.head,
-                            aux_loss=m.aux_loss, multi_grid=m.multi_grid)  # fmt: skip
+        model = recipe_model(recipe, num_classes, backbone_weights=False)
         self.model = model.to(x.device, memory_format=fmt).train()
         if recipe.model.freeze_backbone_bn:
             freeze_backbone_bn(self.model)

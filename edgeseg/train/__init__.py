@@ -140,7 +140,7 @@ def _fit(
 ) -> dict[str, Any]:
     torch.manual_seed(recipe.train.seed)
     train_set, val_set = train_dataset(recipe), eval_dataset(recipe)
-    model = _build(recipe, train_set.classes.num_classes)
+    model = recipe_model(recipe, train_set.classes.num_classes)
     trainer = Trainer(recipe, out, train_set, val_set, device, callback, class_weights_for(recipe.train, train_set.source))
     if not val_is_held_out(recipe):
         log.warning(
@@ -170,8 +170,12 @@ def _fit(
     return results
 
 
-def _build(recipe: Recipe, num_classes: int) -> nn.Module:
-    """The recipe's float model for the data's classes (which must match recipe num_classes)."""
+def recipe_model(recipe: Recipe, num_classes: int, *, backbone_weights: bool = True) -> nn.Module:
+    """The recipe's float model for the data's classes (which must match recipe num_classes).
+
+    backbone_weights=False leaves the backbone randomly initialised (a throughput benchmark needs
+    the architecture, not the ImageNet file).
+    """
     model = build_model(
         num_classes=num_classes,
         output_stride=recipe.model.output_stride,
@@ -179,7 +183,7 @@ def _build(recipe: Recipe, num_classes: int) -> nn.Module:
         head=recipe.model.head,
         aux_loss=recipe.model.aux_loss,
         multi_grid=recipe.model.multi_grid,
-        backbone_weights=recipe.model.backbone_weights,
+        backbone_weights=recipe.model.backbone_weights if backbone_weights else None,
     )
     if recipe.num_classes is not None and recipe.num_classes != num_classes:
         raise CheckpointError(f"recipe num_classes={recipe.num_classes} but the data has {num_classes} classes; fix num_classes")
