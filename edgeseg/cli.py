@@ -482,7 +482,7 @@ def check(
         int | None, typer.Option("--trt-version", help="TensorRT major version: 10 or 11 (default: a bundle's own, else 10)")
     ] = None,
 ) -> None:
-    """Preflight an ONNX model against TensorRT's rules: one line per violation; exit 1 on errors."""
+    """Preflight an ONNX model or a Jetson bundle against TensorRT's rules: one line per violation; exit 1 on errors."""
 
     from edgeseg.export.preflight import check_input, check_onnx
     from edgeseg.sizes import check_dla_core

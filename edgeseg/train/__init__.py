@@ -44,6 +44,7 @@ __all__ = [
     "freeze_backbone_bn",
     "model_info",
     "qat_stage",
+    "recipe_model",
     "total_loss",
 ]
 
