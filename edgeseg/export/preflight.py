@@ -53,6 +53,13 @@ DLA_POOL = {"window": (1, 8), "stride": (1, 16), "pad": (0, 7)}
 DLA_RESIZE_SCALE = (1, 32)
 
 
+def check_trt_version(major: int) -> int:
+    """A TensorRT major version edgeseg has rules for (10 or 11); ConfigError naming --trt-version otherwise."""
+    if major not in TRT_VERSIONS:
+        raise ConfigError(f"--trt-version {major} is not supported; use 10 or 11")
+    return major
+
+
 def check_onnx(
     path: str | Path | Any, target: str = "jetson", *, trt_version: int = 10, dla: int | None = None, shapes: dict[str, Any] | None = None
 ) -> list[Violation]:
@@ -71,8 +78,7 @@ def check_onnx(
     """
     if target != "jetson":
         raise ConfigError(f"preflight target '{target}' has no rules; use --target jetson")
-    if trt_version not in TRT_VERSIONS:
-        raise ConfigError(f"--trt-version {trt_version} is not supported; use 10 or 11")
+    check_trt_version(trt_version)
     model = load_model(path)
     g = Graph(model)
     out = check_opset(model, trt_version) + check_ops(g, trt_version) + _check_qdq(g) + check_shapes(g, shapes) + check_int64(g)
@@ -108,7 +114,6 @@ def check_input(path: str | Path, *, trt_version: int | None = None, dla: int | 
         return CheckInput(path, 10 if trt_version is None else trt_version, dla)
     from edgeseg.export.meta import META_FILE, read_meta
     from edgeseg.export.tensorrt_engine import read_build_config
-    from edgeseg.sizes import DLA_CORES
 
     if not (path / META_FILE).is_file():
         raise CheckpointError(
@@ -130,12 +135,8 @@ def check_input(path: str | Path, *, trt_version: int | None = None, dla: int | 
             raise CheckpointError(
                 f"'{path / META_FILE}' names no TensorRT major (tensorrt.trt_version 10 or 11); pass --trt-version or re-export the bundle"
             )
-    elif trt_version not in TRT_VERSIONS:
-        raise ConfigError(f"--trt-version {trt_version} is not supported; use 10 or 11")
-    if dla is None and cfg["dla_core"] is not None and cfg["dla_core"] not in DLA_CORES:
-        raise CheckpointError(
-            f"'{path / 'build.json'}' has dla_core {cfg['dla_core']}, not a Jetson DLA core (0 or 1); re-export the bundle"
-        )
+    else:
+        check_trt_version(trt_version)
     return CheckInput(path / cfg["onnx"][str(trt_version)], trt_version, cfg["dla_core"] if dla is None else dla, cfg["inputs"])
 
 

@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from edgeseg.constants import choices
 from edgeseg.errors import CheckpointError, TargetError, missing_dependency, printable
 from edgeseg.fsutil import write_bytes, write_text
+from edgeseg.sizes import DLA_CORES
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,8 @@ def _build_config_problem(cfg: Any) -> str | None:
         return f"has workspace_gb {printable(repr(ws))}, not a size in GB"
     if dla is not None and (isinstance(dla, bool) or not isinstance(dla, int) or dla < 0):
         return f"has dla_core {printable(repr(dla))}, not a core number or null"
+    if dla is not None and dla not in DLA_CORES:
+        return f"has dla_core {dla}, not a Jetson DLA core ({choices(DLA_CORES)})"
     if not isinstance(cfg.get("inputs"), dict) or not cfg["inputs"]:
         return "lacks the input shapes ('inputs')"
     return next(filter(None, (_profile_problem(n, p) for n, p in cfg["inputs"].items())), None)

@@ -492,6 +492,19 @@ def _artifact_of(target: str) -> Callable[[Path], None]:
     return setup
 
 
+def _jetson_bundle(meta: dict[str, object], **build: object) -> Callable[[Path], None]:
+    """A setup: the world's ONNX artifact made a Jetson bundle at CASE/a (meta.json's target and
+    `meta`, a build.json valid but for `build`)."""
+
+    def setup(case: Path) -> None:
+        _artifact_with(case, lambda a: _edit_json(a / "meta.json", target="jetson", **meta))
+        shape = {k: [1, 3, 64, 64] for k in ("min", "opt", "max")}
+        cfg = {"precision": "fp32", "onnx": {"10": "model.onnx", "11": "model.onnx"}, "workspace_gb": 2, "dla_core": None}
+        _write(case / "a/build.json", json.dumps({**cfg, "inputs": {"input": shape}, **build}))
+
+    return setup
+
+
 def _row_with(case: Path, **changes: object) -> None:
     doc = json.loads((REPO / "tests/fixtures/results/x86_cpu_handmade.json").read_text())
     doc["rows"] = [{**doc["rows"][0], **changes}]
@@ -746,6 +759,21 @@ CASES += [
         lambda c: ["check", str(c / "a")],
         "'{c}/a' has no build.json, so it is not a Jetson bundle; re-export the bundle with 'edgeseg export CHECKPOINT --target jetson'",
         setup=_artifact_of("jetson"),
+    ),
+    Case(
+        "check a Jetson bundle whose meta.json names no TensorRT major",
+        lambda c: ["check", str(c / "a")],
+        "'{c}/a/meta.json' names no TensorRT major (tensorrt.trt_version 10 or 11); pass --trt-version or re-export the bundle",
+        setup=_jetson_bundle({"tensorrt": {"trt_version": 9}}),
+    ),
+    Case(
+        "check a Jetson bundle for DLA core 5",
+        lambda c: ["check", str(c / "a")],
+        (
+            "'{c}/a/build.json' has dla_core 5, not a Jetson DLA core (0 or 1); re-export the bundle with 'edgeseg "
+            "export CHECKPOINT --target jetson'"
+        ),
+        setup=_jetson_bundle({"tensorrt": {"trt_version": 10}}, dla_core=5),
     ),
     Case(
         "check DLA core 99",

@@ -352,6 +352,7 @@ def test_build_json_is_checked_first(tmp_path: Path, monkeypatch: pytest.MonkeyP
         ({**good, "onnx": {"10": "../../etc/model.onnx", "11": "model.onnx"}}, "lacks the ONNX file name per TensorRT major"),
         ({**good, "workspace_gb": -1}, "has workspace_gb -1, not a size in GB"),
         ({**good, "dla_core": "0"}, "has dla_core '0', not a core number or null"),
+        ({**good, "dla_core": 5}, "has dla_core 5, not a Jetson DLA core \\(0 or 1\\)"),
         ({**good, "inputs": {"input": {"min": [1, 3], "opt": [1, 3], "max": [0, 3]}}}, "input 'input' has shapes"),
     ]:
         (tmp_path / "build.json").write_text(bad if isinstance(bad, str) else json.dumps(bad))
