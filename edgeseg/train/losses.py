@@ -68,45 +68,73 @@ def ohem_cross_entropy(logits: torch.Tensor, target: torch.Tensor, thresh: float
     return losses[keep].mean()
 
 
-LOVASZ_BLOCK = 1 << 25  # elements per (classes, pixels) block of lovasz_softmax: 128 MB of float32
+LOVASZ_BLOCK = 1 << 25  # elements per (batch, classes, pixels) block of lovasz_softmax: 128 MB of float32
+LOVASZ_BINS = 4096  # error bins of lovasz_softmax: its loss is within 2 / LOVASZ_BINS of the sorted algorithm's
 
 
-def _lovasz_grad(fg_sorted: torch.Tensor) -> torch.Tensor:
-    """Gradient of the Lovász extension of the Jaccard loss w.r.t. sorted errors (Alg. 1 of the
-    paper), for each row of `fg_sorted` (one class's foreground indicator, in error order)."""
-    gts = fg_sorted.sum(-1, keepdim=True)
-    intersection = gts - fg_sorted.cumsum(-1)
-    union = gts + (1.0 - fg_sorted).cumsum(-1)
-    jaccard = 1.0 - intersection / union
-    return torch.cat([jaccard[..., :1], jaccard[..., 1:] - jaccard[..., :-1]], dim=-1)
+def _lovasz_signed_weights(p: torch.Tensor, fg: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Lovász-softmax gradient of each pixel's probability, without a sort.
+
+    `p` (batch, classes, pixels) holds the probabilities of some classes, `fg` whether each pixel
+    is of that class, `valid` (batch, 1, pixels) which pixels are labelled. The paper's Algorithm 1
+    sorts the errors |fg - p| and weighs each by the step of the Jaccard loss it causes, which
+    depends only on how many foreground and background pixels come before it. Here the errors fall
+    in LOVASZ_BINS equal bins, counted by one bincount per class; a bin's step of the Jaccard loss
+    is exact, and within it foreground and background pixels are taken as evenly interleaved, so
+    each kind gets the mean of the steps its pixels make (closed form: J = 1 - I/U along the
+    bin, I falling by its foreground count, U growing by its background count). Where no two errors
+    share a bin this is the sorted algorithm's gradient; the loss is within 2 / LOVASZ_BINS of it
+    (weights are non-negative and sum to each bin's step). Errors that tie exactly, which float32
+    probabilities produce by the thousand in a batch, get one mean weight instead of the sort's
+    arbitrary order: any mix is a subgradient of the Lovász extension there.
+
+    Returns `(signed, const)` with `loss = (p * signed).sum() + const`: `signed` is +w for
+    background pixels, -w for foreground ones (their error is 1 - p) and 0 for void ones.
+    """
+    k, bins = p.shape[1], LOVASZ_BINS
+    errors = torch.where(fg, 1.0 - p, p)
+    key = (bins - 1) - (errors * bins).to(torch.int32).clamp_(0, bins - 1)  # 0: the largest errors
+    key += (torch.arange(k, dtype=torch.int32, device=p.device) * bins).view(1, k, 1)
+    key = torch.where(valid, key * 2 + fg, 2 * k * bins)  # void pixels: a last bin of weight 0
+    hist = torch.bincount(key.flatten(), minlength=2 * k * bins + 1)[:-1].view(k, bins, 2).double()
+    bg, fgn = hist[..., 0], hist[..., 1]
+    gts = fgn.sum(1, keepdim=True)
+    inter_after, union_after = gts - fgn.cumsum(1), gts + bg.cumsum(1)
+    inter_before, union_before = inter_after + fgn, union_after - bg
+    step = inter_before / union_before - inter_after / union_after  # the bin's Jaccard step
+    # foreground share of the step: integral of fgn / U(t) for U(t) = U0 + bg t, t in [0, 1]
+    fg_step = fgn * torch.where(bg > 0, torch.log1p(bg / union_before) / bg.clamp(min=1), 1.0 / union_before)
+    fg_w = fg_step / fgn.clamp(min=1)
+    weights = torch.stack([(step - fg_step) / bg.clamp(min=1), -fg_w], -1).flatten()
+    const = (fg_w * fgn).sum().float()
+    signed = torch.cat([weights, weights.new_zeros(1)]).float()[key]
+    return signed, const
 
 
 def lovasz_softmax(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Lovász-softmax over the labelled pixels of the batch, averaged over the classes present.
 
-    0 for a perfect (one-hot) prediction; bounded by 1.
+    0 for a perfect (one-hot) prediction; bounded by 1. Linear in the pixels (see
+    `_lovasz_signed_weights`): at 8x288x384 with 11 classes on two threads, forward and backward
+    take about a third of the time of the sorted algorithm (one (classes, pixels) sort, 1.0 s).
     """
-    probs = logits.float().softmax(1)
-    c = probs.shape[1]
-    probs = probs.permute(0, 2, 3, 1).reshape(-1, c)
-    labels = target.flatten()
+    b, c = logits.shape[:2]
+    probs = logits.float().softmax(1).flatten(2)
+    labels = target.reshape(b, 1, -1)
     valid = labels != IGNORE_INDEX
-    probs, labels = probs[valid], labels[valid]
-    if labels.numel() == 0:
+    present = labels[valid].unique()
+    if present.numel() == 0:
         return logits.sum() * 0.0
-    # The present classes a block at a time: one (classes, pixels) sort per block, which the CPU
-    # runs a row per thread (one 1-D sort per class took 1.18 s for this loss at 8x288x384 on two
-    # threads, the batched sort 0.83 s); blocks bound the memory to about LOVASZ_BLOCK elements
+    # The present classes a block at a time, to bound the memory to about LOVASZ_BLOCK elements
     # per tensor (a Cityscapes batch of 16 at 768x768 would otherwise hold 19 x 9.4 M of each).
-    present = labels.unique()
     rows = max(1, LOVASZ_BLOCK // labels.numel())
     total = probs.new_zeros(())
     for start in range(0, present.numel(), rows):
         cls = present[start : start + rows]
-        fg = (labels.unsqueeze(0) == cls.unsqueeze(1)).float()
-        errors = (fg - probs[:, cls].t()).abs()
-        errors_sorted, order = torch.sort(errors, dim=1, descending=True)
-        total = total + (errors_sorted * _lovasz_grad(torch.gather(fg, 1, order))).sum()
+        p = probs if cls.numel() == c else probs.index_select(1, cls)
+        with torch.no_grad():
+            signed, const = _lovasz_signed_weights(p, labels == cls.view(1, -1, 1), valid)
+        total = total + (p * signed).sum() + const
     return total / present.numel()
 
 

@@ -10,6 +10,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.nn import functional as F
 
 from edgeseg.config import LOSSES, recipe_from_dict
@@ -130,20 +132,54 @@ def test_lovasz_matches_the_paper_s_algorithm_with_void_and_absent_classes(monke
     logits = torch.randn(2, 5, 3, 4, dtype=torch.float64, requires_grad=True)
     target = torch.randint(0, 4, (2, 3, 4))  # class 4 never appears
     target[0, 0, :2] = C.IGNORE_INDEX
-    got = lovasz_softmax(logits, target)
-    (g_got,) = torch.autograd.grad(got, logits)
     probs = logits.softmax(1).permute(0, 2, 3, 1).reshape(-1, 5)
     keep = target.flatten() != C.IGNORE_INDEX
     want = _lovasz_by_definition(probs[keep], target.flatten()[keep])
     (g_want,) = torch.autograd.grad(want, logits)
+    # Bins so fine that no two of these errors share one: the sorted algorithm's loss and gradient.
+    monkeypatch.setattr(losses, "LOVASZ_BINS", 1 << 18)
+    got = lovasz_softmax(logits, target)
+    (g_got,) = torch.autograd.grad(got, logits)
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
     torch.testing.assert_close(g_got, g_want, rtol=1e-4, atol=1e-7)
     # In blocks of one and of three classes (memory-bounded), the same loss and gradients.
-    for block in (keep.sum().item(), 3 * keep.sum().item()):
+    for block in (target.numel(), 3 * target.numel()):
         monkeypatch.setattr(losses, "LOVASZ_BLOCK", block)
         again = lovasz_softmax(logits, target)
         assert again.item() == pytest.approx(want.item(), rel=1e-5)
         torch.testing.assert_close(torch.autograd.grad(again, logits)[0], g_want, rtol=1e-4, atol=1e-7)
+
+
+def test_lovasz_bins_tie_errors_with_the_mean_step_of_each_kind() -> None:
+    # One foreground pixel (p 0.7, error 0.3) and one background pixel (p 0.3, error 0.3) tie.
+    # Sorted foreground first, the Jaccard steps are (1, 0); background first, (0.5, 0.5); the loss
+    # is 0.3 either way. Evenly interleaved along the bin (I: 1 -> 0, U: 1 -> 2), the foreground
+    # pixel's share of the step is the integral of 1 / (1 + t) over [0, 1] = ln 2, the background's
+    # 1 - ln 2: weights between the two orders'.
+    p = torch.tensor([[[0.7, 0.3]]], dtype=torch.float64)
+    signed, const = losses._lovasz_signed_weights(p, torch.tensor([[[True, False]]]), torch.ones(1, 1, 2, dtype=torch.bool))
+    torch.testing.assert_close(signed, torch.tensor([[[-math.log(2), 1 - math.log(2)]]]), rtol=1e-6, atol=0)
+    assert (p * signed).sum().item() + const.item() == pytest.approx(0.3, rel=1e-6)
+    # A lone foreground pixel in its bin takes the whole step 1 / U, a lone background pixel I / (U (U + 1)).
+    p = torch.tensor([[[0.9, 0.6, 0.2]]], dtype=torch.float64)  # errors 0.1, 0.6 (background), 0.8
+    signed, _ = losses._lovasz_signed_weights(p, torch.tensor([[[True, False, True]]]), torch.ones(1, 1, 3, dtype=torch.bool))
+    # order by error: 0.8 (fg: I 2 -> 1, U 2, step 1/2), 0.6 (bg: U 2 -> 3, step 1/2 - 1/3), 0.1 (fg: I 1 -> 0, U 3, step 1/3)
+    torch.testing.assert_close(signed, torch.tensor([[[-1 / 3, 1 / 2 - 1 / 3, -1 / 2]]]), rtol=1e-6, atol=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), pixels=st.integers(1, 400), classes=st.integers(2, 6), scale=st.floats(0.1, 8.0))
+def test_lovasz_within_two_bins_of_the_sorted_algorithm(seed: int, pixels: int, classes: int, scale: float) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(1, classes, 1, pixels, generator=gen) * scale
+    target = torch.randint(0, classes, (1, 1, pixels), generator=gen)
+    target[torch.rand(1, 1, pixels, generator=gen) < 0.1] = C.IGNORE_INDEX
+    keep = target.flatten() != C.IGNORE_INDEX
+    if not keep.any():
+        return
+    probs = logits.float().softmax(1).permute(0, 2, 3, 1).reshape(-1, classes).double()
+    want = _lovasz_by_definition(probs[keep], target.flatten()[keep]).item()
+    assert abs(lovasz_softmax(logits, target).item() - want) <= 2 / losses.LOVASZ_BINS + 1e-6
 
 
 def test_composed_loss_and_aux_weight() -> None:
