@@ -27,7 +27,6 @@ regions would run in FP32.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -234,17 +233,12 @@ class JetsonTarget:
         if not ok:
             raise TargetError(f"cannot run '{artifact}' here: {why}")
         runner = TensorRTRunner(Path(artifact))
-        return Loaded(runner, self.runtime, package_version("tensorrt"), _provider(Path(artifact)), None, runner.static_batch)
+        return Loaded(runner, self.runtime, package_version("tensorrt"), _provider(runner.dla_core), None, runner.static_batch)
 
 
-def _provider(bundle: Path) -> str:
-    """GPU, or the DLA core the engine was built for (with GPU fallback), from build.json."""
-    build = bundle / "build.json"
-    try:
-        dla = json.loads(build.read_text()).get("dla_core") if build.is_file() else None
-    except (OSError, json.JSONDecodeError):
-        dla = None
-    return f"DLA{dla} (GPU fallback)" if dla is not None else "GPU"
+def _provider(dla_core: int | None) -> str:
+    """GPU, or the DLA core the engine runs on (with GPU fallback)."""
+    return f"DLA{dla_core} (GPU fallback)" if dla_core is not None else "GPU"
 
 
 def export_bundle(request: ExportRequest, out: Path) -> dict[str, Any]:

@@ -299,6 +299,7 @@ class TensorRTRunner:
         self.log_lines: list[str] = []
         self.logger = _TrtLogger(trt, self.log_lines)  # TensorRT needs its logger alive as long as the engine
         dla = cfg.get("dla_core") if dla_core is None else dla_core
+        self.dla_core: int | None = dla  # bench's provider label: "GPU" or "DLA n (GPU fallback)"
         self.runtime, self.engine = _deserialize(trt, self.logger, self.log_lines, engine_path, dla)
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
