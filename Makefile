@@ -33,7 +33,7 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/pytest -q -m integration tests/integration
 
-## camvid: the real run (about 90 minutes on 2 CPU cores)
+## camvid: the real run (about 2 hours on 2 CPU cores: 106 minutes of training, then exports, benches, report)
 camvid: $(STAMP)
 	$(BIN)/edgeseg pipeline recipes/camvid_mnv2_os16.yaml --out runs/camvid
 
