@@ -25,6 +25,7 @@ from torch.nn import functional as F
 
 from edgeseg.config import load_recipe
 from edgeseg.data.classes import IGNORE_INDEX
+from edgeseg.metrics import ConfusionMatrix
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,8 +38,7 @@ def stride_caps(masks: Iterable[np.ndarray], num_classes: int, strides: list[int
         num_classes: number of classes.
         strides: output strides (1 scores the labels against themselves).
     """
-    inter = {s: np.zeros(num_classes) for s in strides}
-    union = {s: np.zeros(num_classes) for s in strides}
+    matrices = {s: ConfusionMatrix(num_classes, IGNORE_INDEX) for s in strides}
     for mask in masks:
         labels = torch.from_numpy(np.asarray(mask, dtype=np.int64))
         h, w = labels.shape
@@ -51,11 +51,8 @@ def stride_caps(masks: Iterable[np.ndarray], num_classes: int, strides: list[int
                 padded = F.pad(onehot, (0, -w % s, 0, -h % s))  # as the model's ceil(H / s) grid
                 cells = F.avg_pool2d(padded[None], s, s)
                 pred = F.interpolate(cells, size=(h, w), mode="bilinear", align_corners=False)[0].argmax(0)
-            for c in range(num_classes):
-                truth, hit = labels == c, (pred == c) & valid
-                inter[s][c] += (truth & hit).sum().item()
-                union[s][c] += (truth | hit).sum().item()
-    return {s: [100.0 * i / u if u else float("nan") for i, u in zip(inter[s], union[s], strict=True)] for s in strides}
+            matrices[s].update(pred, labels)
+    return {s: [float(v) * 100.0 for v in m.iou()] for s, m in matrices.items()}
 
 
 def main() -> None:
