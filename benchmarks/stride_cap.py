@@ -67,6 +67,9 @@ def main() -> None:
     from edgeseg.data.dataset import open_split
 
     recipe = load_recipe(args.recipe)
+    from edgeseg.fsutil import spare_inputs
+
+    spare_inputs({"--json": args.json}, [args.recipe, Path(recipe.data.root)])
     split = args.split or recipe.data.val_split
     source = open_split(recipe, split)
     names = source.classes.names

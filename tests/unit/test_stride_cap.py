@@ -41,3 +41,15 @@ def test_sizes_not_divisible_by_the_stride_keep_the_full_frame() -> None:
     mask[5:, 6:] = 1
     caps = sc.stride_caps([mask], 2, [4])
     assert all(0.0 < v <= 100.0 for v in caps[4])
+
+
+def test_json_over_its_own_recipe_is_refused_and_the_recipe_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeseg.fsutil import WriteError
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_bytes((REPO / "recipes" / "camvid_mnv2_os16.yaml").read_bytes())
+    before = recipe.read_bytes()
+    monkeypatch.setattr(sys, "argv", ["stride_cap.py", str(recipe), "--json", str(recipe)])
+    with pytest.raises(WriteError, match="would overwrite this command's input"):
+        sc.main()
+    assert recipe.read_bytes() == before
