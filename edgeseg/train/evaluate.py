@@ -71,13 +71,21 @@ def evaluate(
 
 
 @torch.no_grad()
-def recalibrate_bn(model: torch.nn.Module, dataset, num_images: int, device: torch.device | str = "cpu") -> None:  # noqa: ANN001
+def recalibrate_bn(
+    model: torch.nn.Module,
+    dataset,  # noqa: ANN001
+    num_images: int,
+    device: torch.device | str = "cpu",
+    keep: torch.nn.Module | None = None,
+) -> None:
     """Re-estimate BatchNorm running statistics on full-size images (cumulative average).
 
     The first `num_images` images (an even number of them: they go in pairs) are used; with
-    fewer than two the statistics are left as they are.
+    fewer than two the statistics are left as they are. BatchNorm layers inside `keep` (a frozen
+    backbone, `model.freeze_backbone_bn`) keep theirs: their statistics are part of the weights.
     """
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    kept = {id(m) for m in keep.modules()} if keep is not None else set()
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and id(m) not in kept]
     # Pairs of images: the ASPP pooling branch's BN sees 1x1 maps and needs a batch of two.
     n = min(num_images, len(dataset)) // 2 * 2
     if not bns or n < 2:

@@ -174,7 +174,10 @@ class Trainer:
     def _evaluate(self, model: nn.Module) -> float:
         base = getattr(model, "module", model)
         if self.recipe.train.bn_recalibrate:
-            recalibrate_bn(base, _EvalOnTrain(self.train_set, self.val_set), self.recipe.train.bn_recalibrate, self.device)
+            # A frozen backbone's BN statistics are its weights' (the shared backbone has them folded
+            # to identity): re-estimating them would change what every later layer sees.
+            keep = getattr(base, "float_model", base).encoder if self.recipe.model.freeze_backbone_bn else None
+            recalibrate_bn(base, _EvalOnTrain(self.train_set, self.val_set), self.recipe.train.bn_recalibrate, self.device, keep=keep)
         summary = evaluate(base, self.val_set, device=self.device, amp=self.recipe.train.amp)
         return summary["miou"]
 

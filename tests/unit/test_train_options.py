@@ -122,6 +122,23 @@ def test_bn_recalibrate_reestimates_statistics_on_train_images(tmp_path: Path, n
     assert len(counts) > 60 and set(counts.values()) == {pairs}
 
 
+def test_bn_recalibrate_leaves_a_frozen_backbone_statistics(tmp_path: Path) -> None:
+    """With model.freeze_backbone_bn the encoder's BN statistics are part of its weights (the shared
+    backbone has them folded to mean 0 / var 1): recalibration re-estimates the head's only."""
+    torch.manual_seed(0)
+    initial = build_model(num_classes=5, output_stride=16, width_mult=0.35).state_dict()
+    _train_one_step(_recipe(bn_recalibrate=4, freeze_backbone_bn=True), tmp_path)
+    saved = load_checkpoint(tmp_path / "fp32.pt")["model"]
+    stats = [k for k in saved if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    encoder = [k for k in stats if k.startswith("encoder.")]
+    head = [k for k in stats if not k.startswith("encoder.")]
+    assert len(encoder) == 3 * 51 and len(head) > 15
+    assert all(torch.equal(saved[k], initial[k]) for k in encoder)  # as built: 0 / 1, 0 batches
+    assert {int(saved[k]) for k in head if k.endswith("num_batches_tracked")} == {2}  # re-estimated on 2 pairs
+    # The head's first BN holds the statistics of its conv on the full-size train images, not the step's.
+    assert not any(torch.equal(saved[k], initial[k]) for k in head if k.endswith("running_var"))
+
+
 def test_bn_recalibrate_off_keeps_the_training_statistics(tmp_path: Path) -> None:
     model, _ = _train_one_step(_recipe(bn_recalibrate=0), tmp_path)
     saved = load_checkpoint(tmp_path / "fp32.pt")["model"]
