@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from edgeseg.errors import ConfigError, did_you_mean
 
 OUTPUT_STRIDES = (8, 16, 32)
-HEADS = ("deeplabv3plus", "deeplabv3plus_s2", "deeplabv3")  # decoder heads of build_model
+HEADS = ("deeplabv3plus", "deeplabv3plus_s2", "deeplabv3plus_dw", "deeplabv3")  # decoder heads of build_model
 CALIB_METHODS = ("max", "percentile", "entropy", "mse")
 MAX_SIDE = 8192  # pixels a side: beyond this an input is not an edge-device frame (and allocates GBs)
 PERCENTILE_MIN, PERCENTILE_MAX = 50.0, 100.0  # calibration percentile: (min, max]

@@ -60,6 +60,19 @@ class InvertedResidual(nn.Module):
         x = self.in_q(x)
         return x + self.out_q(self.conv(x)) if self.use_res else self.conv(x)
 
+    def forward_hidden(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward(x) and the depthwise conv's output (expanded channels, quantized once)."""
+        x = self.in_q(x)
+        hidden = x
+        for layer in list(self.conv)[:-2]:
+            hidden = layer(hidden)
+        out = self.conv[-1](self.conv[-2](hidden))
+        return (x + self.out_q(out) if self.use_res else out), hidden
+
+    @property
+    def hidden_channels(self) -> int:
+        return self.depthwise.out_channels
+
 
 class MobileNetV2Encoder(nn.Module):
     """MobileNetV2 features 0..17 (the 1280-channel head is not used for segmentation).
@@ -131,6 +144,21 @@ class MobileNetV2Encoder(nn.Module):
             x = layer(x)
             feats.append(x)
         return feats
+
+    def forward_hidden(self, x: torch.Tensor, index: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """forward(x) and the depthwise output of block `index` (1..17: a block, not the stem)."""
+        if not 1 <= index < len(self.features):
+            raise ValueError(f"block index must be 1..{len(self.features) - 1}, got {index}")
+        x = self.input_q(x)
+        feats: list[torch.Tensor] = []
+        hidden = x
+        for i, layer in enumerate(self.features):
+            if i == index:
+                x, hidden = cast(InvertedResidual, layer).forward_hidden(x)
+            else:
+                x = layer(x)
+            feats.append(x)
+        return feats, hidden
 
 
 def load_backbone_weights(encoder: MobileNetV2Encoder, path: str | Path) -> None:

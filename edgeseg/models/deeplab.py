@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
 
 from edgeseg.constants import HEADS
-from edgeseg.models.backbone import MobileNetV2Encoder, load_backbone_weights, torchvision_imagenet_weights
+from edgeseg.models.backbone import InvertedResidual, MobileNetV2Encoder, load_backbone_weights, torchvision_imagenet_weights
 from edgeseg.models.heads import AuxHead, DeepLabV3Head, DeepLabV3PlusDecoder
 from edgeseg.models.layers import resize
 
@@ -37,9 +38,17 @@ class DeepLab(nn.Module):
         self.low_index = max(i for i, s in enumerate(strides) if s == 4)
         self.fine_index = max(i for i, s in enumerate(strides) if s == 2)
         high_ch = channels[-1]
-        if head in ("deeplabv3plus", "deeplabv3plus_s2"):
+        # deeplabv3plus_dw: the decoder reads the last stride-4 block's depthwise output (144
+        # channels at width 1.0, after ReLU6, already quantized in the block) instead of its
+        # 24-channel linear projection, as TF DeepLab's MobileNetV2 (layer_4/depthwise_output).
+        self.low_hidden = head == "deeplabv3plus_dw"
+        if head in ("deeplabv3plus", "deeplabv3plus_s2", "deeplabv3plus_dw"):
             fine_ch = channels[self.fine_index] if head == "deeplabv3plus_s2" else 0
-            self.decoder: nn.Module = DeepLabV3PlusDecoder(high_ch, channels[self.low_index], num_classes, output_stride, fine_ch=fine_ch)
+            low_block = cast(InvertedResidual, self.encoder.features[self.low_index])
+            low_ch = low_block.hidden_channels if self.low_hidden else channels[self.low_index]
+            self.decoder: nn.Module = DeepLabV3PlusDecoder(
+                high_ch, low_ch, num_classes, output_stride, fine_ch=fine_ch, low_quantized=self.low_hidden
+            )
         elif head == "deeplabv3":
             self.decoder = DeepLabV3Head(high_ch, num_classes, output_stride)
         else:
@@ -64,8 +73,12 @@ class DeepLab(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         out_size = self.input_size or x.shape[-2:]
-        feats = self.encoder(x)
-        logits = resize(self.decoder(feats[-1], feats[self.low_index], feats[self.fine_index]), out_size)
+        if self.low_hidden:
+            feats, low = self.encoder.forward_hidden(x, self.low_index)
+        else:
+            feats = self.encoder(x)
+            low = feats[self.low_index]
+        logits = resize(self.decoder(feats[-1], low, feats[self.fine_index]), out_size)
         if self.training and self.aux is not None:
             return logits, resize(self.aux(feats[self.aux_index]), out_size)
         return logits
@@ -88,7 +101,9 @@ def build_model(
         output_stride: 8, 16 or 32.
         width_mult: MobileNetV2 width multiplier.
         head: "deeplabv3plus" (ASPP + stride-4 decoder), "deeplabv3plus_s2" (the same, then a
-            light stride-2 fusion for thin structures) or "deeplabv3" (ASPP only).
+            light stride-2 fusion for thin structures), "deeplabv3plus_dw" (the stride-4 decoder
+            reads the block's 144-channel depthwise output, not its 24-channel projection) or
+            "deeplabv3" (ASPP only).
         aux_loss: add an auxiliary FCN head on stride-16 features for training.
         multi_grid: dilation multipliers for the last dilated blocks (DeepLab v3), e.g. [1, 2, 4].
         backbone_weights: a local torchvision mobilenet_v2 state dict, or "imagenet" to fetch

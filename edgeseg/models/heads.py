@@ -74,10 +74,21 @@ class DeepLabV3PlusDecoder(nn.Module):
     pixels wide at 360x480) are below one cell of the stride-4 map; the stride-2 map still sees them.
     """
 
-    def __init__(self, high_ch: int, low_ch: int, num_classes: int, output_stride: int, channels: int = 256, fine_ch: int = 0) -> None:
+    def __init__(  # noqa: PLR0913
+        self,
+        high_ch: int,
+        low_ch: int,
+        num_classes: int,
+        output_stride: int,
+        channels: int = 256,
+        fine_ch: int = 0,
+        low_quantized: bool = False,
+    ) -> None:
         super().__init__()
         self.aspp = ASPP(high_ch, channels, output_stride)
-        self.low_q = QuantPoint()
+        # A low-level input the encoder has quantized already (a depthwise output) gets no second
+        # quantizer: one scale per tensor, shared by its consumers.
+        self.low_q: nn.Module = nn.Identity() if low_quantized else QuantPoint()
         self.low_proj = ConvNormAct(low_ch, 48, 1, act=nn.ReLU)
         self.cat_q = QuantPoint()
         self.fuse = nn.Sequential(SeparableConv(channels + 48, channels), SeparableConv(channels, channels))

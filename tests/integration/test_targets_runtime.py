@@ -36,11 +36,11 @@ SIZE = (64, 64)
 SYNTH = {"num_train": 8, "num_val": 4, "size": list(SIZE), "seed": 0}
 
 
-def _recipe(output_stride: int) -> object:
+def _recipe(output_stride: int, head: str = "deeplabv3plus") -> object:
     return recipe_from_dict(
         {
             "name": "tiny",
-            "model": {"width_mult": 0.35, "output_stride": output_stride},
+            "model": {"width_mult": 0.35, "output_stride": output_stride, "head": head},
             "data": {
                 "format": "synthetic",
                 "synthetic_num_train": 8,
@@ -54,10 +54,10 @@ def _recipe(output_stride: int) -> object:
     )
 
 
-def _checkpoints(folder: Path, output_stride: int) -> tuple[Path, Path]:
+def _checkpoints(folder: Path, output_stride: int, head: str = "deeplabv3plus") -> tuple[Path, Path]:
     """An FP32 checkpoint (random weights, BN statistics made non-trivial) and its PTQ checkpoint."""
     torch.manual_seed(output_stride)
-    model = build_model(num_classes=5, output_stride=output_stride, width_mult=0.35)
+    model = build_model(num_classes=5, output_stride=output_stride, width_mult=0.35, head=head)
     source = open_source("synthetic", None, "train", SYNTH)
     batch = torch.from_numpy(np.concatenate([preprocess(source.load(i)[0]) for i in range(4)]))
     with torch.no_grad():  # train-mode passes give BN real statistics, so activations have real ranges
@@ -65,8 +65,8 @@ def _checkpoints(folder: Path, output_stride: int) -> tuple[Path, Path]:
         for _ in range(3):
             model(batch)
     model.eval()
-    recipe = _recipe(output_stride)
-    fp32, ptq = folder / f"fp32_os{output_stride}.pt", folder / f"ptq_os{output_stride}.pt"
+    recipe = _recipe(output_stride, head)
+    fp32, ptq = folder / f"fp32_{head}_os{output_stride}.pt", folder / f"ptq_{head}_os{output_stride}.pt"
     save_checkpoint(fp32, model=model, recipe=recipe, classes=SYNTHETIC)
     q = quantize(model, {"method": "percentile", "percentile": 99.99}, array_loop(lambda i: source.load(i)[0], len(source), SIZE))
     save_checkpoint(
@@ -172,6 +172,31 @@ def test_int8_openvino_and_jetson_at_output_stride(ckpts: dict, tmp_path: Path, 
     assert build["strongly_typed"] == {"10": True, "11": True} and "--stronglyTyped" in build["trtexec"]["10"]
     graph = onnx.load(str(jfolder / "model.onnx")).graph
     assert sum(n.op_type == "DequantizeLinear" for n in graph.node) > 60
+
+
+def test_depthwise_low_level_head_int8_openvino_and_jetson(tmp_path: Path) -> None:
+    """model.head deeplabv3plus_dw: the decoder reads a tensor the encoder quantized already (the
+    stride-4 block's depthwise output, read also by the block's projection). Every conv still runs
+    INT8 in OpenVINO, the IR agrees with PyTorch's fake-quant model, and the Jetson bundle passes
+    the TensorRT preflight (one scale for the tensor's two readers)."""
+    _, ptq = _checkpoints(tmp_path, 16, head="deeplabv3plus_dw")
+    model = model_from_checkpoint(load_checkpoint(ptq))
+    assert model.head_name == "deeplabv3plus_dw" and model.decoder.low_proj[0].in_channels == 48  # 8 x 6 at width 0.35
+    folder, meta = _export(ptq, "openvino", "int8", tmp_path / "out", input="tensor", output="logits")
+    v = meta["verification"]
+    assert v["argmax_agreement"] >= 0.99 and v["weighted_layers_int8"] == v["weighted_layers"] > 60
+    from edgeseg.export.openvino import TARGET
+
+    images = _val_images()
+    got = np.concatenate([TARGET.load(folder, meta).runner.run(x).copy() for x in images]).argmax(1)
+    want = _torch_logits(ptq, images, quantized=True).argmax(1)
+    assert (got == want).mean() >= 0.99
+    jfolder, _ = _export(ptq, "jetson", "int8", tmp_path / "out")
+    assert _preflight_counts(jfolder) == {"10.x": "0 errors, 0 warnings", "11.x": "0 errors, 0 warnings"}
+    pytest.importorskip("coremltools")
+    _, cmeta = _export(ptq, "coreml", "int8", tmp_path / "out")
+    cm = cmeta["coreml"]
+    assert cm["convs"] == cm["convs_int8_weights"] == cm["convs_int8_inputs"] > 60
 
 
 def test_openvino_fp32_and_fp16(ckpts: dict, tmp_path: Path) -> None:

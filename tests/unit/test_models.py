@@ -189,6 +189,42 @@ def test_s2_decoder_costs_its_hand_counted_macs() -> None:
         assert s2.eval()(x).shape == (1, NUM_CLASSES, SIZE, SIZE)
 
 
+@pytest.mark.parametrize("os_", OUTPUT_STRIDES)
+def test_dw_decoder_reads_the_stride4_depthwise_output(x: torch.Tensor, os_: int) -> None:
+    """deeplabv3plus_dw: the decoder's low-level input is block 3's depthwise output (24 x 6 = 144
+    channels after ReLU6), computed by hand from the block's own layers; the encoder's outputs are
+    forward()'s."""
+    torch.manual_seed(0)
+    model = _randomize_bn(build_model(num_classes=NUM_CLASSES, output_stride=os_, width_mult=1.0, head="deeplabv3plus_dw")).eval()
+    assert model.low_index == 3 and model.decoder.low_proj[0].in_channels == 144
+    block = model.encoder.features[3]
+    seen: list[torch.Tensor] = []
+    hook = model.decoder.low_proj.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    with torch.no_grad():
+        out = model(x)
+        feats = model.encoder(x)
+        by_hand = block.conv[1](block.conv[0](feats[2]))  # expand 1x1 + ReLU6, then depthwise 3x3 + ReLU6
+        feats_h, hidden = model.encoder.forward_hidden(x, 3)
+    hook.remove()
+    assert by_hand.shape == (2, 144, SIZE // 4, SIZE // 4) and by_hand.min() >= 0 and by_hand.max() <= 6
+    torch.testing.assert_close(seen[0], by_hand, rtol=0, atol=0)
+    torch.testing.assert_close(hidden, by_hand, rtol=0, atol=0)
+    assert all(torch.equal(a, b) for a, b in zip(feats_h, feats, strict=True))
+    assert out.shape == (2, NUM_CLASSES, SIZE, SIZE)
+    with pytest.raises(ValueError, match=r"^block index must be 1\.\.17, got 0$"):
+        model.encoder.forward_hidden(x, 0)
+
+
+def test_dw_decoder_costs_its_hand_counted_macs() -> None:
+    """Only the decoder's 1x1 low-level projection changes: 144 instead of 24 input channels to 48, at S/4."""
+    v3p = build_model(num_classes=NUM_CLASSES, head="deeplabv3plus")
+    dw = build_model(num_classes=NUM_CLASSES, head="deeplabv3plus_dw")
+    extra = (SIZE // 4) ** 2 * (144 - 24) * 48
+    assert (gmacs(dw, (SIZE, SIZE)) - gmacs(v3p, (SIZE, SIZE))) * 1e9 == pytest.approx(extra, rel=1e-9)
+    # The same parameters elsewhere: the encoder's state dict keys and shapes are torchvision's.
+    assert {k: v.shape for k, v in dw.encoder.state_dict().items()} == {k: v.shape for k, v in v3p.encoder.state_dict().items()}
+
+
 def test_deeplabv3_head_has_no_decoder() -> None:
     v3 = build_model(num_classes=NUM_CLASSES, width_mult=0.35, head="deeplabv3")
     v3p = build_model(num_classes=NUM_CLASSES, width_mult=0.35, head="deeplabv3plus")
@@ -198,7 +234,9 @@ def test_deeplabv3_head_has_no_decoder() -> None:
 
 
 def test_unknown_head_rejected() -> None:
-    with pytest.raises(ValueError, match=r"^unknown head 'pspnet'; use one of \('deeplabv3plus', 'deeplabv3plus_s2', 'deeplabv3'\)$"):
+    with pytest.raises(
+        ValueError, match=r"^unknown head 'pspnet'; use one of \('deeplabv3plus', 'deeplabv3plus_s2', 'deeplabv3plus_dw', 'deeplabv3'\)$"
+    ):
         build_model(num_classes=NUM_CLASSES, head="pspnet")
 
 
