@@ -44,6 +44,11 @@ ROWS: dict[str, list[str]] = {
     "power0.25": ["train.class_weight_power=0.25"],
     "weight_max2": ["train.class_weight_max=2.0"],
     "balanced+lovasz": ["train.loss=balanced+lovasz", "train.lovasz_weight=0.5"],
+    # Pole's limit is the decoder's stride-4 input (docs/camvid/ablation.md, stride caps): the
+    # depthwise output of that block (144 channels) instead of its 24-channel projection, or a
+    # stride-2 stage.
+    "head_dw": ["model.head=deeplabv3plus_dw"],
+    "head_s2": ["model.head=deeplabv3plus_s2"],
 }
 
 
