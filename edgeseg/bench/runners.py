@@ -7,7 +7,6 @@ table of targets; only the PyTorch eager baseline of a `.pt` checkpoint is loade
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import numpy as np
 
@@ -36,8 +35,7 @@ class TorchRunner:
             from edgeseg.quant import set_quant_enabled
 
             set_quant_enabled(self.model, False)  # the quantized checkpoint's weights, run in float
-        base: Any = getattr(self.model, "float_model", self.model)
-        base.set_input_size(artifact.input_size)
+        self.model.set_input_size(artifact.input_size)
         self.model.eval()
         self.static_batch = None
         self.version = torch.__version__

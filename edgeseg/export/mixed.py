@@ -143,7 +143,7 @@ def resolve(request: Any, *, progress: Progress | None = None, model: torch.nn.M
 
 
 def _size(model: torch.nn.Module) -> tuple[int, int]:
-    size = getattr(getattr(model, "float_model", model), "input_size", None)
+    size = getattr(model, "input_size", None)
     return (int(size[0]), int(size[1])) if size else (64, 64)
 
 

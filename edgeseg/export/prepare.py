@@ -38,15 +38,14 @@ def load_for_export(request: ExportRequest) -> tuple[torch.nn.Module, dict[str, 
     ckpt = load_checkpoint(request.checkpoint)
     recipe = recipe_from_dict(ckpt["recipe"])
     model = model_from_checkpoint(ckpt, request.output_stride)
-    base = getattr(model, "float_model", model)
     size = request.input_size or tuple(recipe.export.input_size or recipe.data.eval_size or recipe.data.crop_size)
-    base.set_input_size(size)
+    model.set_input_size(size)
     model.eval()
     d = recipe.data
     meta = {
         "schema_version": META_SCHEMA_VERSION,
         "input_size": [int(size[0]), int(size[1])],
-        "output_stride": base.output_stride,
+        "output_stride": model.output_stride,
         "classes": ckpt["classes"],
         "normalization": ckpt["normalization"],
         "data": {

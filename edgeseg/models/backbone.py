@@ -138,22 +138,22 @@ class MobileNetV2Encoder(nn.Module):
         self.output_stride = output_stride
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.input_q(x)
-        feats = []
-        for layer in self.features:
-            x = layer(x)
-            feats.append(x)
-        return feats
+        return self._run(x, tap=None)[0]
 
     def forward_hidden(self, x: torch.Tensor, index: int) -> tuple[list[torch.Tensor], torch.Tensor]:
         """forward(x) and the depthwise output of block `index` (1..17: a block, not the stem)."""
         if not 1 <= index < len(self.features):
             raise ValueError(f"block index must be 1..{len(self.features) - 1}, got {index}")
+        feats, hidden = self._run(x, tap=index)
+        return feats, cast(torch.Tensor, hidden)
+
+    def _run(self, x: torch.Tensor, tap: int | None) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Every block's output, and block `tap`'s depthwise output (None without a tap)."""
         x = self.input_q(x)
         feats: list[torch.Tensor] = []
-        hidden = x
+        hidden = None
         for i, layer in enumerate(self.features):
-            if i == index:
+            if i == tap:
                 x, hidden = cast(InvertedResidual, layer).forward_hidden(x)
             else:
                 x = layer(x)

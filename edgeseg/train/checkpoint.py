@@ -45,7 +45,7 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, recipe: Recipe,
     payload = {
         "format_version": FORMAT_VERSION,
         "edgeseg_version": __version__,
-        "arch": arch_of(base.float_model if hasattr(base, "float_model") else base, recipe),
+        "arch": arch_of(base, recipe),
         "model": base.state_dict(),
         "recipe": recipe.to_dict(),
         "recipe_hash": recipe.hash(),
@@ -179,8 +179,7 @@ def apply_atrous_rule(model: DeepLab, arch: dict[str, Any]) -> None:
 
 def set_output_stride(model: torch.nn.Module, output_stride: int) -> None:
     check_output_stride(output_stride, "--output-stride")
-    base = getattr(model, "float_model", model)
-    base.set_output_stride(output_stride)
+    model.set_output_stride(output_stride)
 
 
 def check_compatible(ckpt: dict[str, Any], model: DeepLab, recipe: Recipe) -> None:

@@ -78,8 +78,7 @@ class Stage:
 
 
 def _param_groups(model: nn.Module, recipe: Recipe, lr: float) -> list[dict]:
-    base = getattr(model, "float_model", model)
-    enc = {id(p) for p in base.encoder.parameters()}
+    enc = {id(p) for p in model.encoder.parameters()}
     params = [p for p in model.parameters() if p.requires_grad]
     backbone = [p for p in params if id(p) in enc]
     rest = [p for p in params if id(p) not in enc]
@@ -99,8 +98,7 @@ def poly_lr(base: float, it: int, total: int, warmup: int, power: float) -> floa
 
 def freeze_backbone_bn(model: nn.Module) -> None:
     """Put the encoder's BatchNorm layers in eval mode (running statistics and affine kept)."""
-    base = getattr(model, "float_model", model)
-    for m in base.encoder.modules():
+    for m in model.encoder.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()
 
@@ -176,7 +174,7 @@ class Trainer:
         if self.recipe.train.bn_recalibrate:
             # A frozen backbone's BN statistics are its weights' (the shared backbone has them folded
             # to identity): re-estimating them would change what every later layer sees.
-            keep = getattr(base, "float_model", base).encoder if self.recipe.model.freeze_backbone_bn else None
+            keep = base.encoder if self.recipe.model.freeze_backbone_bn else None
             recalibrate_bn(base, _EvalOnTrain(self.train_set, self.val_set), self.recipe.train.bn_recalibrate, self.device, keep=keep)
         summary = evaluate(base, self.val_set, device=self.device, amp=self.recipe.train.amp)
         return summary["miou"]

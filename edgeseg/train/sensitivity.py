@@ -392,7 +392,7 @@ def checkpoint_sensitivity(
             f"'{ckpt}' is an FP32 checkpoint; sensitivity needs an INT8 one: run 'edgeseg calibrate {ckpt} ...' (PTQ) or use qat.pt"
         )
     model = model_from_checkpoint(c, output_stride)
-    stride = int(getattr(model, "float_model", model).output_stride)
+    stride = int(model.output_stride)
     sha = file_hash(ckpt)
     if ranked is not None:
         fix = f"measure one with 'edgeseg sensitivity {ckpt} --output-stride {stride} --json FILE'"
