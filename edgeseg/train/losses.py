@@ -116,7 +116,8 @@ def lovasz_softmax(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
     0 for a perfect (one-hot) prediction; bounded by 1. Linear in the pixels (see
     `_lovasz_signed_weights`): at 8x288x384 with 11 classes on two threads, forward and backward
-    take about a third of the time of the sorted algorithm (one (classes, pixels) sort, 1.0 s).
+    take 0.28 s against the sorted algorithm's 1.06 s (one (classes, pixels) sort): 3.7x faster
+    (docs/camvid/lovasz_speed_cpu.json).
     """
     b, c = logits.shape[:2]
     probs = logits.float().softmax(1).flatten(2)
