@@ -3,9 +3,12 @@
 Every row has the same length (--epochs), runs the FP32 stage only (QAT is measured separately
 on the chosen recipe), and is scored by `edgeseg eval` at OS16 on the 101 val images. Rows run one
 after another; a finished row (its eval JSON exists) is skipped, so the script can be re-run to
-resume. Writes runs/ablation/table.md: mIoU, the four thin classes' IoU, wall time and the command.
+resume. Writes runs/ablation/table_eN.md: mIoU, the four thin classes' IoU, wall time and the
+command. `--seeds 0,1` runs every row once per seed (thin classes swing between seeds on 101 val
+images) and adds each row's mean over its seeds.
 
     python benchmarks/camvid_ablation.py --epochs 8 --rows baseline,ohem,balanced_sqrt
+    python benchmarks/camvid_ablation.py --epochs 30 --rows baseline,head_dw --seeds 0,1
 """
 
 from __future__ import annotations
@@ -52,12 +55,14 @@ ROWS: dict[str, list[str]] = {
 }
 
 
-def run_row(name: str, overrides: list[str], epochs: int, out_root: Path) -> dict:
-    out = out_root / name
+def run_row(name: str, overrides: list[str], epochs: int, out_root: Path, seed: int | None = None) -> dict:
+    out = out_root / (name if seed is None else f"{name}_seed{seed}")
     result = out / "eval.json"
     if result.is_file():
         return json.loads(result.read_text())
     common = [f"train.epochs={epochs}", f"train.eval_every={epochs}", "quant.enabled=false"]
+    if seed is not None:
+        common.append(f"train.seed={seed}")
     sets = [arg for o in common + overrides for arg in ("--set", o)]
     cmd = [sys.executable, "-m", "edgeseg", "train", RECIPE, "--out", str(out), "--no-qat", *sets]
     if (out / "last.pt").is_file():
@@ -69,19 +74,42 @@ def run_row(name: str, overrides: list[str], epochs: int, out_root: Path) -> dic
         [sys.executable, "-m", "edgeseg", "eval", str(out / "fp32.pt"), "--json", str(out / "eval.tmp.json")], cwd=REPO, check=True
     )
     summary = json.loads((out / "eval.tmp.json").read_text())
-    summary["row"] = {"name": name, "overrides": overrides, "epochs": epochs, "minutes": round(minutes, 1), "command": " ".join(cmd[1:])}
+    summary["row"] = {
+        "name": name,
+        "overrides": overrides,
+        "epochs": epochs,
+        "seed": seed,
+        "minutes": round(minutes, 1),
+        "command": " ".join(cmd[1:]),
+    }
     result.write_text(json.dumps(summary, indent=1))
     return summary
 
 
+def scores(result: dict) -> list[float]:
+    """[mIoU, then each thin class's IoU] in percent, as `edgeseg eval --json` writes them (None,
+    a class absent from val, is NaN)."""
+    per = result["per_class_iou"]
+    return [float(result["miou"])] + [float("nan") if per.get(c) is None else float(per[c]) for c in THIN]
+
+
 def table(results: list[dict]) -> str:
-    lines = ["| row | overrides | val mIoU | " + " | ".join(THIN) + " | minutes |", "|---" * (4 + len(THIN)) + "|"]
+    """One line per run; with more than one seed, a mean line per row after its runs."""
+    head = "| row | seed | overrides | val mIoU | " + " | ".join(THIN) + " | minutes |"
+    lines = [head, "|---" * (5 + len(THIN)) + "|"]
+    by_name: dict[str, list[dict]] = {}
     for r in results:
-        per = r.get("per_class_iou") or r.get("iou") or {}
-        thin = " | ".join(f"{100 * per.get(c, float('nan')):.1f}" if per.get(c, 1) <= 1 else f"{per.get(c):.1f}" for c in THIN)
-        miou = r["miou"] if r["miou"] > 1 else 100 * r["miou"]
-        row = r["row"]
-        lines.append(f"| {row['name']} | `{' '.join(row['overrides']) or '-'}` | {miou:.2f} | {thin} | {row['minutes']} |")
+        by_name.setdefault(r["row"]["name"], []).append(r)
+    for name, runs in by_name.items():
+        for r in runs:
+            row, vals = r["row"], scores(r)
+            seed = "-" if row.get("seed") is None else str(row["seed"])
+            cells = " | ".join(f"{v:.1f}" for v in vals[1:])
+            lines.append(f"| {name} | {seed} | `{' '.join(row['overrides']) or '-'}` | {vals[0]:.2f} | {cells} | {row['minutes']} |")
+        if len(runs) > 1:
+            mean = [sum(col) / len(col) for col in zip(*(scores(r) for r in runs), strict=True)]
+            cells = " | ".join(f"{v:.1f}" for v in mean[1:])
+            lines.append(f"| **{name}, mean** | {len(runs)} seeds | | **{mean[0]:.2f}** | {cells} | |")
     return "\n".join(lines) + "\n"
 
 
@@ -89,17 +117,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated row names")
+    ap.add_argument("--seeds", default="", help="comma-separated train.seed values, each row once per seed (default: the recipe's)")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "ablation")
     args = ap.parse_args()
+    if args.epochs < 1:
+        sys.exit(f"error: --epochs {args.epochs}: give at least 1")
     names = [n.strip() for n in args.rows.split(",") if n.strip()]
     unknown = [n for n in names if n not in ROWS]
     if unknown:
         sys.exit(f"error: unknown rows {unknown}; choose from {', '.join(ROWS)}")
+    try:
+        seeds: list[int | None] = [int(s) for s in args.seeds.split(",") if s.strip()] or [None]
+    except ValueError:
+        sys.exit(f"error: --seeds {args.seeds!r}: give integers separated by commas, e.g. --seeds 0,1")
+    if any(s is not None and s < 0 for s in seeds):
+        sys.exit(f"error: --seeds {args.seeds!r}: seeds must be 0 or more")
     results = []
     for name in names:
-        results.append(run_row(name, ROWS[name], args.epochs, args.out / f"e{args.epochs}"))
-        (args.out / f"table_e{args.epochs}.md").write_text(table(results))
-        print(table(results), flush=True)
+        for seed in seeds:
+            results.append(run_row(name, ROWS[name], args.epochs, args.out / f"e{args.epochs}", seed))
+            (args.out / f"table_e{args.epochs}.md").write_text(table(results))
+            print(table(results), flush=True)
 
 
 if __name__ == "__main__":
