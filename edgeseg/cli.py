@@ -101,9 +101,18 @@ def eval_(
         summary = evaluate(model, ds, progress=lambda i, n: bar.update(task, completed=i), errors=True)
     summary["output_stride"] = output_stride or c["arch"]["output_stride"]
     summary["checkpoint"] = str(ckpt)
-    out_console.print(render.iou_table(f"{ckpt} @ OS{summary['output_stride']}", summary))
+    out_console.print(render.iou_table(f"{ckpt} @ OS{summary['output_stride']}{_trained_to(c)}", summary))
     if json_out:
         write_json(json_out, summary)
+
+
+def _trained_to(c: dict) -> str:
+    """' · fp32 step 225' for a checkpoint written by training, so a half-trained one (fp32.pt is
+    written at each evaluation while the run goes on) shows as such; '' when it does not say."""
+    stage, step = c.get("stage"), c.get("iteration")
+    if isinstance(stage, str) and stage in ("fp32", "qat") and isinstance(step, int) and not isinstance(step, bool) and step >= 0:
+        return f" · {stage} step {step}"
+    return ""
 
 
 @app.command()

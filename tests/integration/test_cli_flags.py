@@ -471,6 +471,20 @@ def test_eval_split(work: Path, tmp_path: Path, split: str, count: int) -> None:
     assert summary["miou"] == pytest.approx(_miou_by_hand(logits, split, count), abs=1e-6)
 
 
+def test_eval_title_says_how_far_the_checkpoint_trained(work: Path, tmp_path: Path) -> None:
+    from edgeseg.train.checkpoint import checkpoint_recipe
+
+    c = load_checkpoint(work / "fp32.pt")
+    mid = tmp_path / "mid.pt"
+    save_checkpoint(mid, model=model_from_checkpoint(c), recipe=checkpoint_recipe(c), classes=SYNTHETIC, stage="fp32", iteration=225)
+    shown = runner.invoke(app, ["eval", str(mid)])
+    assert shown.exit_code == 0, shown.output
+    assert "fp32 step 225" in " ".join(shown.output.split())
+    # A checkpoint that does not say (here: written outside training) gets no claim.
+    plain = runner.invoke(app, ["eval", str(work / "fp32.pt")])
+    assert plain.exit_code == 0 and " step " not in " ".join(plain.output.split())
+
+
 @pytest.mark.parametrize(("split", "count"), [("train", NUM_TRAIN), ("val", NUM_VAL)])
 def test_bench_split(work: Path, exported: Callable[..., Path], tmp_path: Path, split: str, count: int) -> None:
     folder = exported("fp32.pt", "--target", "onnx", "--precision", "fp32", "--output-stride", "8")
