@@ -8,7 +8,7 @@ command. `--seeds 0,1` runs every row once per seed (thin classes swing between 
 images) and adds each row's mean over its seeds.
 
     python benchmarks/camvid_ablation.py --epochs 8 --rows baseline,ohem,balanced_sqrt
-    python benchmarks/camvid_ablation.py --epochs 30 --rows baseline,head_dw --seeds 0,1
+    python benchmarks/camvid_ablation.py --epochs 30 --rows baseline,head_plain --seeds 0,1
 """
 
 from __future__ import annotations
@@ -49,8 +49,10 @@ ROWS: dict[str, list[str]] = {
     "balanced+lovasz": ["train.loss=balanced+lovasz", "train.lovasz_weight=0.5"],
     # Pole's limit is the decoder's stride-4 input (docs/camvid/ablation.md, stride caps): the
     # depthwise output of that block (144 channels) instead of its 24-channel projection, or a
-    # stride-2 stage.
+    # stride-2 stage. The recipe reads the depthwise output since head_dw's full-length runs, so
+    # head_dw is now the baseline and head_plain the row that measures the lever.
     "head_dw": ["model.head=deeplabv3plus_dw"],
+    "head_plain": ["model.head=deeplabv3plus"],
     "head_s2": ["model.head=deeplabv3plus_s2"],
 }
 
