@@ -20,9 +20,9 @@ def test_levers_time_the_recipe_and_each_override_side_by_side() -> None:
     assert [v.name for v in variants] == ["recipe", "model.head=deeplabv3plus_s2", "train.loss=balanced"]
     recipe, s2, balanced = (v.recipe for v in variants)
     # Each variant is the shipped recipe with exactly its one override.
-    assert (recipe.model.head, recipe.train.loss) == ("deeplabv3plus", "balanced+lovasz")
+    assert (recipe.model.head, recipe.train.loss) == ("deeplabv3plus_dw", "balanced+lovasz")
     assert (s2.model.head, s2.train.loss) == ("deeplabv3plus_s2", "balanced+lovasz")
-    assert (balanced.model.head, balanced.train.loss) == ("deeplabv3plus", "balanced")
+    assert (balanced.model.head, balanced.train.loss) == ("deeplabv3plus_dw", "balanced")
     assert all((v.amp, v.channels_last) == (True, True) for v in variants)  # as the recipe trains
     # The recipe's balanced loss needs class weights: the benchmark must run it (it did not).
     rows = tt.measure(variants, (32, 32), batch=2, warmup=0, iters=1)
