@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import glob
 import hashlib
 import json
 import os
@@ -304,6 +305,10 @@ def atomic_dir(path: str | Path, build: Callable[[Path], None]) -> None:
         tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent))
     except OSError as exc:
         raise _explain(path, exc) from None
+    except BaseException:
+        # Ctrl-C inside mkdtemp: its folder may exist before its name is returned.
+        _drop_own_temps(path)
+        raise
     try:
         build(tmp)
         (tmp / OWNED_MARK).write_text("written by edgeseg; replaced whole when edgeseg writes this folder again\n")
@@ -316,8 +321,15 @@ def atomic_dir(path: str | Path, build: Callable[[Path], None]) -> None:
         raise _explain(path, exc) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _drop_own_temps(path)
         recover_dir(path)
         raise
+
+
+def _drop_own_temps(path: Path) -> None:
+    """Remove this process's temporary folders for `path` (its pid and host are in their names)."""
+    for left in path.parent.glob(glob.escape(_tmp_prefix(path)) + "*.tmp"):
+        shutil.rmtree(left, ignore_errors=True)
 
 
 def recover_dir(path: str | Path) -> None:
